@@ -1,0 +1,102 @@
+"""Aspect-ratio buckets: the bucket list, nearest-aspect assignment, crop geometry and batch order.
+
+Pure Python, shared by the compiler (bucket table and step arithmetic in the plan) and the runtime
+(which batches it really builds), so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Bucket = tuple[int, int]  # (width, height)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Resize an image to (scaled_w, scaled_h), then cut the bucket out at (top, left)."""
+
+    scaled_w: int
+    scaled_h: int
+    top: int
+    left: int
+
+
+def make_buckets(resolution: int, min_side: int, max_side: int, step: int) -> list[Bucket]:
+    """Buckets of at most resolution² pixels with sides in [min_side, max_side], multiples of step.
+
+    For each width the tallest height that keeps the area is taken (and its transpose), as SDXL
+    trainers expect; the square bucket is always present.
+    """
+    area = resolution * resolution
+    found: set[Bucket] = set()
+    square = (resolution // step) * step
+    if min_side <= square <= max_side:
+        found.add((square, square))
+    width = _ceil_to(min_side, step)
+    while width <= max_side:
+        height = min(max_side, (area // width) // step * step)
+        if height >= min_side:
+            found.add((width, height))
+            found.add((height, width))
+        width += step
+    return sorted(found, key=lambda b: (b[0] / b[1], b[0]))
+
+
+def assign(width: int, height: int, buckets: Sequence[Bucket]) -> Bucket:
+    """The bucket whose aspect ratio is nearest the image's (compared in log space); ties go to the larger."""
+    if not buckets:
+        raise ValueError("no buckets to assign to")
+    aspect = math.log(width / height)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
+
+
+def aspect_error(width: int, height: int, bucket: Bucket) -> float:
+    """Relative difference between the image's and the bucket's aspect ratios."""
+    return abs((width / height) / (bucket[0] / bucket[1]) - 1.0)
+
+
+def cover_crop(width: int, height: int, bucket: Bucket) -> Crop:
+    """Scale the image to cover the bucket, then centre-crop it; the offsets are in resized pixels."""
+    bw, bh = bucket
+    scale = max(bw / width, bh / height)
+    sw = max(bw, round(width * scale))
+    sh = max(bh, round(height * scale))
+    return Crop(scaled_w=sw, scaled_h=sh, top=(sh - bh) // 2, left=(sw - bw) // 2)
+
+
+def cropped_fraction(width: int, height: int, bucket: Bucket) -> float:
+    """Share of the resized image's pixels that the crop throws away."""
+    crop = cover_crop(width, height, bucket)
+    return 1.0 - (bucket[0] * bucket[1]) / (crop.scaled_w * crop.scaled_h)
+
+
+def epoch_batches(item_buckets: Sequence[Bucket], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: sample indices grouped by bucket, shuffled from (seed, epoch).
+
+    Every batch holds samples of one bucket; a bucket's last batch may be incomplete and is kept.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    rng = random.Random(f"{seed}:{epoch}")
+    by_bucket: dict[Bucket, list[int]] = {}
+    for index, bucket in enumerate(item_buckets):
+        by_bucket.setdefault(bucket, []).append(index)
+    batches: list[list[int]] = []
+    for bucket in sorted(by_bucket):
+        members = by_bucket[bucket]
+        rng.shuffle(members)
+        batches.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_count(bucket_sizes: Sequence[int], batch_size: int) -> int:
+    """Number of batches epoch_batches yields for buckets holding these many samples."""
+    return sum(math.ceil(n / batch_size) for n in bucket_sizes if n > 0)
+
+
+def _ceil_to(value: int, step: int) -> int:
+    return -(-value // step) * step

@@ -1,0 +1,158 @@
+"""The `sdxlc` command line.
+
+Exit codes: 0 success, 1 recipe errors, 2 usage errors, 3 the run failed.
+Only `run` imports the training runtime (torch and friends), and only after the plan is resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sdxlc import __version__
+from sdxlc.diagnostics import render_text, to_json
+from sdxlc.pipeline import Compiled, compile_recipe
+from sdxlc.plan import to_text
+
+EXIT_OK, EXIT_RECIPE, EXIT_USAGE, EXIT_RUN = 0, 1, 2, 3
+
+_recipe_arg = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+_set_opt = click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+                        help="Override a recipe setting, e.g. --set optimizer.lr=5e-5 (repeatable).")
+_profile_opt = click.option("--profile", default=None, metavar="NAME", help="Plan for this hardware profile.")
+_format_opt = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                           show_default=True, help="How to print diagnostics.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sdxlc")
+def main() -> None:
+    """Compile SDXL training recipes into checked plans, and run them."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_set_opt
+@_profile_opt
+@_format_opt
+def check(files: tuple[Path, ...], sets: tuple[str, ...], profile: str | None, fmt: str) -> None:
+    """Report every problem in the recipe FILES; exit 1 if any is an error."""
+    failed, everything = False, []
+    for file in files:
+        compiled = _compile(file, sets, profile)
+        everything.extend(to_json(compiled.diagnostics))
+        if fmt == "text":
+            _print_diagnostics(compiled)
+            if not compiled.errors:
+                click.echo(f"{file}: ok", err=True)
+        failed = failed or bool(compiled.errors)
+    if fmt == "json":
+        click.echo(json.dumps(everything, indent=2))
+    sys.exit(EXIT_RECIPE if failed else EXIT_OK)
+
+
+@main.command()
+@_recipe_arg
+@_set_opt
+@_profile_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the runtime's contract).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="How to print diagnostics (json: a list on stdout, instead of the plan).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the plan JSON to this file.")
+def plan(recipe: Path, sets: tuple[str, ...], profile: str | None, as_json: bool, fmt: str,
+         output: Path | None) -> None:
+    """Resolve RECIPE: settings with provenance, step arithmetic, buckets and the memory estimate."""
+    from sdxlc.report import render_plan
+
+    compiled = _compile(recipe, sets, profile)
+    if fmt == "json":
+        click.echo(json.dumps(to_json(compiled.diagnostics), indent=2))
+        sys.exit(EXIT_RECIPE if compiled.errors else EXIT_OK)
+    _print_diagnostics(compiled)
+    if compiled.plan is None:
+        sys.exit(EXIT_RECIPE)
+    if output is not None:
+        output.write_text(to_text(compiled.plan), encoding="utf-8")
+    click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan), nl=False)
+
+
+@main.command()
+@_recipe_arg
+@_set_opt
+@_profile_opt
+def run(recipe: Path, sets: tuple[str, ...], profile: str | None) -> None:
+    """Compile RECIPE and train it."""
+    compiled = _compile(recipe, sets, profile)
+    _print_diagnostics(compiled)
+    if compiled.plan is None:
+        sys.exit(EXIT_RECIPE)
+    plan_ = compiled.plan
+    _print_run_header(plan_)
+    started = time.monotonic()
+    try:
+        from runtime.run import RunError, execute
+    except ImportError as exc:  # the training stack is not installed
+        click.echo(f"error: cannot start the runtime: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    try:
+        result = execute(plan_)
+    except RunError as exc:
+        click.echo(f"error: the run failed: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the last completed save is intact", err=True)
+        sys.exit(EXIT_RUN)
+    click.echo(f"done in {time.monotonic() - started:.1f} s")
+    click.echo(f"  LoRA:    {result.lora_path}")
+    click.echo(f"  plan:    {result.plan_path}")
+    for sample in result.samples:
+        click.echo(f"  sample:  {sample}")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["recipe", "plan", "profile"]), default="recipe")
+def schema(name: str) -> None:
+    """Print a JSON Schema (recipe, plan or profile), for editors and tools."""
+    from sdxlc.schemas import load_schema
+
+    click.echo(json.dumps(load_schema(name), indent=2))
+
+
+@main.command()
+def profiles() -> None:
+    """List the hardware profiles."""
+    from sdxlc.profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        click.echo(f"{name:<18} {p.usable_vram_bytes / 2**30:>6.1f} GiB  {p.title}")
+
+
+def _compile(recipe: Path, sets: tuple[str, ...], profile: str | None) -> Compiled:
+    if not recipe.is_file():
+        raise click.BadParameter(f"no such recipe file: {recipe}", param_hint="RECIPE")
+    return compile_recipe(recipe, sets, profile)
+
+
+def _print_diagnostics(compiled: Compiled) -> None:
+    if compiled.diagnostics:
+        click.echo(render_text(compiled.diagnostics, compiled.sources, color=sys.stderr.isatty()), err=True)
+
+
+def _print_run_header(plan_: dict[str, Any]) -> None:
+    est, t = plan_["estimate"], plan_["training"]
+    click.echo(f"plan {plan_['plan_hash'][:12]}: LoRA rank {plan_['method']['rank']} on {plan_['model']['source']}, "
+               f"{t['total_steps']} steps × batch {t['batch_size']}, {plan_['data']['images']} images")
+    click.echo(f"estimate: {est['vram_bytes'] / 2**30:.2f} GiB of {est['budget_bytes'] / 2**30:.1f} GiB "
+               f"on {plan_['hardware']['name']} ({est['verdict'].replace('_', ' ')}), "
+               f"about {est['total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Built-in defaults: the lowest layer under every recipe, in one table.
+
+Keys are recipe-document paths (schema/recipe.schema.json). Values that depend on the base model
+(resolution, buckets, sample steps) come from the model family in MODEL_DEFAULTS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "model.prediction": "epsilon",
+    "model.tiny_seed": 0,
+    "resolution.buckets": True,
+    "lora.rank": 8,
+    "lora.targets": ["unet"],
+    "lora.dropout": 0.0,
+    "cache.text_encoder": False,
+    "cache.latents": False,
+    "cache.to_disk": False,
+    "optimizer.name": "adamw",
+    "optimizer.lr": 1e-4,
+    "optimizer.args": {},
+    "optimizer.max_grad_norm": 1.0,
+    "schedule.name": "constant",
+    "schedule.warmup_steps": 0,
+    "training.batch_size": 1,
+    "training.accumulate": 1,
+    "training.steps": 1600,
+    "training.gradient_checkpointing": False,
+    "training.seed": 42,
+    "noise.offset": 0.0,
+    "noise.timestep_min": 0,
+    "noise.timestep_max": 1000,
+    "save.keep": 3,
+    "save.dtype": "fp16",
+    "sample.cfg": 7.0,
+    "log.every": 10,
+    "fit": "strict",
+}
+
+# Per base-model family: what an SDXL trainer expects for that model.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sdxl": {
+        "resolution.size": 1024,
+        "resolution.min": 512,
+        "resolution.max": 2048,
+        "resolution.step": 64,
+        "sample.steps": 25,
+    },
+    "tiny": {
+        "resolution.size": 64,
+        "resolution.min": 32,
+        "resolution.max": 128,
+        "resolution.step": 32,
+        "sample.steps": 8,
+    },
+}
+
+# LoRA target modules in the UNet (attention projections of every transformer block).
+UNET_LORA_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]

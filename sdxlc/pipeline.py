@@ -1,0 +1,87 @@
+"""The compiler's stages in order: lower → structural check → resolve → semantic checks → estimate → seal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdxlc.checks import run_checks
+from sdxlc.diagnostics import Diagnostic, make
+from sdxlc.estimate import estimate, levers
+from sdxlc.layers import Layers
+from sdxlc.lower import Lowered, load_recipe
+from sdxlc.plan import seal
+from sdxlc.profiles import Profile
+from sdxlc.resolve import resolve
+from sdxlc.schemas import schema_errors
+
+
+@dataclass
+class Compiled:
+    plan: dict[str, Any] | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    profile: Profile | None = None
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None = None) -> Compiled:
+    """Compile a recipe file into a sealed plan; on any error the plan is None and every error is listed."""
+    lowered = load_recipe(path, sets)
+    result = Compiled(None, list(lowered.diagnostics), dict(lowered.sources))
+    result.diagnostics.extend(_structural(lowered, result.diagnostics))
+    if result.errors:
+        return result
+    resolution = resolve(lowered, path, profile)
+    result.diagnostics.extend(resolution.diagnostics)
+    result.profile = resolution.profile
+    plan = resolution.plan
+    if plan is None or result.errors or resolution.profile is None:
+        return result
+    family = "tiny" if plan["model"]["kind"] == "tiny" else "sdxl"
+    layers = Layers(lowered, family)
+    result.diagnostics.extend(run_checks(plan, layers))
+    if result.errors:
+        return result
+    plan["estimate"] = estimate(plan, resolution.profile)
+    result.diagnostics.extend(_fit(plan, resolution.profile, layers))
+    if result.errors:
+        return result
+    result.plan = seal(plan)
+    return result
+
+
+def _structural(lowered: Lowered, known: list[Diagnostic]) -> list[Diagnostic]:
+    """Recipe-schema violations that the lowering did not already report at the same place."""
+    taken = {(d.span.file, d.span.line, d.span.column) for d in known if d.span is not None}
+    found = []
+    for path, message in schema_errors("recipe", lowered.doc):
+        origin = lowered.provenance.get(path)
+        span = origin.span if origin else None
+        if span is not None and (span.file, span.line, span.column) in taken:
+            continue
+        found.append(make("SDX0401", f"`{path or 'recipe'}`: {message}", span,
+                          help="see `sdxlc explain " + (path or "recipe") + "`"))
+    return found
+
+
+def _fit(plan: dict[str, Any], profile: Profile, layers: Layers) -> list[Diagnostic]:
+    est = plan["estimate"]
+    if est["fits"]:
+        return []
+    need, have = _gib(est["vram_bytes"]), _gib(est["budget_bytes"])
+    options = levers(plan, profile)
+    if options:
+        hint = "; ".join(f"{lever['description']} (−{_gib(lever['saves_bytes'])})" for lever in options[:4])
+    else:
+        hint = "pick a larger profile"
+    return [make("SDX0610", f"the run needs about {need} but {profile.title} has {have}",
+                 layers.span("profile"), help=hint)]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"

@@ -1,0 +1,270 @@
+"""Resolve a lowered recipe into a plan: defaults, the hardware profile, paths and step arithmetic.
+
+A pure step: it reads the recipe document (and the dataset folders it names) and returns the plan
+without its estimate and hash, plus diagnostics. It never changes the document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdxlc import __version__
+from sdxlc.defaults import UNET_LORA_MODULES
+from sdxlc.diagnostics import Diagnostic, make
+from sdxlc.layers import Layers, Provenance
+from sdxlc.lower import Lowered
+from sdxlc.profiles import Profile, ProfileError, load_profile, probe_auto
+from sdxlc.resolve_data import resolve_data
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Resolution:
+    plan: dict[str, Any] | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    profile: Profile | None = None
+
+
+class _Builder:
+    """Collects resolved values with their provenance, keyed by plan path."""
+
+    def __init__(self, layers: Layers) -> None:
+        self.layers = layers
+        self.provenance: dict[str, Provenance] = {}
+
+    def take(self, recipe_path: str, plan_path: str, default: Any = None) -> Any:
+        value, origin = self.layers.get(recipe_path, default)
+        self.provenance[plan_path] = origin
+        return value
+
+    def derived(self, plan_path: str, value: Any, source: str = "derived") -> Any:
+        self.provenance[plan_path] = {"source": source, "at": None}
+        return value
+
+
+def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None) -> Resolution:
+    recipe_dir = recipe.resolve().parent
+    diags: list[Diagnostic] = []
+    source = str(lowered.doc.get("model", {}).get("source", "tiny"))
+    family = "tiny" if source == "tiny" else "sdxl"
+    layers = Layers(lowered, family)
+    b = _Builder(layers)
+    model = _model(b, recipe_dir, diags)
+    profile = _profile(b, family, profile_override, diags)
+    if profile is None:
+        return Resolution(None, diags)
+    hardware = {"profile": profile.name, "name": profile.title, "device": profile.device,
+                "vram_bytes": profile.usable_vram_bytes, "bf16": profile.bf16, "fp16": profile.fp16}
+    batch_size = b.take("training.batch_size", "training.batch_size")
+    data = resolve_data(layers, recipe_dir, batch_size)
+    diags.extend(data.diagnostics)
+    b.provenance.update(data.provenance)
+    training = _training(b, data.section, diags)
+    warnings = list(data.warnings)
+    plan: dict[str, Any] = {
+        "plan_version": 1,
+        "sdxlc_version": __version__,
+        "plan_hash": "0" * 64,
+        "sources": [{"file": name, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+                    for name, text in lowered.sources.items()],
+        "model": model,
+        "hardware": hardware,
+        "method": _method(b),
+        "precision": _precision(b, profile),
+        "data": data.section,
+        "optimizer": _optimizer(b),
+        "schedule": _schedule(b, training["total_steps"], diags),
+        "training": training,
+        "save": _save(b, training["steps_per_epoch"]),
+        "sample": _sample(b, data.section["resolution"], training["seed"], training["steps_per_epoch"]),
+        "output": _output(b, recipe, recipe_dir),
+        "log": {"every_steps": b.take("log.every", "log.every_steps")},
+        "estimate": {},
+        "provenance": {},
+        "warnings": warnings,
+    }
+    for path, origin in b.provenance.items():
+        if origin["source"] == "default" and path.startswith("hardware."):
+            origin = {"source": "profile", "at": None}
+        plan["provenance"][path] = origin
+    return Resolution(plan, diags, profile)
+
+
+def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, Any]:
+    source = b.take("model.source", "model.source", "tiny")
+    kind = "tiny"
+    if source != "tiny":
+        folder = (b.layers.base_dir("model.source", recipe_dir) / source).resolve()
+        if folder.is_dir():
+            kind, source = "diffusers_folder", str(folder)
+        elif source.endswith((".safetensors", ".ckpt", ".pt")):
+            diags.append(make("SDX0510", f"single-file checkpoints are not supported yet: `{source}`",
+                              b.layers.span("model.source"),
+                              help="convert it to a diffusers folder, or name a hub id"))
+        elif _HUB_ID.match(source):
+            kind = "hub"
+        else:
+            diags.append(make("SDX0511", f"model `{source}` is neither a folder nor a hub id",
+                              b.layers.span("model.source"), help=f"looked for the folder {folder}"))
+    vae = b.take("model.vae", "model.vae")
+    if vae is not None:
+        folder = (b.layers.base_dir("model.vae", recipe_dir) / vae).resolve()
+        vae = str(folder) if folder.is_dir() else vae
+    return {
+        "source": source,
+        "kind": kind,
+        "vae": vae,
+        "prediction": b.take("model.prediction", "model.prediction"),
+        "tiny_seed": b.take("model.tiny_seed", "model.tiny_seed"),
+        "base_model_version": b.derived("model.base_model_version",
+                                        "sdxlc_tiny" if kind == "tiny" else "sdxl_base_v1-0"),
+    }
+
+
+def _profile(b: _Builder, family: str, override: str | None, diags: list[Diagnostic]) -> Profile | None:
+    name, origin = b.layers.get("profile", "cpu" if family == "tiny" else "auto")
+    if override:
+        name, origin = override, {"source": "set", "at": "--profile"}
+    b.provenance["hardware.profile"] = origin
+    span = b.layers.span("profile")
+    if name == "auto":
+        probed = probe_auto()
+        if isinstance(probed, str):
+            diags.append(make("SDX0601", f"`profile auto` found no GPU ({probed}); planning for `cpu`", span,
+                              help="name the card the run is for, e.g. `profile rtx4090-24gb`"))
+            name = "cpu"
+        else:
+            return probed
+    try:
+        return load_profile(name)
+    except ProfileError as err:
+        hint = f"did you mean `{err.suggestions[0]}`?" if err.suggestions else "see `sdxlc profiles`"
+        diags.append(make("SDX0602", str(err), span, help=hint))
+        return None
+
+
+def _method(b: _Builder) -> dict[str, Any]:
+    rank = b.take("lora.rank", "method.rank")
+    return {
+        "kind": b.derived("method.kind", "lora", "default"),
+        "rank": rank,
+        "alpha": b.take("lora.alpha", "method.alpha", rank),
+        "targets": b.take("lora.targets", "method.targets"),
+        "unet_modules": b.derived("method.unet_modules", list(UNET_LORA_MODULES), "default"),
+        "dropout": b.take("lora.dropout", "method.dropout"),
+        "block_lr": b.take("block_lr", "method.block_lr"),
+    }
+
+
+def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
+    fallback = "bf16" if profile.device == "cuda" and profile.bf16 else (
+        "fp16" if profile.device == "cuda" else "fp32")
+    mixed = b.take("precision.mixed", "precision.mixed", fallback)
+    if not b.layers.given("precision.mixed"):
+        b.provenance["precision.mixed"] = {"source": "profile", "at": None}
+    return {"mixed": mixed, "vae_fp32": b.take("precision.vae_fp32", "precision.vae_fp32", mixed == "fp16")}
+
+
+def _optimizer(b: _Builder) -> dict[str, Any]:
+    return {
+        "name": b.take("optimizer.name", "optimizer.name"),
+        "lr": b.take("optimizer.lr", "optimizer.lr"),
+        "args": b.take("optimizer.args", "optimizer.args"),
+        "max_grad_norm": b.take("optimizer.max_grad_norm", "optimizer.max_grad_norm"),
+    }
+
+
+def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dict[str, Any]:
+    batch = b.take("training.batch_size", "training.batch_size")
+    accumulate = b.take("training.accumulate", "training.accumulate")
+    batches = max(1, sum(row["batches"] for row in data["buckets"]["table"]))
+    per_epoch = max(1, math.ceil(batches / accumulate))
+    if b.layers.given("training.epochs") and b.layers.given("training.steps"):
+        diags.append(make("SDX0505", "both `steps` and `epochs` are given", b.layers.span("training.epochs"),
+                          help="keep one: `steps N` or `epochs N`",
+                          related=_related(b, "training.steps", "steps set here")))
+    if b.layers.given("training.epochs"):
+        epochs = b.take("training.epochs", "training.epochs")
+        total = b.derived("training.total_steps", epochs * per_epoch)
+    else:
+        total = b.take("training.steps", "training.total_steps")
+        epochs = b.derived("training.epochs", math.ceil(total / per_epoch))
+    return {
+        "batch_size": batch,
+        "accumulate": accumulate,
+        "effective_batch": b.derived("training.effective_batch", batch * accumulate),
+        "batches_per_epoch": b.derived("training.batches_per_epoch", batches),
+        "steps_per_epoch": b.derived("training.steps_per_epoch", per_epoch),
+        "epochs": epochs,
+        "total_steps": total,
+        "gradient_checkpointing": b.take("training.gradient_checkpointing", "training.gradient_checkpointing"),
+        "seed": b.take("training.seed", "training.seed"),
+        "noise_offset": b.take("noise.offset", "training.noise_offset"),
+        "snr_gamma": b.take("noise.snr_gamma", "training.snr_gamma"),
+        "timestep_min": b.take("noise.timestep_min", "training.timestep_min"),
+        "timestep_max": b.take("noise.timestep_max", "training.timestep_max"),
+    }
+
+
+def _schedule(b: _Builder, total_steps: int, diags: list[Diagnostic]) -> dict[str, Any]:
+    name = b.take("schedule.name", "schedule.name")
+    if b.layers.given("schedule.warmup_percent"):
+        percent = b.take("schedule.warmup_percent", "schedule.warmup_steps")
+        warmup = round(total_steps * percent / 100)
+    else:
+        warmup = b.take("schedule.warmup_steps", "schedule.warmup_steps")
+    if name == "constant" and warmup > 0:
+        diags.append(make("SDX0506", "the `constant` schedule has no warmup", b.layers.span("schedule.name"),
+                          help="use `schedule constant_with_warmup`, or drop the warmup"))
+    if warmup >= total_steps:
+        diags.append(make("SDX0507", f"warmup ({warmup} steps) is not shorter than the run ({total_steps} steps)",
+                          b.layers.span("schedule.warmup_steps") or b.layers.span("schedule.warmup_percent"),
+                          help="shorten the warmup or train longer"))
+    return {"name": name, "warmup_steps": warmup}
+
+
+def _cadence(b: _Builder, section: str, plan_path: str, steps_per_epoch: int) -> int | None:
+    every = b.take(f"{section}.every", plan_path)
+    if every is None:
+        return None
+    unit, _ = b.layers.get(f"{section}.unit", "steps")
+    return int(every * steps_per_epoch if unit == "epochs" else every)
+
+
+def _save(b: _Builder, steps_per_epoch: int) -> dict[str, Any]:
+    return {
+        "every_steps": _cadence(b, "save", "save.every_steps", steps_per_epoch),
+        "keep": b.take("save.keep", "save.keep"),
+        "dtype": b.take("save.dtype", "save.dtype"),
+    }
+
+
+def _sample(b: _Builder, resolution: int, seed: int, steps_per_epoch: int) -> dict[str, Any]:
+    size = b.take("sample.size", "sample.width", resolution)
+    b.provenance["sample.height"] = b.provenance["sample.width"]
+    return {
+        "prompts": b.take("sample.prompts", "sample.prompts", []),
+        "every_steps": _cadence(b, "sample", "sample.every_steps", steps_per_epoch),
+        "width": size,
+        "height": size,
+        "steps": b.take("sample.steps", "sample.steps"),
+        "cfg": b.take("sample.cfg", "sample.cfg"),
+        "seed": b.take("sample.seed", "sample.seed", seed),
+    }
+
+
+def _output(b: _Builder, recipe: Path, recipe_dir: Path) -> dict[str, Any]:
+    given = b.take("output.dir", "output.dir", f"out/{recipe.stem}")
+    folder = (b.layers.base_dir("output.dir", recipe_dir) / given).resolve()
+    return {"dir": str(folder), "name": b.take("output.name", "output.name", recipe.stem)}
+
+
+def _related(b: _Builder, path: str, label: str) -> tuple[tuple[Any, str], ...]:
+    span = b.layers.span(path)
+    return ((span, label),) if span is not None else ()

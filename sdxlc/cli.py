@@ -45,7 +45,7 @@ def check(files: tuple[Path, ...], sets: tuple[str, ...], profile: str | None, f
     failed, everything = False, []
     for file in files:
         compiled = _compile(file, sets, profile)
-        everything.extend(to_json(compiled.diagnostics))
+        everything.extend(to_json(compiled.ordered()))
         if fmt == "text":
             _print_diagnostics(compiled)
             if not compiled.errors:
@@ -72,7 +72,7 @@ def plan(recipe: Path, sets: tuple[str, ...], profile: str | None, as_json: bool
 
     compiled = _compile(recipe, sets, profile)
     if fmt == "json":
-        click.echo(json.dumps(to_json(compiled.diagnostics), indent=2))
+        click.echo(json.dumps(to_json(compiled.ordered()), indent=2))
         sys.exit(EXIT_RECIPE if compiled.errors else EXIT_OK)
     _print_diagnostics(compiled)
     if compiled.plan is None:
@@ -142,7 +142,7 @@ def _compile(recipe: Path, sets: tuple[str, ...], profile: str | None) -> Compil
 
 def _print_diagnostics(compiled: Compiled) -> None:
     if compiled.diagnostics:
-        click.echo(render_text(compiled.diagnostics, compiled.sources, color=sys.stderr.isatty()), err=True)
+        click.echo(render_text(compiled.ordered(), compiled.sources, color=sys.stderr.isatty()), err=True)
 
 
 def _print_run_header(plan_: dict[str, Any]) -> None:

@@ -24,6 +24,14 @@ class Compiled:
     sources: dict[str, str] = field(default_factory=dict)
     profile: Profile | None = None
 
+    def ordered(self) -> list[Diagnostic]:
+        """Diagnostics in source order (those without a place last), as editors and readers expect."""
+        def key(d: Diagnostic) -> tuple[int, str, int, int]:
+            if d.span is None:
+                return (1, "", 0, 0)
+            return (0, d.span.file, d.span.line, d.span.column)
+        return sorted(self.diagnostics, key=key)
+
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.severity == "error"]
@@ -33,14 +41,17 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
     """Compile a recipe file into a sealed plan; on any error the plan is None and every error is listed."""
     lowered = load_recipe(path, sets)
     result = Compiled(None, list(lowered.diagnostics), dict(lowered.sources))
-    result.diagnostics.extend(_structural(lowered, result.diagnostics))
-    if result.errors:
+    structural = _structural(lowered, result.diagnostics)
+    result.diagnostics.extend(structural)
+    if any(d.severity == "error" for d in structural):
         return result
+    # Statements the lowering rejected were dropped: resolve and check the rest, so that every
+    # error of the file is reported in one run, but never emit a plan.
     resolution = resolve(lowered, path, profile)
     result.diagnostics.extend(resolution.diagnostics)
     result.profile = resolution.profile
     plan = resolution.plan
-    if plan is None or result.errors or resolution.profile is None:
+    if plan is None or resolution.profile is None:
         return result
     family = "tiny" if plan["model"]["kind"] == "tiny" else "sdxl"
     layers = Layers(lowered, family)

@@ -61,6 +61,8 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         return Resolution(None, diags)
     hardware = {"profile": profile.name, "name": profile.title, "device": profile.device,
                 "vram_bytes": profile.usable_vram_bytes, "bf16": profile.bf16, "fp16": profile.fp16}
+    for key in ("name", "device", "vram_bytes", "bf16", "fp16"):
+        b.derived(f"hardware.{key}", None, "profile")
     batch_size = b.take("training.batch_size", "training.batch_size")
     data = resolve_data(layers, recipe_dir, batch_size)
     diags.extend(data.diagnostics)
@@ -89,10 +91,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "provenance": {},
         "warnings": warnings,
     }
-    for path, origin in b.provenance.items():
-        if origin["source"] == "default" and path.startswith("hardware."):
-            origin = {"source": "profile", "at": None}
-        plan["provenance"][path] = origin
+    plan["provenance"] = dict(sorted(b.provenance.items()))
     return Resolution(plan, diags, profile)
 
 
@@ -116,6 +115,7 @@ def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, 
     if vae is not None:
         folder = (b.layers.base_dir("model.vae", recipe_dir) / vae).resolve()
         vae = str(folder) if folder.is_dir() else vae
+    b.derived("model.kind", None)
     return {
         "source": source,
         "kind": kind,

@@ -39,7 +39,9 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     lo, lo_from = layers.get("resolution.min")
     hi, hi_from = layers.get("resolution.max")
     step, step_from = layers.get("resolution.step")
-    res.provenance.update({"data.resolution": size_from, "data.buckets.enabled": enabled_from,
+    res.provenance.update({"data.images": {"source": "derived", "at": None},
+                           "data.samples_per_epoch": {"source": "derived", "at": None},
+                           "data.resolution": size_from, "data.buckets.enabled": enabled_from,
                            "data.buckets.min": lo_from, "data.buckets.max": hi_from,
                            "data.buckets.step": step_from})
     bucket_list = bk.make_buckets(size, lo, hi, step) if enabled else [(size, size)]
@@ -92,8 +94,9 @@ def _datasets(layers: Layers, recipe_dir: Path) -> tuple[list[dict[str, Any]], l
         folder = (base / entry["path"]).resolve()
         resolved = {**DATASET_DEFAULTS, **entry, "path": str(folder)}
         for key in DATASET_DEFAULTS:
-            if key in entry:
-                res.provenance[f"data.datasets.{index}.{key}"] = layers.origin(f"data.{index}.{key}")
+            res.provenance[f"data.datasets.{index}.{key}"] = (
+                layers.origin(f"data.{index}.{key}") if key in entry else {"source": "default", "at": None})
+        res.provenance[f"data.datasets.{index}.images"] = {"source": "derived", "at": None}
         res.provenance[f"data.datasets.{index}.path"] = layers.origin(f"data.{index}.path")
         span = layers.span(f"data.{index}.path")
         if not folder.is_dir():
@@ -139,4 +142,5 @@ def _cache(layers: Layers, recipe_dir: Path, provenance: dict[str, Provenance]) 
         section[key] = bool(value)
         provenance[f"data.cache.{key}"] = origin
     section["dir"] = str((recipe_dir / ".sdxlc-cache").resolve())
+    provenance["data.cache.dir"] = {"source": "default", "at": None}
     return section

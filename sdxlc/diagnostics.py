@@ -1,0 +1,188 @@
+"""Diagnostics: the catalog of every problem the compiler reports, and its two renderings.
+
+Each problem has a stable code. Codes are grouped by the stage that finds them:
+
+- SDX01xx  syntax (the grammar could not read the text)
+- SDX02xx  vocabulary and values (unknown words, malformed numbers, missing or wrong arguments)
+- SDX03xx  structure (duplicates, `use` files and their order, `--set` strings)
+- SDX04xx  schema (paths and values checked against schema/recipe.schema.json)
+- SDX05xx  semantic checks (combinations of settings)
+- SDX06xx  hardware and estimates
+
+Text rendering follows rustc: `error[CODE]: message`, `--> file:line:col`, the source line with
+carets under the span, `= help:` and any related spans ("first set here") beneath.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of a source file: 1-based line and column, end column exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def at(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    severity: Severity
+    message: str
+    span: Span | None
+    help: str | None = None
+    related: tuple[tuple[Span, str], ...] = ()
+
+
+CATALOG: dict[str, tuple[Severity, str]] = {
+    # SDX01xx syntax
+    "SDX0101": ("error", "unexpected character"),
+    "SDX0102": ("error", "unterminated string"),
+    "SDX0103": ("error", "unexpected token"),
+    "SDX0104": ("error", "unexpected end of input"),
+    # SDX02xx vocabulary and values
+    "SDX0201": ("error", "unknown word"),
+    "SDX0202": ("error", "malformed value"),
+    "SDX0203": ("error", "wrong kind of argument"),
+    "SDX0204": ("error", "missing argument"),
+    "SDX0205": ("error", "statement keyword inside another statement"),
+    "SDX0206": ("error", "statement does not start with a keyword"),
+    "SDX0207": ("error", "block_lr needs 23 values"),
+    "SDX0208": ("warning", "word not supported by this recipe schema; ignored"),
+    # SDX03xx structure, duplicates, use
+    "SDX0301": ("error", "the same setting is given two different values"),
+    "SDX0302": ("warning", "the same setting is given twice"),
+    "SDX0303": ("error", "`use` cycle"),
+    "SDX0304": ("error", "`use` after other statements"),
+    "SDX0305": ("error", "cannot read recipe file"),
+    "SDX0306": ("error", "malformed `--set`"),
+    # SDX04xx schema
+    "SDX0401": ("error", "not allowed by the recipe schema"),
+    "SDX0402": ("error", "unknown recipe path"),
+    "SDX0403": ("error", "value is not one of the allowed values"),
+    "SDX0404": ("error", "value out of range"),
+    "SDX0405": ("error", "value does not have the required form"),
+    "SDX0406": ("error", "a section cannot be set as a whole"),
+}
+
+
+def make(
+    code: str,
+    message: str,
+    span: Span | None,
+    help: str | None = None,
+    related: Iterable[tuple[Span, str]] = (),
+) -> Diagnostic:
+    """A diagnostic whose severity comes from the catalog (an uncatalogued code is an error)."""
+    severity, _title = CATALOG.get(code, ("error", ""))
+    return Diagnostic(code, severity, message, span, help, tuple(related))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to `word`, or None when nothing is close enough."""
+    options = list(dict.fromkeys(choices))
+    lowered = {option.lower(): option for option in options}
+    found = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[found[0]] if found else None
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str | None:
+    """A `help:` text proposing the closest choice, if any."""
+    best = did_you_mean(word, choices)
+    return f"did you mean `{best}`?" if best is not None else None
+
+
+_COLORS = {"error": "\x1b[1;31m", "warning": "\x1b[1;33m", "gutter": "\x1b[1;34m", "bold": "\x1b[1m"}
+_RESET = "\x1b[0m"
+
+
+class _Painter:
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def __call__(self, style: str, text: str) -> str:
+        return f"{_COLORS[style]}{text}{_RESET}" if self.color else text
+
+
+def render_text(diags: list[Diagnostic], sources: dict[str, str], color: bool = False) -> str:
+    """All diagnostics in rustc style, separated by blank lines."""
+    paint = _Painter(color)
+    return "\n".join(_render_one(diag, sources, paint) for diag in diags)
+
+
+def _render_one(diag: Diagnostic, sources: dict[str, str], paint: _Painter) -> str:
+    spans = [s for s in [diag.span, *(s for s, _ in diag.related)] if s is not None]
+    width = max((len(str(s.line)) for s in spans), default=1)
+    head = paint(diag.severity, f"{diag.severity}[{diag.code}]") + paint("bold", f": {diag.message}")
+    lines = [head]
+    if diag.span is not None:
+        lines += _snippet(diag.span, sources, width, "^", "", paint, diag.severity)
+    for span, label in diag.related:
+        lines += _snippet(span, sources, width, "-", label, paint, "gutter")
+    if diag.help:
+        lines.append(f"{' ' * width} {paint('gutter', '=')} {paint('bold', 'help')}: {diag.help}")
+    return "\n".join(lines) + "\n"
+
+
+def _snippet(
+    span: Span, sources: dict[str, str], width: int, mark: str, label: str, paint: _Painter, style: str
+) -> list[str]:
+    pad = " " * width
+    bar = paint("gutter", "|")
+    out = [f"{pad}{paint('gutter', '-->')} {span.at()}"]
+    text = sources.get(span.file)
+    source_lines = text.splitlines() if text is not None else []
+    if not 1 <= span.line <= len(source_lines):
+        if label:
+            out.append(f"{pad} {paint('gutter', '=')} note: {label}")
+        return out
+    line_text = source_lines[span.line - 1].expandtabs(1)
+    start = max(span.column - 1, 0)
+    end = span.end_column - 1 if span.end_line == span.line else len(line_text)
+    count = max(end - start, 1)
+    underline = paint(style, mark * count + (f" {label}" if label else ""))
+    out.append(f"{pad} {bar}")
+    out.append(f"{paint('gutter', str(span.line).rjust(width))} {bar} {line_text}")
+    out.append(f"{pad} {bar} {' ' * start}{underline}")
+    return out
+
+
+def to_json(diags: list[Diagnostic]) -> list[dict[str, Any]]:
+    """Diagnostics as plain dicts for `--format json`."""
+    return [_as_dict(diag) for diag in diags]
+
+
+def _span_fields(span: Span | None) -> dict[str, Any]:
+    if span is None:
+        return {"file": None, "line": None, "column": None, "end_line": None, "end_column": None}
+    return {
+        "file": span.file,
+        "line": span.line,
+        "column": span.column,
+        "end_line": span.end_line,
+        "end_column": span.end_column,
+    }
+
+
+def _as_dict(diag: Diagnostic) -> dict[str, Any]:
+    return {
+        "code": diag.code,
+        "severity": diag.severity,
+        "message": diag.message,
+        **_span_fields(diag.span),
+        "help": diag.help,
+        "related": [{**_span_fields(span), "message": label} for span, label in diag.related],
+    }

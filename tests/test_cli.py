@@ -1,0 +1,163 @@
+"""The command line as a user runs it: exit codes, diagnostics, the plan contract, no heavy imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from sdxlc.cli import main
+from sdxlc.plan import plan_hash
+from sdxlc.schemas import load_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+HEAVY = ("torch", "diffusers", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_importing_the_cli_loads_no_ml_stack() -> None:
+    code = "import sys, sdxlc.cli, sdxlc.pipeline, sdxlc.report; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert not [m for m in HEAVY if m in out]
+
+
+def test_plan_command_imports_no_ml_stack() -> None:
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom sdxlc.cli import main\n"
+            f"r = CliRunner().invoke(main, ['plan', {str(RECIPES / 'style_lora.sdx')!r}, '--json'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("recipe", ["quickstart.sdx", "style_lora.sdx"])
+def test_shipped_recipes_plan_and_satisfy_the_contract(recipe: str) -> None:
+    code, out, err = _cli("plan", str(RECIPES / recipe), "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    jsonschema.validate(plan, load_schema("plan"))
+    assert plan["plan_hash"] == plan_hash(plan)
+    assert isinstance(plan["estimate"]["vram_bytes"], int)
+    assert plan["estimate"]["vram_breakdown"] and plan["estimate"]["fits"] is True
+    assert plan["training"]["total_steps"] >= plan["training"]["steps_per_epoch"] >= 1
+    assert Path(plan["output"]["dir"]).is_absolute()
+
+
+def test_style_lora_plan_resolves_layers_and_provenance() -> None:
+    code, out, err = _cli("plan", str(RECIPES / "style_lora.sdx"), "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["hardware"]["profile"] == "rtx3060-12gb"
+    assert plan["model"]["kind"] == "hub"
+    assert plan["method"]["rank"] == 16 and plan["optimizer"]["name"] == "lion"
+    assert plan["precision"]["mixed"] == "bf16" and plan["data"]["cache"]["text_encoder"] is True
+    prov = plan["provenance"]
+    assert prov["method.rank"]["source"] == "recipe"
+    assert prov["method.rank"]["at"].endswith("style_lora.sdx:7:1") or ":7:" in prov["method.rank"]["at"]
+    assert prov["model.source"]["source"] == "use" and "sdxl.sdx" in prov["model.source"]["at"]
+    assert prov["optimizer.max_grad_norm"]["source"] == "default"
+    # epochs 10 → total steps derived from the step arithmetic
+    t = plan["training"]
+    assert t["total_steps"] == 10 * t["steps_per_epoch"]
+    assert plan["schedule"]["warmup_steps"] == round(t["total_steps"] * 0.05)
+
+
+def test_plan_text_shows_settings_steps_buckets_and_verdict() -> None:
+    code, out, err = _cli("plan", str(RECIPES / "quickstart.sdx"))
+    assert code == 0, err
+    for needle in ("settings:", "steps:", "buckets:", "estimate", "fits", "plan "):
+        assert needle in out
+    assert "recipe " in out and "quickstart.sdx:" in out
+
+
+def test_set_overrides_and_is_recorded() -> None:
+    code, out, err = _cli("plan", str(RECIPES / "quickstart.sdx"), "--json", "--set", "optimizer.lr=5e-4")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["optimizer"]["lr"] == 5e-4
+    assert plan["provenance"]["optimizer.lr"]["source"] == "set"
+
+
+def test_plan_hash_is_stable_and_changes_with_the_plan() -> None:
+    first = json.loads(_cli("plan", str(RECIPES / "quickstart.sdx"), "--json")[1])
+    again = json.loads(_cli("plan", str(RECIPES / "quickstart.sdx"), "--json")[1])
+    other = json.loads(_cli("plan", str(RECIPES / "quickstart.sdx"), "--json", "--set", "training.seed=1")[1])
+    assert first["plan_hash"] == again["plan_hash"] != other["plan_hash"]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    data = tmp_path / "data"
+    data.symlink_to(RECIPES / "data" / "quickstart", target_is_directory=True)
+    recipe = tmp_path / "bad.sdx"
+    recipe.write_text(text, encoding="utf-8")
+    return recipe
+
+
+def test_recipe_error_exits_1_with_location_and_no_traceback(tmp_path: Path) -> None:
+    recipe = _write(tmp_path, 'model tiny\ndata "data"\nlr 1e-4 loin\nlora rank 8x\n')
+    proc = subprocess.run([sys.executable, "-m", "sdxlc.cli", "check", str(recipe)], capture_output=True,
+                          text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{recipe}:3:" in proc.stderr and f"{recipe}:4:" in proc.stderr
+    assert "lion" in proc.stderr  # did you mean
+
+
+def test_check_json_format_lists_every_error(tmp_path: Path) -> None:
+    recipe = _write(tmp_path, 'model tiny\ndata "data"\nlr 1e-4 loin\nbatch 0\n')
+    code, out, _ = _cli("check", str(recipe), "--format", "json")
+    assert code == 1
+    found = json.loads(out)
+    assert {d["line"] for d in found if d["severity"] == "error"} >= {3, 4}
+    for d in found:
+        assert set(d) >= {"code", "severity", "message", "file", "line", "column", "end_line", "end_column", "help"}
+        assert d["code"].startswith("SDX")
+
+
+def test_semantic_error_points_at_the_line(tmp_path: Path) -> None:
+    recipe = _write(tmp_path, 'model tiny\ndata "data" shuffle\nlora rank 4 cache te\nsteps 5\n')
+    code, out, _ = _cli("check", str(recipe), "--format", "json")
+    assert code == 1
+    assert any(d["code"] == "SDX0520" for d in json.loads(out))
+
+
+def test_missing_dataset_folder_is_a_recipe_error(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.sdx"
+    recipe.write_text('model tiny\ndata "nowhere"\n', encoding="utf-8")
+    code, out, _ = _cli("check", str(recipe), "--format", "json")
+    assert code == 1
+    assert [d["line"] for d in json.loads(out) if d["code"] == "SDX0502"] == [2]
+
+
+def test_unknown_profile_suggests(tmp_path: Path) -> None:
+    recipe = _write(tmp_path, 'model tiny\ndata "data"\nprofile rtx309\n')
+    code, out, _ = _cli("check", str(recipe), "--format", "json")
+    assert code == 1
+    (diag,) = [d for d in json.loads(out) if d["code"] == "SDX0602"]
+    assert diag["line"] == 3 and "rtx3090" in diag["help"]
+
+
+def test_over_budget_plan_is_an_error_with_levers(tmp_path: Path) -> None:
+    recipe = _write(tmp_path, 'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\n'
+                              'resolution 1024\nlora rank 64 fp32\nbatch 8\n')
+    code, out, _ = _cli("check", str(recipe), "--format", "json")
+    assert code == 1
+    (diag,) = [d for d in json.loads(out) if d["code"] == "SDX0610"]
+    assert diag["help"]
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    code, _, _ = _cli("plan", str(tmp_path / "missing.sdx"))
+    assert code == 2

@@ -1,0 +1,324 @@
+"""Analytic VRAM and time estimate of a resolved plan (the plan's ``estimate`` object).
+
+Architecture facts come from ``schema/models/<model>.json``, device facts from a :class:`Profile`. Every
+constant and its source is documented in ``docs/ESTIMATE.md``. Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from typing import Any
+
+from sdxlc.profiles import SCHEMA_DIR, Profile
+
+MODELS_DIR = SCHEMA_DIR / "models"
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "lion": 4, "lion8bit": 1, "sgd": 4}
+TIGHT_HEADROOM = 0.10
+SAMPLE_KEY = "sample_peak"
+
+
+class EstimateError(ValueError):
+    """The plan lacks something the estimator needs, or names something it does not know."""
+
+
+@cache
+def load_model(name: str) -> dict[str, Any]:
+    """Architecture facts of ``schema/models/<name>.json``."""
+    path = MODELS_DIR / f"{name}.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EstimateError(f"cannot read model facts {path}: {exc}") from exc
+    return data
+
+
+def model_name(plan: dict[str, Any]) -> str:
+    """``tiny`` for the built-in tiny model, ``sdxl`` for everything else (hub ids, folders, single files)."""
+    return "tiny" if _get(plan, "model.kind") == "tiny" else "sdxl"
+
+
+def _get(plan: dict[str, Any], dotted: str) -> Any:
+    node: Any = plan
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise EstimateError(f"the plan has no {dotted!r}, which the estimate needs")
+        node = node[part]
+    return node
+
+
+def _set(plan: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = plan
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def lora_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
+    """Trainable LoRA parameters: rank x per-rank sizes of the targeted modules."""
+    rank = int(_get(plan, "method.rank"))
+    targets = set(_get(plan, "method.targets"))
+    table: dict[str, dict[str, int]] = model["lora_params_per_rank"]
+    per_rank = 0
+    if "unet" in targets:
+        for module in _get(plan, "method.unet_modules"):
+            if module not in table["unet"]:
+                known = ", ".join(table["unet"])
+                raise EstimateError(f"no LoRA size known for UNet module {module!r} (known: {known})")
+            per_rank += table["unet"][module]
+    for te in ("te1", "te2"):
+        if te in targets:
+            per_rank += sum(table[te][m] for m in model["te_lora_modules"])
+    return rank * per_rank
+
+
+def _bucket_sizes(plan: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """(width, height, weight) of every bucket in use; one square bucket when there is no table."""
+    table = _get(plan, "data.buckets.table") or []
+    used = [(int(b["width"]), int(b["height"]), int(b.get("batches") or b.get("images") or 0)) for b in table]
+    used = [b for b in used if b[2] > 0] or [(w, h, 1) for w, h, _ in used]
+    if not used:
+        res = int(_get(plan, "data.resolution"))
+        used = [(res, res, 1)]
+    return used
+
+
+def _latent_px(width: int, height: int, model: dict[str, Any]) -> int:
+    down = int(model["latent"]["downscale"])
+    return (width // down) * (height // down)
+
+
+def _unet_forward_flops(model: dict[str, Any], latent_px: float) -> float:
+    f = model["flops"]["unet_forward"]
+    return float(f["constant"] + f["per_latent_px"] * latent_px + f["per_latent_px_squared"] * latent_px**2)
+
+
+def _resident(plan: dict[str, Any]) -> dict[str, bool]:
+    targets = set(_get(plan, "method.targets"))
+    cache_te = bool(_get(plan, "data.cache.text_encoder"))
+    cache_latents = bool(_get(plan, "data.cache.latents"))
+    return {
+        "te1": "te1" in targets or not cache_te,
+        "te2": "te2" in targets or not cache_te,
+        "vae": not cache_latents,
+    }
+
+
+def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int]:
+    """Training-peak terms (they add up) and the sampling peak (compared, not added)."""
+    model = load_model(model_name(plan))
+    params = model["params"]
+    acts_facts = model["activations"]
+    mixed = str(_get(plan, "precision.mixed"))
+    wbytes = DTYPE_BYTES[mixed]
+    vae_bytes = 4 if _get(plan, "precision.vae_fp32") else wbytes
+    act_scale = DTYPE_BYTES[mixed] / int(acts_facts["compute_dtype_bytes"])
+    batch = int(_get(plan, "training.batch_size"))
+    ckpt = bool(_get(plan, "training.gradient_checkpointing"))
+    targets = set(_get(plan, "method.targets"))
+    resident = _resident(plan)
+    optimizer = str(_get(plan, "optimizer.name"))
+    if optimizer not in OPTIMIZER_STATE_BYTES:
+        raise EstimateError(f"no optimizer-state size known for {optimizer!r}")
+    state_bytes = OPTIMIZER_STATE_BYTES[optimizer]
+    if optimizer == "sgd" and float((_get(plan, "optimizer.args") or {}).get("momentum", 1.0)) == 0.0:
+        state_bytes = 0
+
+    lora = lora_param_count(plan, model)
+    vae_params = int(params["vae_encoder"]) + int(params["vae_decoder"])
+    terms: dict[str, int] = {"unet_weights": int(params["unet"]) * wbytes}
+    for te in ("te1", "te2"):
+        if resident[te]:
+            terms[f"{te}_weights"] = int(params[te]) * wbytes
+    if resident["vae"]:
+        terms["vae_weights"] = vae_params * vae_bytes
+    terms["trainable_params"] = lora * LORA_DTYPE_BYTES
+    terms["gradients"] = lora * LORA_DTYPE_BYTES
+    terms["optimizer_state"] = lora * state_bytes
+
+    sizes = _bucket_sizes(plan)
+    max_px = max(_latent_px(w, h, model) for w, h, _ in sizes)
+    max_image_px = max(w * h for w, h, _ in sizes)
+    coef = acts_facts["checkpointing" if ckpt else "no_checkpointing"]
+    unet_acts = (coef["fixed_bytes_per_latent_px"] + coef["per_sample_bytes_per_latent_px"] * batch) * max_px
+    te_per_sample = acts_facts["te_training_bytes_per_sample"]
+    te_acts = sum(te_per_sample[te] * batch for te in ("te1", "te2") if te in targets)
+    activations = int((unet_acts + te_acts) * act_scale)
+    terms["activations"] = activations
+    vae_transient = acts_facts["vae_transient_elements_per_image_px"]
+    if resident["vae"]:
+        encode = int(vae_transient["encode"] * max_image_px * batch * vae_bytes)
+        if encode > activations:
+            terms["vae_encode_extra"] = encode - activations
+    overhead = profile.allocator_overhead
+    terms["allocator_overhead"] = int(sum(terms.values()) * overhead)
+    terms["cuda_context"] = profile.context_bytes if profile.device == "cuda" else 0
+
+    sample_peak = 0
+    prompts = _get(plan, "sample.prompts") or []
+    if prompts:
+        sw, sh = int(_get(plan, "sample.width")), int(_get(plan, "sample.height"))
+        cfg_batch = 2 if float(_get(plan, "sample.cfg")) > 1.0 else 1
+        static = (
+            terms["unet_weights"]
+            + terms.get("te1_weights", 0)
+            + terms.get("te2_weights", 0)
+            + int(params["vae_decoder"]) * vae_bytes
+            + (int(params["vae_encoder"]) * vae_bytes if resident["vae"] else 0)
+            + terms["trainable_params"]
+            + terms["optimizer_state"]
+        )
+        inference = acts_facts["inference_bytes_per_latent_px_per_sample"]
+        unet_inf = inference * _latent_px(sw, sh, model) * cfg_batch
+        decode = vae_transient["decode"] * sw * sh * vae_bytes
+        transient = max(unet_inf * act_scale, decode)
+        sample_peak = int((static + transient) * (1.0 + overhead)) + terms["cuda_context"]
+    return {k: v for k, v in terms.items() if v > 0}, sample_peak
+
+
+def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, float]:
+    """(FLOPs per optimizer step, seconds per step, total seconds including sampling and caching)."""
+    model = load_model(model_name(plan))
+    flops = model["flops"]
+    mixed = str(_get(plan, "precision.mixed"))
+    throughput = profile.tflops_for(mixed) * 1e12 * profile.efficiency
+    batch = int(_get(plan, "training.batch_size"))
+    accumulate = int(_get(plan, "training.accumulate"))
+    ckpt = bool(_get(plan, "training.gradient_checkpointing"))
+    targets = set(_get(plan, "method.targets"))
+    resident = _resident(plan)
+    cache_te = bool(_get(plan, "data.cache.text_encoder"))
+
+    sizes = _bucket_sizes(plan)
+    total_weight = sum(wt for _, _, wt in sizes)
+    mean_px = sum(_latent_px(w, h, model) * wt for w, h, wt in sizes) / total_weight
+    mean_image_px = sum(w * h * wt for w, h, wt in sizes) / total_weight
+
+    per_sample = _unet_forward_flops(model, mean_px) * (4 if ckpt else 3)
+    for te in ("te1", "te2"):
+        te_fwd = float(flops[f"{te}_forward_per_sample"])
+        if te in targets:
+            per_sample += 3 * te_fwd
+        elif not cache_te:
+            per_sample += te_fwd
+    if resident["vae"]:
+        per_sample += float(flops["vae_encode_per_image_px"]) * mean_image_px
+    step_flops = per_sample * batch * accumulate
+
+    device = profile.device
+    overhead = float(model["step_overhead_seconds"][device])
+    if ckpt:
+        overhead *= float(model["checkpointing_overhead_factor"])
+    if resident["vae"] or not cache_te:
+        overhead += float(model["encode_overhead_seconds"][device])
+    seconds_per_step = step_flops / throughput + overhead * accumulate
+    total = seconds_per_step * int(_get(plan, "training.total_steps"))
+
+    prompts = _get(plan, "sample.prompts") or []
+    every = _get(plan, "sample.every_steps")
+    if prompts and every:
+        events = int(_get(plan, "training.total_steps")) // int(every)
+        sw, sh = int(_get(plan, "sample.width")), int(_get(plan, "sample.height"))
+        cfg_batch = 2 if float(_get(plan, "sample.cfg")) > 1.0 else 1
+        steps = int(_get(plan, "sample.steps"))
+        image = steps * cfg_batch * _unet_forward_flops(model, _latent_px(sw, sh, model))
+        image += float(flops["vae_decode_per_image_px"]) * sw * sh
+        total += events * len(prompts) * image / throughput
+    images = int(_get(plan, "data.images"))
+    if not resident["vae"]:
+        total += images * float(flops["vae_encode_per_image_px"]) * mean_image_px / throughput
+    if cache_te:
+        total += images * sum(float(flops[f"{te}_forward_per_sample"]) for te in ("te1", "te2")) / throughput
+    return step_flops, seconds_per_step, total
+
+
+def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """The plan's ``estimate`` object (schema/plan.schema.json).
+
+    ``vram_breakdown`` holds the training-peak terms, which add up to the training peak, plus
+    ``sample_peak`` (whole sampling peak, compared rather than added) when the plan samples.
+    ``vram_bytes`` is the larger of the two peaks.
+    """
+    terms, sample_peak = _memory(plan, profile)
+    train_peak = sum(terms.values())
+    vram = max(train_peak, sample_peak)
+    breakdown = dict(terms)
+    if sample_peak:
+        breakdown[SAMPLE_KEY] = sample_peak
+    budget = profile.vram_usable_bytes
+    fits = vram <= budget
+    if not fits:
+        verdict = "does_not_fit"
+    elif budget - vram < TIGHT_HEADROOM * budget:
+        verdict = "tight"
+    else:
+        verdict = "fits"
+    step_flops, seconds_per_step, total = _seconds(plan, profile)
+    return {
+        "vram_bytes": int(vram),
+        "vram_breakdown": breakdown,
+        "budget_bytes": int(budget),
+        "fits": fits,
+        "verdict": verdict,
+        "step_flops": float(round(step_flops)),
+        "seconds_per_step": round(seconds_per_step, 6),
+        "total_seconds": round(total, 3),
+    }
+
+
+def _lever_candidates(plan: dict[str, Any], profile: Profile) -> list[tuple[str, dict[str, Any], str]]:
+    """(name, changes, description) for every memory lever the plan has not used, cheapest first."""
+    out: list[tuple[str, dict[str, Any], str]] = []
+    targets = set(_get(plan, "method.targets"))
+    if not _get(plan, "data.cache.text_encoder") and not targets & {"te1", "te2"}:
+        out.append(("cache_text_encoder", {"data.cache.text_encoder": True},
+                    "cache text-encoder outputs and free both text encoders "
+                    "(no per-step caption shuffling or dropout)"))
+    if not _get(plan, "data.cache.latents"):
+        out.append(("cache_latents", {"data.cache.latents": True},
+                    "cache VAE latents and free the VAE during training "
+                    "(augmentations are fixed at caching time)"))
+    if not _get(plan, "training.gradient_checkpointing"):
+        out.append(("gradient_checkpointing", {"training.gradient_checkpointing": True},
+                    "turn on gradient checkpointing (about 20-30% slower steps)"))
+    optimizer = str(_get(plan, "optimizer.name"))
+    if optimizer in ("adamw", "lion"):
+        out.append(("optimizer_8bit", {"optimizer.name": optimizer + "8bit"},
+                    f"use the 8-bit {optimizer} optimizer (bitsandbytes; 8-bit optimizer state)"))
+    if _get(plan, "precision.mixed") == "fp32" and (profile.bf16 or profile.fp16):
+        dtype = "bf16" if profile.bf16 else "fp16"
+        out.append((f"mixed_precision_{dtype}", {"precision.mixed": dtype},
+                    f"train in {dtype} mixed precision (frozen weights stored in {dtype})"))
+    batch = int(_get(plan, "training.batch_size"))
+    if batch > 1:
+        smaller = batch // 2 if batch % 2 == 0 else 1
+        accumulate = int(_get(plan, "training.accumulate")) * (batch // smaller)
+        out.append(("smaller_batch", {"training.batch_size": smaller, "training.accumulate": accumulate},
+                    f"batch {smaller} with {accumulate}x gradient accumulation "
+                    "(same effective batch, slower)"))
+    return out
+
+
+def levers(plan: dict[str, Any], profile: Profile) -> list[dict[str, Any]]:
+    """Memory levers the plan has not used, cheapest first: ``{name, saves_bytes, description, changes}``.
+
+    ``changes`` maps dotted plan paths to new values; ``saves_bytes`` is the drop in ``vram_bytes`` when
+    only that lever is applied. Levers that save nothing are left out.
+    """
+    base = estimate(plan, profile)["vram_bytes"]
+    out: list[dict[str, Any]] = []
+    for name, changes, description in _lever_candidates(plan, profile):
+        modified = copy.deepcopy(plan)
+        for path, value in changes.items():
+            _set(modified, path, value)
+        saves = base - estimate(modified, profile)["vram_bytes"]
+        if saves > 0:
+            out.append(
+                {"name": name, "saves_bytes": int(saves), "description": description, "changes": changes}
+            )
+    return out

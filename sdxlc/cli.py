@@ -22,11 +22,22 @@ from sdxlc.plan import to_text
 EXIT_OK, EXIT_RECIPE, EXIT_USAGE, EXIT_RUN = 0, 1, 2, 3
 
 _recipe_arg = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-_set_opt = click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
-                        help="Override a recipe setting, e.g. --set optimizer.lr=5e-5 (repeatable).")
+_set_opt = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a recipe setting, e.g. --set optimizer.lr=5e-5 (repeatable).",
+)
 _profile_opt = click.option("--profile", default=None, metavar="NAME", help="Plan for this hardware profile.")
-_format_opt = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-                           show_default=True, help="How to print diagnostics.")
+_format_opt = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="How to print diagnostics.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,12 +72,23 @@ def check(files: tuple[Path, ...], sets: tuple[str, ...], profile: str | None, f
 @_set_opt
 @_profile_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the runtime's contract).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              help="How to print diagnostics (json: a list on stdout, instead of the plan).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the plan JSON to this file.")
-def plan(recipe: Path, sets: tuple[str, ...], profile: str | None, as_json: bool, fmt: str,
-         output: Path | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="How to print diagnostics (json: a list on stdout, instead of the plan).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the plan JSON to this file.",
+)
+def plan(
+    recipe: Path, sets: tuple[str, ...], profile: str | None, as_json: bool, fmt: str, output: Path | None
+) -> None:
     """Resolve RECIPE: settings with provenance, step arithmetic, buckets and the memory estimate."""
     from sdxlc.report import render_plan
 
@@ -147,11 +169,15 @@ def _print_diagnostics(compiled: Compiled) -> None:
 
 def _print_run_header(plan_: dict[str, Any]) -> None:
     est, t = plan_["estimate"], plan_["training"]
-    click.echo(f"plan {plan_['plan_hash'][:12]}: LoRA rank {plan_['method']['rank']} on {plan_['model']['source']}, "
-               f"{t['total_steps']} steps × batch {t['batch_size']}, {plan_['data']['images']} images")
-    click.echo(f"estimate: {est['vram_bytes'] / 2**30:.2f} GiB of {est['budget_bytes'] / 2**30:.1f} GiB "
-               f"on {plan_['hardware']['name']} ({est['verdict'].replace('_', ' ')}), "
-               f"about {est['total_seconds']:.0f} s")
+    click.echo(
+        f"plan {plan_['plan_hash'][:12]}: LoRA rank {plan_['method']['rank']} on {plan_['model']['source']}, "
+        f"{t['total_steps']} steps × batch {t['batch_size']}, {plan_['data']['images']} images"
+    )
+    click.echo(
+        f"estimate: {est['vram_bytes'] / 2**30:.2f} GiB of {est['budget_bytes'] / 2**30:.1f} GiB "
+        f"on {plan_['hardware']['name']} ({est['verdict'].replace('_', ' ')}), "
+        f"about {est['total_seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ class Compiled:
 
     def ordered(self) -> list[Diagnostic]:
         """Diagnostics in source order (those without a place last), as editors and readers expect."""
+
         def key(d: Diagnostic) -> tuple[int, str, int, int]:
             if d.span is None:
                 return (1, "", 0, 0)
             return (0, d.span.file, d.span.line, d.span.column)
+
         return sorted(self.diagnostics, key=key)
 
     @property
@@ -75,8 +77,14 @@ def _structural(lowered: Lowered, known: list[Diagnostic]) -> list[Diagnostic]:
         span = origin.span if origin else None
         if span is not None and (span.file, span.line, span.column) in taken:
             continue
-        found.append(make("SDX0401", f"`{path or 'recipe'}`: {message}", span,
-                          help="see `sdxlc explain " + (path or "recipe") + "`"))
+        found.append(
+            make(
+                "SDX0401",
+                f"`{path or 'recipe'}`: {message}",
+                span,
+                help="see `sdxlc explain " + (path or "recipe") + "`",
+            )
+        )
     return found
 
 
@@ -90,8 +98,14 @@ def _fit(plan: dict[str, Any], profile: Profile, layers: Layers) -> list[Diagnos
         hint = "; ".join(f"{lever['description']} (−{_gib(lever['saves_bytes'])})" for lever in options[:4])
     else:
         hint = "pick a larger profile"
-    return [make("SDX0610", f"the run needs about {need} but {profile.title} has {have}",
-                 layers.span("profile"), help=hint)]
+    return [
+        make(
+            "SDX0610",
+            f"the run needs about {need} but {profile.title} has {have}",
+            layers.span("profile"),
+            help=hint,
+        )
+    ]
 
 
 def _gib(n: int) -> str:

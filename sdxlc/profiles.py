@@ -159,7 +159,7 @@ def load_profile(name: str) -> Profile:
 
 def validate_profile_file(path: Path) -> list[str]:
     """Schema errors of one profile file (empty when valid); also checks name == file stem."""
-    import jsonschema  # type: ignore[import-untyped]
+    import jsonschema
 
     schema = json.loads(PROFILE_SCHEMA.read_text(encoding="utf-8"))
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -7,8 +7,19 @@ from typing import Any
 
 from sdxlc.resolve_data import bucket_details
 
-_SECTIONS = ("model", "hardware", "method", "precision", "optimizer", "schedule", "training", "save", "sample",
-             "output", "log")
+_SECTIONS = (
+    "model",
+    "hardware",
+    "method",
+    "precision",
+    "optimizer",
+    "schedule",
+    "training",
+    "save",
+    "sample",
+    "output",
+    "log",
+)
 
 
 def render_plan(plan: dict[str, Any]) -> str:
@@ -30,9 +41,13 @@ def _settings(plan: dict[str, Any]) -> str:
             path = f"data.datasets.{index}.{key}"
             rows.append((path, _value(value), _origin(plan["provenance"].get(path))))
     for key in ("resolution",):
-        rows.append((f"data.{key}", _value(plan["data"][key]), _origin(plan["provenance"].get(f"data.{key}"))))
+        rows.append(
+            (f"data.{key}", _value(plan["data"][key]), _origin(plan["provenance"].get(f"data.{key}")))
+        )
     for key, value in plan["data"]["cache"].items():
-        rows.append((f"data.cache.{key}", _value(value), _origin(plan["provenance"].get(f"data.cache.{key}"))))
+        rows.append(
+            (f"data.cache.{key}", _value(value), _origin(plan["provenance"].get(f"data.cache.{key}")))
+        )
     width = max(len(r[0]) for r in rows)
     vwidth = min(48, max(len(r[1]) for r in rows))
     lines = ["settings:"] + [f"  {p:<{width}}  {v:<{vwidth}}  {o}" for p, v, o in rows]
@@ -44,36 +59,54 @@ def _steps(plan: dict[str, Any]) -> str:
     lines = ["steps:"]
     for d in data["datasets"]:
         kind = "regularization" if d["regularization"] else "train"
-        lines.append(f"  {d['images']} images × {d['repeat']} repeats = {d['images'] * d['repeat']} samples "
-                     f"({kind}, {d['path']})")
-    lines.append(f"  {data['samples_per_epoch']} samples per epoch in {len(data['buckets']['table'])} bucket(s), "
-                 f"batch {t['batch_size']} → {t['batches_per_epoch']} batches per epoch")
-    lines.append(f"  {t['batches_per_epoch']} batches ÷ accumulate {t['accumulate']} → "
-                 f"{t['steps_per_epoch']} optimizer steps per epoch (effective batch {t['effective_batch']})")
-    lines.append(f"  {t['total_steps']} steps = {t['total_steps'] / t['steps_per_epoch']:.2f} epochs "
-                 f"(training runs {t['epochs']} epoch pass(es)); warmup {plan['schedule']['warmup_steps']} steps")
+        lines.append(
+            f"  {d['images']} images × {d['repeat']} repeats = {d['images'] * d['repeat']} samples "
+            f"({kind}, {d['path']})"
+        )
+    lines.append(
+        f"  {data['samples_per_epoch']} samples per epoch in {len(data['buckets']['table'])} bucket(s), "
+        f"batch {t['batch_size']} → {t['batches_per_epoch']} batches per epoch"
+    )
+    lines.append(
+        f"  {t['batches_per_epoch']} batches ÷ accumulate {t['accumulate']} → "
+        f"{t['steps_per_epoch']} optimizer steps per epoch (effective batch {t['effective_batch']})"
+    )
+    lines.append(
+        f"  {t['total_steps']} steps = {t['total_steps'] / t['steps_per_epoch']:.2f} epochs "
+        f"(training runs {t['epochs']} epoch pass(es)); warmup {plan['schedule']['warmup_steps']} steps"
+    )
     return "\n".join(lines)
 
 
 def _buckets(plan: dict[str, Any]) -> str:
     lines = ["buckets:", "  bucket        images  batches  aspect error  cropped"]
     for row in bucket_details(plan):
-        lines.append(f"  {row['width']:>5}×{row['height']:<6} {row['images']:>6}  {row['batches']:>7}  "
-                     f"{row['aspect_error'] * 100:>11.1f}%  {row['cropped'] * 100:>6.1f}%")
+        lines.append(
+            f"  {row['width']:>5}×{row['height']:<6} {row['images']:>6}  {row['batches']:>7}  "
+            f"{row['aspect_error'] * 100:>11.1f}%  {row['cropped'] * 100:>6.1f}%"
+        )
     return "\n".join(lines)
 
 
 def _estimate(plan: dict[str, Any]) -> str:
     est, hw = plan["estimate"], plan["hardware"]
-    verdict = {"fits": "fits", "tight": "fits, but tight (under 10% headroom)", "does_not_fit": "does NOT fit"}
+    verdict = {
+        "fits": "fits",
+        "tight": "fits, but tight (under 10% headroom)",
+        "does_not_fit": "does NOT fit",
+    }
     memory = "VRAM" if hw["device"] == "cuda" else "memory"
-    lines = [f"{memory} estimate on {hw['name']} ({hw['profile']}): {_gib(est['vram_bytes'])} of "
-             f"{_gib(est['budget_bytes'])} usable → {verdict[est['verdict']]}"]
+    lines = [
+        f"{memory} estimate on {hw['name']} ({hw['profile']}): {_gib(est['vram_bytes'])} of "
+        f"{_gib(est['budget_bytes'])} usable → {verdict[est['verdict']]}"
+    ]
     for name, size in sorted(est["vram_breakdown"].items(), key=lambda kv: -kv[1]):
         if size:
             lines.append(f"  {name:<24} {_gib(size):>10}")
-    lines.append(f"time estimate: {est['seconds_per_step']:.3f} s/step × {plan['training']['total_steps']} steps "
-                 f"≈ {_duration(est['total_seconds'])} ({est['step_flops'] / 1e12:.2f} TFLOP per step)")
+    lines.append(
+        f"time estimate: {est['seconds_per_step']:.3f} s/step × {plan['training']['total_steps']} steps "
+        f"≈ {_duration(est['total_seconds'])} ({est['step_flops'] / 1e12:.2f} TFLOP per step)"
+    )
     return "\n".join(lines)
 
 

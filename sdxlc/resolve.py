@@ -59,8 +59,14 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     profile = _profile(b, family, profile_override, diags)
     if profile is None:
         return Resolution(None, diags)
-    hardware = {"profile": profile.name, "name": profile.title, "device": profile.device,
-                "vram_bytes": profile.usable_vram_bytes, "bf16": profile.bf16, "fp16": profile.fp16}
+    hardware = {
+        "profile": profile.name,
+        "name": profile.title,
+        "device": profile.device,
+        "vram_bytes": profile.usable_vram_bytes,
+        "bf16": profile.bf16,
+        "fp16": profile.fp16,
+    }
     for key in ("name", "device", "vram_bytes", "bf16", "fp16"):
         b.derived(f"hardware.{key}", None, "profile")
     batch_size = b.take("training.batch_size", "training.batch_size")
@@ -73,8 +79,10 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "plan_version": 1,
         "sdxlc_version": __version__,
         "plan_hash": "0" * 64,
-        "sources": [{"file": name, "sha256": hashlib.sha256(text.encode()).hexdigest()}
-                    for name, text in lowered.sources.items()],
+        "sources": [
+            {"file": name, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+            for name, text in lowered.sources.items()
+        ],
         "model": model,
         "hardware": hardware,
         "method": _method(b),
@@ -103,14 +111,25 @@ def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, 
         if folder.is_dir():
             kind, source = "diffusers_folder", str(folder)
         elif source.endswith((".safetensors", ".ckpt", ".pt")):
-            diags.append(make("SDX0510", f"single-file checkpoints are not supported yet: `{source}`",
-                              b.layers.span("model.source"),
-                              help="convert it to a diffusers folder, or name a hub id"))
+            diags.append(
+                make(
+                    "SDX0510",
+                    f"single-file checkpoints are not supported yet: `{source}`",
+                    b.layers.span("model.source"),
+                    help="convert it to a diffusers folder, or name a hub id",
+                )
+            )
         elif _HUB_ID.match(source):
             kind = "hub"
         else:
-            diags.append(make("SDX0511", f"model `{source}` is neither a folder nor a hub id",
-                              b.layers.span("model.source"), help=f"looked for the folder {folder}"))
+            diags.append(
+                make(
+                    "SDX0511",
+                    f"model `{source}` is neither a folder nor a hub id",
+                    b.layers.span("model.source"),
+                    help=f"looked for the folder {folder}",
+                )
+            )
     vae = b.take("model.vae", "model.vae")
     if vae is not None:
         folder = (b.layers.base_dir("model.vae", recipe_dir) / vae).resolve()
@@ -122,8 +141,9 @@ def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, 
         "vae": vae,
         "prediction": b.take("model.prediction", "model.prediction"),
         "tiny_seed": b.take("model.tiny_seed", "model.tiny_seed"),
-        "base_model_version": b.derived("model.base_model_version",
-                                        "sdxlc_tiny" if kind == "tiny" else "sdxl_base_v1-0"),
+        "base_model_version": b.derived(
+            "model.base_model_version", "sdxlc_tiny" if kind == "tiny" else "sdxl_base_v1-0"
+        ),
     }
 
 
@@ -136,8 +156,14 @@ def _profile(b: _Builder, family: str, override: str | None, diags: list[Diagnos
     if name == "auto":
         probed = probe_auto()
         if isinstance(probed, str):
-            diags.append(make("SDX0601", f"`profile auto` found no GPU ({probed}); planning for `cpu`", span,
-                              help="name the card the run is for, e.g. `profile rtx4090-24gb`"))
+            diags.append(
+                make(
+                    "SDX0601",
+                    f"`profile auto` found no GPU ({probed}); planning for `cpu`",
+                    span,
+                    help="name the card the run is for, e.g. `profile rtx4090-24gb`",
+                )
+            )
             name = "cpu"
         else:
             return probed
@@ -163,8 +189,11 @@ def _method(b: _Builder) -> dict[str, Any]:
 
 
 def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
-    fallback = "bf16" if profile.device == "cuda" and profile.bf16 else (
-        "fp16" if profile.device == "cuda" else "fp32")
+    fallback = (
+        "bf16"
+        if profile.device == "cuda" and profile.bf16
+        else ("fp16" if profile.device == "cuda" else "fp32")
+    )
     mixed = b.take("precision.mixed", "precision.mixed", fallback)
     if not b.layers.given("precision.mixed"):
         b.provenance["precision.mixed"] = {"source": "profile", "at": None}
@@ -186,9 +215,15 @@ def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dic
     batches = max(1, sum(row["batches"] for row in data["buckets"]["table"]))
     per_epoch = max(1, math.ceil(batches / accumulate))
     if b.layers.given("training.epochs") and b.layers.given("training.steps"):
-        diags.append(make("SDX0505", "both `steps` and `epochs` are given", b.layers.span("training.epochs"),
-                          help="keep one: `steps N` or `epochs N`",
-                          related=_related(b, "training.steps", "steps set here")))
+        diags.append(
+            make(
+                "SDX0505",
+                "both `steps` and `epochs` are given",
+                b.layers.span("training.epochs"),
+                help="keep one: `steps N` or `epochs N`",
+                related=_related(b, "training.steps", "steps set here"),
+            )
+        )
     if b.layers.given("training.epochs"):
         epochs = b.take("training.epochs", "training.epochs")
         total = b.derived("training.total_steps", epochs * per_epoch)
@@ -203,7 +238,9 @@ def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dic
         "steps_per_epoch": b.derived("training.steps_per_epoch", per_epoch),
         "epochs": epochs,
         "total_steps": total,
-        "gradient_checkpointing": b.take("training.gradient_checkpointing", "training.gradient_checkpointing"),
+        "gradient_checkpointing": b.take(
+            "training.gradient_checkpointing", "training.gradient_checkpointing"
+        ),
         "seed": b.take("training.seed", "training.seed"),
         "noise_offset": b.take("noise.offset", "training.noise_offset"),
         "snr_gamma": b.take("noise.snr_gamma", "training.snr_gamma"),
@@ -220,12 +257,23 @@ def _schedule(b: _Builder, total_steps: int, diags: list[Diagnostic]) -> dict[st
     else:
         warmup = b.take("schedule.warmup_steps", "schedule.warmup_steps")
     if name == "constant" and warmup > 0:
-        diags.append(make("SDX0506", "the `constant` schedule has no warmup", b.layers.span("schedule.name"),
-                          help="use `schedule constant_with_warmup`, or drop the warmup"))
+        diags.append(
+            make(
+                "SDX0506",
+                "the `constant` schedule has no warmup",
+                b.layers.span("schedule.name"),
+                help="use `schedule constant_with_warmup`, or drop the warmup",
+            )
+        )
     if warmup >= total_steps:
-        diags.append(make("SDX0507", f"warmup ({warmup} steps) is not shorter than the run ({total_steps} steps)",
-                          b.layers.span("schedule.warmup_steps") or b.layers.span("schedule.warmup_percent"),
-                          help="shorten the warmup or train longer"))
+        diags.append(
+            make(
+                "SDX0507",
+                f"warmup ({warmup} steps) is not shorter than the run ({total_steps} steps)",
+                b.layers.span("schedule.warmup_steps") or b.layers.span("schedule.warmup_percent"),
+                help="shorten the warmup or train longer",
+            )
+        )
     return {"name": name, "warmup_steps": warmup}
 
 

@@ -39,15 +39,27 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     lo, lo_from = layers.get("resolution.min")
     hi, hi_from = layers.get("resolution.max")
     step, step_from = layers.get("resolution.step")
-    res.provenance.update({"data.images": {"source": "derived", "at": None},
-                           "data.samples_per_epoch": {"source": "derived", "at": None},
-                           "data.resolution": size_from, "data.buckets.enabled": enabled_from,
-                           "data.buckets.min": lo_from, "data.buckets.max": hi_from,
-                           "data.buckets.step": step_from})
+    res.provenance.update(
+        {
+            "data.images": {"source": "derived", "at": None},
+            "data.samples_per_epoch": {"source": "derived", "at": None},
+            "data.resolution": size_from,
+            "data.buckets.enabled": enabled_from,
+            "data.buckets.min": lo_from,
+            "data.buckets.max": hi_from,
+            "data.buckets.step": step_from,
+        }
+    )
     bucket_list = bk.make_buckets(size, lo, hi, step) if enabled else [(size, size)]
     if not bucket_list:
-        res.diagnostics.append(make("SDX0504", f"no bucket fits between {lo} and {hi} at resolution {size}",
-                                    layers.span("resolution.min"), help="widen `buckets MIN..MAX`"))
+        res.diagnostics.append(
+            make(
+                "SDX0504",
+                f"no bucket fits between {lo} and {hi} at resolution {size}",
+                layers.span("resolution.min"),
+                help="widen `buckets MIN..MAX`",
+            )
+        )
         bucket_list = [(size, size)]
     table = _bucket_table(datasets, items, bucket_list, batch_size)
     res.bucket_sizes = [row["samples"] for row in table]
@@ -55,8 +67,13 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     res.section = {
         "datasets": datasets,
         "resolution": size,
-        "buckets": {"enabled": bool(enabled), "min": lo, "max": hi, "step": step,
-                    "table": [{k: row[k] for k in ("width", "height", "images", "batches")} for row in table]},
+        "buckets": {
+            "enabled": bool(enabled),
+            "min": lo,
+            "max": hi,
+            "step": step,
+            "table": [{k: row[k] for k in ("width", "height", "images", "batches")} for row in table],
+        },
         "cache": _cache(layers, recipe_dir, res.provenance),
         "images": len(items),
         "samples_per_epoch": samples,
@@ -77,16 +94,26 @@ def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
     for row in plan["data"]["buckets"]["table"]:
         stats = rows[(row["width"], row["height"])]
         n = max(1, len(stats["errors"]))
-        details.append({**row, "aspect_error": sum(stats["errors"]) / n, "cropped": sum(stats["cropped"]) / n})
+        details.append(
+            {**row, "aspect_error": sum(stats["errors"]) / n, "cropped": sum(stats["cropped"]) / n}
+        )
     return details
 
 
-def _datasets(layers: Layers, recipe_dir: Path) -> tuple[list[dict[str, Any]], list[ImageItem], DataResolution]:
+def _datasets(
+    layers: Layers, recipe_dir: Path
+) -> tuple[list[dict[str, Any]], list[ImageItem], DataResolution]:
     res = DataResolution(section={})
     given = layers.doc.get("data") or []
     if not given:
-        res.diagnostics.append(make("SDX0501", "the recipe names no training data", None,
-                                    help='add a line such as `data "images/my_concept" repeat 10`'))
+        res.diagnostics.append(
+            make(
+                "SDX0501",
+                "the recipe names no training data",
+                None,
+                help='add a line such as `data "images/my_concept" repeat 10`',
+            )
+        )
     datasets: list[dict[str, Any]] = []
     items: list[ImageItem] = []
     for index, entry in enumerate(given):
@@ -95,13 +122,20 @@ def _datasets(layers: Layers, recipe_dir: Path) -> tuple[list[dict[str, Any]], l
         resolved = {**DATASET_DEFAULTS, **entry, "path": str(folder)}
         for key in DATASET_DEFAULTS:
             res.provenance[f"data.datasets.{index}.{key}"] = (
-                layers.origin(f"data.{index}.{key}") if key in entry else {"source": "default", "at": None})
+                layers.origin(f"data.{index}.{key}") if key in entry else {"source": "default", "at": None}
+            )
         res.provenance[f"data.datasets.{index}.images"] = {"source": "derived", "at": None}
         res.provenance[f"data.datasets.{index}.path"] = layers.origin(f"data.{index}.path")
         span = layers.span(f"data.{index}.path")
         if not folder.is_dir():
-            res.diagnostics.append(make("SDX0502", f"dataset folder `{entry['path']}` does not exist",
-                                        span, help=f"looked for {folder}"))
+            res.diagnostics.append(
+                make(
+                    "SDX0502",
+                    f"dataset folder `{entry['path']}` does not exist",
+                    span,
+                    help=f"looked for {folder}",
+                )
+            )
             resolved["images"] = 0
             datasets.append(resolved)
             continue
@@ -109,19 +143,28 @@ def _datasets(layers: Layers, recipe_dir: Path) -> tuple[list[dict[str, Any]], l
         for problem in scan.problems:
             res.warnings.append(f"skipped {problem}")
         if scan.missing_captions:
-            res.warnings.append(f"{scan.missing_captions} image(s) in {entry['path']} have no "
-                                f"{resolved['caption_ext']} caption and train with an empty caption")
+            res.warnings.append(
+                f"{scan.missing_captions} image(s) in {entry['path']} have no "
+                f"{resolved['caption_ext']} caption and train with an empty caption"
+            )
         if not scan.items:
-            res.diagnostics.append(make("SDX0503", f"dataset folder `{entry['path']}` holds no readable image",
-                                        span, help="supported: " + ", ".join(("png", "jpg", "webp", "bmp"))))
+            res.diagnostics.append(
+                make(
+                    "SDX0503",
+                    f"dataset folder `{entry['path']}` holds no readable image",
+                    span,
+                    help="supported: " + ", ".join(("png", "jpg", "webp", "bmp")),
+                )
+            )
         resolved["images"] = len(scan.items)
         datasets.append(resolved)
         items.extend(scan.items)
     return datasets, items, res
 
 
-def _bucket_table(datasets: list[dict[str, Any]], items: list[ImageItem], buckets: list[bk.Bucket],
-                  batch_size: int) -> list[dict[str, Any]]:
+def _bucket_table(
+    datasets: list[dict[str, Any]], items: list[ImageItem], buckets: list[bk.Bucket], batch_size: int
+) -> list[dict[str, Any]]:
     counts: dict[bk.Bucket, list[int]] = {b: [0, 0] for b in buckets}
     for item in items:
         bucket = bk.assign(item.width, item.height, buckets)
@@ -130,8 +173,15 @@ def _bucket_table(datasets: list[dict[str, Any]], items: list[ImageItem], bucket
     table = []
     for (width, height), (images, samples) in counts.items():
         if images:
-            table.append({"width": width, "height": height, "images": images, "samples": samples,
-                          "batches": bk.batch_count([samples], batch_size)})
+            table.append(
+                {
+                    "width": width,
+                    "height": height,
+                    "images": images,
+                    "samples": samples,
+                    "batches": bk.batch_count([samples], batch_size),
+                }
+            )
     return table
 
 

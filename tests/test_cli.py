@@ -28,15 +28,19 @@ def _cli(*args: str) -> tuple[int, str, str]:
 
 def test_importing_the_cli_loads_no_ml_stack() -> None:
     code = "import sys, sdxlc.cli, sdxlc.pipeline, sdxlc.report; print(' '.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert not [m for m in HEAVY if m in out]
 
 
 def test_plan_command_imports_no_ml_stack() -> None:
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom sdxlc.cli import main\n"
-            f"r = CliRunner().invoke(main, ['plan', {str(RECIPES / 'style_lora.sdx')!r}, '--json'])\n"
-            "assert r.exit_code == 0, r.output\n"
-            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom sdxlc.cli import main\n"
+        f"r = CliRunner().invoke(main, ['plan', {str(RECIPES / 'style_lora.sdx')!r}, '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
@@ -107,8 +111,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_recipe_error_exits_1_with_location_and_no_traceback(tmp_path: Path) -> None:
     recipe = _write(tmp_path, 'model tiny\ndata "data"\nlr 1e-4 loin\nlora rank 8x\n')
-    proc = subprocess.run([sys.executable, "-m", "sdxlc.cli", "check", str(recipe)], capture_output=True,
-                          text=True, env={**os.environ, "NO_COLOR": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdxlc.cli", "check", str(recipe)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"{recipe}:3:" in proc.stderr and f"{recipe}:4:" in proc.stderr
@@ -122,7 +130,17 @@ def test_check_json_format_lists_every_error(tmp_path: Path) -> None:
     found = json.loads(out)
     assert {d["line"] for d in found if d["severity"] == "error"} >= {3, 4}
     for d in found:
-        assert set(d) >= {"code", "severity", "message", "file", "line", "column", "end_line", "end_column", "help"}
+        assert set(d) >= {
+            "code",
+            "severity",
+            "message",
+            "file",
+            "line",
+            "column",
+            "end_line",
+            "end_column",
+            "help",
+        }
         assert d["code"].startswith("SDX")
 
 
@@ -150,8 +168,11 @@ def test_unknown_profile_suggests(tmp_path: Path) -> None:
 
 
 def test_over_budget_plan_is_an_error_with_levers(tmp_path: Path) -> None:
-    recipe = _write(tmp_path, 'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\n'
-                              'resolution 1024\nlora rank 64 fp32\nbatch 8\n')
+    recipe = _write(
+        tmp_path,
+        'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\n'
+        "resolution 1024\nlora rank 64 fp32\nbatch 8\n",
+    )
     code, out, _ = _cli("check", str(recipe), "--format", "json")
     assert code == 1
     (diag,) = [d for d in json.loads(out) if d["code"] == "SDX0610"]

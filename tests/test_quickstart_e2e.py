@@ -20,8 +20,19 @@ def test_sdxlc_run_quickstart(tmp_path: Path) -> None:
     (tmp_path / "data" / "quickstart").symlink_to(ROOT / "recipes" / "data" / "quickstart")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "sdxlc.cli", "run", str(tmp_path / "quickstart.sdx"), "--set", "training.steps=12"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sdxlc.cli",
+            "run",
+            str(tmp_path / "quickstart.sdx"),
+            "--set",
+            "training.steps=12",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out_dir = tmp_path / "out" / "quickstart"

@@ -180,5 +180,14 @@ def _print_run_header(plan_: dict[str, Any]) -> None:
     )
 
 
+def _register_language_tools() -> None:
+    from sdxlc.cli_lang import diff_command, explain_command, fmt_command
+
+    for command in (fmt_command, explain_command, diff_command):
+        main.add_command(command)
+
+
+_register_language_tools()
+
 if __name__ == "__main__":
     main()

@@ -76,6 +76,28 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0404": ("error", "value out of range"),
     "SDX0405": ("error", "value does not have the required form"),
     "SDX0406": ("error", "a section cannot be set as a whole"),
+    # SDX05xx data and semantic checks
+    "SDX0501": ("error", "no training data"),
+    "SDX0502": ("error", "dataset folder does not exist"),
+    "SDX0503": ("error", "dataset folder holds no readable image"),
+    "SDX0504": ("error", "no bucket fits the bucket range"),
+    "SDX0505": ("error", "both steps and epochs given"),
+    "SDX0506": ("error", "the constant schedule has no warmup"),
+    "SDX0507": ("error", "warmup as long as the run"),
+    "SDX0510": ("error", "single-file checkpoints are not supported yet"),
+    "SDX0511": ("error", "model is neither a folder nor a hub id"),
+    "SDX0520": ("error", "cached text-encoder outputs with caption shuffle or dropout"),
+    "SDX0521": ("error", "cached text-encoder outputs with text-encoder training"),
+    "SDX0522": ("error", "bucket step or resolution not a multiple of 32"),
+    "SDX0523": ("error", "fp16 with the stock SDXL VAE"),
+    "SDX0524": ("error", "precision not supported by the hardware profile"),
+    "SDX0526": ("error", "LoRA on the text encoders is not supported yet"),
+    "SDX0528": ("error", "empty timestep range"),
+    "SDX0529": ("error", "every block learning rate is 0"),
+    # SDX06xx hardware and estimate
+    "SDX0601": ("warning", "`profile auto` found no GPU"),
+    "SDX0602": ("error", "unknown hardware profile"),
+    "SDX0610": ("error", "the run does not fit the hardware profile"),
 }
 
 

@@ -18,9 +18,14 @@ def canonical(plan: dict[str, Any]) -> str:
     return json.dumps(plan, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# Where each value came from, and the recipe texts, do not change what the run does: `sdxlc fmt`
+# moves lines and must leave the hash alone.
+UNHASHED = ("plan_hash", "provenance", "sources")
+
+
 def plan_hash(plan: dict[str, Any]) -> str:
-    """sha256 of the canonical plan without its own hash field."""
-    body = {k: v for k, v in plan.items() if k != "plan_hash"}
+    """sha256 of the canonical plan, leaving out its own hash, provenance and source texts."""
+    body = {k: v for k, v in plan.items() if k not in UNHASHED}
     return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
 
 

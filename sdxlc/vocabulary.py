@@ -274,7 +274,8 @@ def type_text(node: dict[str, Any]) -> str:
     kind = node.get("type", "any")
     if kind == "array":
         item = type_text(node.get("items", {}))
-        count = f"{node['minItems']} × " if node.get("minItems") == node.get("maxItems") else ""
+        fixed = "minItems" in node and node.get("minItems") == node.get("maxItems")
+        count = f"{node['minItems']} × " if fixed else ""
         return f"list of {count}{item}"
     if isinstance(kind, list):
         return " or ".join(kind)

@@ -182,3 +182,17 @@ def test_over_budget_plan_is_an_error_with_levers(tmp_path: Path) -> None:
 def test_usage_error_exits_2(tmp_path: Path) -> None:
     code, _, _ = _cli("plan", str(tmp_path / "missing.sdx"))
     assert code == 2
+
+
+def test_fmt_never_changes_the_plan_hash(tmp_path: Path) -> None:
+    messy = tmp_path / "messy.sdx"
+    text = (RECIPES / "quickstart.sdx").read_text()
+    (tmp_path / "data").symlink_to(RECIPES / "data", target_is_directory=True)
+    messy.write_text(text.replace("\n", "\n\n\n").replace("lr 1e-3", "lr   1e-3").replace("batch 2\n", "batch 2;"))
+    before = json.loads(_cli("plan", str(messy), "--json")[1])
+    code, _, err = _cli("fmt", str(messy))
+    assert code == 0, err
+    assert messy.read_text() != text.replace("\n", "\n\n\n")
+    after = json.loads(_cli("plan", str(messy), "--json")[1])
+    assert before["plan_hash"] == after["plan_hash"]
+    assert before["provenance"] != after["provenance"]

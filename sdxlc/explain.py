@@ -1,0 +1,370 @@
+"""`sdxlc explain`: the reference text of a recipe word, a schema field, a diagnostic code or a profile.
+
+Everything is read from the tables the compiler itself uses: the vocabulary (sdxlc/vocabulary.py),
+the recipe and plan schemas, the defaults (sdxlc/defaults.py), the diagnostics catalog
+(sdxlc/diagnostics.py) and the hardware profiles (schema/profiles/). The only text kept here is the
+longer explanation of each diagnostic code. A topic may be several things at once (`seed` is a
+statement and a clause of `model` and `sample`; `fit` is a word and a schema field): all are shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdxlc import vocabulary as vocab
+from sdxlc.defaults import DEFAULTS, MODEL_DEFAULTS
+from sdxlc.diagnostics import CATALOG
+from sdxlc.profiles import ProfileError, list_profiles, load_profile
+from sdxlc.schemas import load_schema
+
+DETAILS: dict[str, str] = {
+    "SDX0101": "The text holds a character the language has no use for outside a string (such as `=` with no "
+    "word before it, or a stray `{`). Quote text that needs it.",
+    "SDX0102": "A string opened with `\"` must close on the same line. Escape a quote inside it as `\\\"`.",
+    "SDX0103": "A token stands where the grammar cannot take it: a `,` or `=` without a value after it, or a "
+    "`=` that does not join a word to its value.",
+    "SDX0104": "The file ends in the middle of a statement, usually after a trailing `,` or `=`.",
+    "SDX0201": "The word is not a statement keyword, or not a clause of the statement it is in. The help "
+    "names the closest word; `sdxlc explain WORD` shows where each word belongs.",
+    "SDX0202": "A bare token that is neither a number, a percentage, a size, a range nor a word "
+    "(`8x`, `1e-`).",
+    "SDX0203": "The argument is of the wrong kind for its field: a word where a number is needed, a list "
+    "where one value is needed, or an extra value no clause takes.",
+    "SDX0204": "The clause needs an argument and none follows it (`rank` without a number).",
+    "SDX0205": "A statement keyword appears inside another statement. Put `;` or a new line before it.",
+    "SDX0206": "Every statement starts with a keyword; this one starts with a value or a `name=value` pair.",
+    "SDX0207": "`block_lr` takes exactly 23 learning rates in kohya order; `x9` repeats a value.",
+    "SDX0208": "The word is part of the language but the recipe schema has no field for it yet: it is "
+    "read, reported and ignored.",
+    "SDX0301": "One file sets the same field twice with different values. Keep one; a value a file "
+    "inherits through `use` may be overridden without error.",
+    "SDX0302": "One file sets the same field twice with the same value; one of them can go.",
+    "SDX0303": "Recipe files use each other in a circle; the message lists the chain.",
+    "SDX0304": "`use` lines must come first (only `sdx` may precede them); a late `use` is ignored.",
+    "SDX0305": "A recipe file (the one given, or one named by `use`) cannot be read.",
+    "SDX0306": "A `--set` option is not `path=value`, or its value cannot be read for that path.",
+    "SDX0401": "The recipe document breaks the recipe schema (schema/recipe.schema.json).",
+    "SDX0402": "`set` or `--set` names a path the recipe schema does not have.",
+    "SDX0403": "The value is not one of the field's allowed values; the help names the closest one.",
+    "SDX0404": "The value is outside the field's bounds (see `sdxlc explain PATH` for them).",
+    "SDX0405": "The value does not have the form the field needs (a list length, a pattern).",
+    "SDX0406": "A section such as `optimizer` cannot be set as a whole; set its fields one by one.",
+    "SDX0501": "The recipe (with its `use` files) has no `data` statement, so there is nothing to train on.",
+    "SDX0502": "A `data` folder does not exist; paths are relative to the file that names them.",
+    "SDX0503": "A `data` folder holds no image the compiler can read (png, jpg, webp, bmp).",
+    "SDX0504": "No bucket side between the bounds keeps the training resolution's pixel count.",
+    "SDX0505": "`steps` and `epochs` both fix the length of the run; give one of them.",
+    "SDX0506": "The `constant` schedule ignores warmup; use `constant_with_warmup` or drop `warmup`.",
+    "SDX0507": "The warmup is as long as the whole run or longer, so the learning rate never peaks.",
+    "SDX0510": "Single-file checkpoints (.safetensors, .ckpt) are not loaded yet; use a diffusers folder.",
+    "SDX0511": "The model source is neither an existing folder nor a hub id of the form `owner/name`.",
+    "SDX0520": "With `cache te` the text encoders run once per caption before training and their outputs "
+    "are reused, so shuffled tags and caption dropout would never be seen. Drop one of the two.",
+    "SDX0521": "A text encoder that is trained changes its outputs every step, so they cannot be cached.",
+    "SDX0522": "SDXL latents are 1/8 of the image and the UNet halves them three times: sizes must be "
+    "multiples of 32.",
+    "SDX0523": "The stock SDXL VAE overflows in float16 and produces NaN latents. Use the fp16-fix VAE, "
+    "`vae fp32`, or bf16.",
+    "SDX0524": "The hardware profile cannot compute in this mixed-precision dtype.",
+    "SDX0526": "Training LoRA layers on the text encoders is not supported by the runtime yet.",
+    "SDX0528": "The timestep range is empty: its low bound is not below its high bound.",
+    "SDX0529": "Every per-block learning rate is 0, so no LoRA layer would change.",
+    "SDX0601": "`profile auto` could not find a GPU with nvidia-smi, so the plan is made for the CPU.",
+    "SDX0602": "The hardware profile named is unknown or unreadable; `sdxlc profiles` lists them.",
+    "SDX0610": "The estimated peak memory of the run is over the profile's budget. The help lists the "
+    "levers that would save the most; `fit auto` applies the ones the recipe leaves open.",
+}
+
+_EXAMPLE_VALUES: dict[str, str] = {
+    "model.source": "tiny",
+    "model.vae": '"madebyollin/sdxl-vae-fp16-fix"',
+    "profile": "rtx3060-12gb",
+    "data.*.path": '"data/style"',
+    "data.*.caption_ext": ".txt",
+    "output.dir": '"out/style"',
+    "output.name": "style",
+    "optimizer.name": "lion",
+    "schedule.name": "cosine",
+    "block_lr": "0, 1e-4 x9, 5e-5 x3, 1e-4 x9, 1e-4",
+    "lora.targets": "unet",
+    "sdx": "1",
+    "noise.snr_gamma": "5",
+    "noise.offset": "0.0357",
+}
+
+_ARG_EXAMPLES: dict[str, str] = {
+    "range": "0..1000",
+    "cadence": "500 steps",
+    "steps_or_percent": "5%",
+    "strings": '"a lighthouse at dusk"',
+    "args": "weight_decay=0.01",
+    "file": '"base/sdxl.sdx"',
+    "setting": "optimizer.args.weight_decay 0.01",
+}
+
+
+def explain(topic: str) -> str | None:
+    """The reference text of a topic, or None when nothing is called that."""
+    topic = topic.strip()
+    if not topic:
+        return None
+    parts = [
+        _code(topic.upper()) if topic.upper().startswith("SDX") else None,
+        _words(topic),
+        _field(topic),
+        _value(topic),
+        _profile(topic),
+    ]
+    found = [part for part in parts if part]
+    return "\n\n".join(found) + "\n" if found else None
+
+
+def topics() -> list[str]:
+    """Every topic `explain` knows: words, recipe and plan paths, codes and profile names."""
+    words = [entry.words for entry in vocab.VOCABULARY if entry.words]
+    paths = _recipe_paths() + [path for path, _ in _plan_fields()]
+    codes = sorted(set(CATALOG) | set(DETAILS))
+    values = [str(value) for _, choices in _enums() for value in choices]
+    return list(dict.fromkeys(words + paths + codes + values + list_profiles()))
+
+
+# --- diagnostic codes ---------------------------------------------------------------------------
+
+
+def _code(code: str) -> str | None:
+    if code not in CATALOG and code not in DETAILS:
+        return None
+    lines = [f"{code}"]
+    if code in CATALOG:
+        severity, title = CATALOG[code]
+        lines = [f"{code} ({severity}): {title}"]
+    if code in DETAILS:
+        lines += ["", DETAILS[code]]
+    return "\n".join(lines)
+
+
+# --- vocabulary words ---------------------------------------------------------------------------
+
+
+def _words(topic: str) -> str | None:
+    """Every entry spelled `topic`, or (when none is) every phrase starting with it (`cache`)."""
+    entries = [e for e in vocab.VOCABULARY if e.words == topic]
+    if not entries:
+        entries = [e for e in vocab.VOCABULARY if e.words.split()[:1] == [topic] and " " in e.words]
+    if not entries:
+        return None
+    return "\n\n".join(_entry_text(entry) for entry in entries)
+
+
+def _entry_text(entry: vocab.Entry) -> str:
+    if entry.context == vocab.STATEMENT:
+        where = "statement"
+    elif entry.context == vocab.ANY:
+        where = "clause of any statement"
+    else:
+        where = f"clause of `{entry.context}`"
+    words = f"`{entry.words}`" if entry.words else "(positional argument)"
+    lines = [f"{words} ({where})", f"  {entry.doc}"]
+    if entry.paths:
+        lines.append("  sets:     " + ", ".join(entry.paths))
+    lines.append(f"  argument: {_argument(entry)}")
+    lines.append(f"  example:  {example_line(entry)}")
+    return "\n".join(lines)
+
+
+def _argument(entry: vocab.Entry) -> str:
+    if entry.arg == "flag":
+        return f"none: sets `{_literal(entry.const)}`"
+    node = vocab.schema_node(entry.paths[0].replace("*", "0")) if entry.arg == "value" else None
+    return _type_text(node) if node is not None else vocab.ARG_KINDS[entry.arg]
+
+
+def example_line(entry: vocab.Entry) -> str:
+    """A recipe line that uses the entry."""
+    clause = " ".join(part for part in (entry.words, _example_argument(entry)) if part)
+    if entry.context in (vocab.STATEMENT, vocab.ANY):
+        if entry.arg == "section":
+            first = next((e for e in vocab.VOCABULARY if e.context == entry.words), None)
+            return f"{clause} {example_line(first).split(' ', 1)[1]}" if first else clause
+        return clause
+    owner = next(e for e in vocab.VOCABULARY if e.context == vocab.STATEMENT and e.words == entry.context)
+    head = " ".join(part for part in (owner.words, _example_argument(owner)) if part)
+    return f"{head} {clause}"
+
+
+def _example_argument(entry: vocab.Entry) -> str:
+    if entry.arg == "range":
+        low, high = (_default(path) for path in entry.paths)
+        return f"{low}..{high}" if low and high else _ARG_EXAMPLES["range"]
+    if entry.arg != "value":
+        return _ARG_EXAMPLES.get(entry.arg, "")
+    path = entry.paths[0]
+    if path in _EXAMPLE_VALUES:
+        return _EXAMPLE_VALUES[path]
+    if _default(path):
+        return _default(path)
+    node = vocab.schema_node(path.replace("*", "0")) or {}
+    if "enum" in node:
+        return str(node["enum"][0])
+    if node.get("type") in ("integer", "number"):
+        return str(node.get("minimum", 1))
+    return '"…"'
+
+
+def _default(path: str) -> str:
+    """The built-in default of a recipe path as recipe text (SDXL's where it depends on the model)."""
+    if path in DEFAULTS:
+        return _literal(DEFAULTS[path])
+    if path in MODEL_DEFAULTS["sdxl"]:
+        return _literal(MODEL_DEFAULTS["sdxl"][path])
+    return ""
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ", ".join(_literal(v) for v in value)
+    return str(value)
+
+
+# --- schema fields ------------------------------------------------------------------------------
+
+
+def _recipe_paths() -> list[str]:
+    sections = [name for name, node in load_schema("recipe")["properties"].items() if "properties" in node]
+    return sections + vocab.leaf_paths()
+
+
+def _field(topic: str) -> str | None:
+    if not topic or not all(part for part in topic.split(".")):
+        return None
+    recipe = _recipe_field(topic)
+    plan = next((node for path, node in _plan_fields() if path == _generic(topic)), None)
+    if recipe is None and plan is None:
+        return None
+    out = [recipe] if recipe else []
+    if plan is not None:
+        out.append(_describe(f"{topic} (plan field)", plan, load_schema("plan")))
+    return "\n\n".join(out)
+
+
+def _recipe_field(topic: str) -> str | None:
+    node = vocab.schema_node(topic.replace("*", "0"))
+    if node is None:
+        return None
+    text = _describe(f"{topic} (recipe field)", node, load_schema("recipe"))
+    generic = _generic(topic)
+    defaults = [f"  default:  {_literal(DEFAULTS[generic])}"] if generic in DEFAULTS else []
+    for family, table in MODEL_DEFAULTS.items():
+        if generic in table:
+            defaults.append(f"  default:  {_literal(table[generic])} for {family} models")
+    words = [f"`{e.words or e.context}`" for e in vocab.VOCABULARY if generic in e.paths]
+    lines = [text, *defaults]
+    if words:
+        lines.append("  words:    " + ", ".join(dict.fromkeys(words)))
+    return "\n".join(lines)
+
+
+def _generic(path: str) -> str:
+    return ".".join("*" if part.isdigit() else part for part in path.split("."))
+
+
+def _describe(title: str, node: dict[str, Any], schema: dict[str, Any]) -> str:
+    node = _deref(node, schema)
+    lines = [title]
+    if node.get("description"):
+        lines.append(f"  {node['description']}")
+    if "properties" in node:
+        lines.append("  fields:   " + ", ".join(node["properties"]))
+    else:
+        lines.append(f"  type:     {_type_text(node)}")
+    return "\n".join(lines)
+
+
+def _type_text(node: dict[str, Any]) -> str:
+    """`vocab.type_text`, also for a list without a fixed length (which it does not handle)."""
+    if node.get("type") == "array" and node.get("minItems") is None and node.get("maxItems") is None:
+        return "list of " + _type_text(node.get("items", {}))
+    return vocab.type_text(node)
+
+
+def _deref(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        target: dict[str, Any] = schema.get("$defs", {}).get(ref.split("/")[-1], {})
+        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _plan_fields() -> list[tuple[str, dict[str, Any]]]:
+    """Every field of the plan schema as (dotted path with `*` for items, schema node)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        if prefix:
+            out.append((prefix, node))
+        items = node.get("items")
+        if isinstance(items, dict) and "properties" in items:
+            walk(items, f"{prefix}.*")
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{prefix}.{name}" if prefix else name)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{prefix}.*")
+
+    walk(load_schema("plan"), "")
+    return out
+
+
+def _enums() -> list[tuple[str, list[Any]]]:
+    """The recipe fields that take one of a fixed set of values, with those values."""
+    out = []
+    for path in vocab.leaf_paths():
+        node = vocab.schema_node(path.replace("*", "0")) or {}
+        choices = node.get("enum") or node.get("items", {}).get("enum")
+        if choices:
+            out.append((path, list(choices)))
+    return out
+
+
+def _value(topic: str) -> str | None:
+    """`lion`: the fields it is a value of, and the words that set them."""
+    fields = [path for path, choices in _enums() if topic in [str(c) for c in choices]]
+    if not fields:
+        return None
+    out = []
+    for path in fields:
+        entries = [e for e in vocab.VOCABULARY if path in e.paths and e.arg == "value"]
+        lines = [f"`{topic}` (a value of {path})"]
+        for entry in entries:
+            line = example_line(entry).rsplit(" ", 1)[0] + f" {topic}"
+            lines.append(f"  example:  {line}")
+        lines.append(_recipe_field(path) or "")
+        out.append("\n".join(lines).rstrip())
+    return "\n\n".join(out)
+
+
+# --- hardware profiles --------------------------------------------------------------------------
+
+
+def _profile(topic: str) -> str | None:
+    if topic not in list_profiles():
+        return None
+    try:
+        p = load_profile(topic)
+    except ProfileError as error:
+        return f"{topic} (hardware profile): {error.message}"
+    gib = 2**30
+    tflops = f"fp32 {p.fp32_tflops:g}"
+    tflops += f", bf16 {p.bf16_tflops:g}" if p.bf16_tflops else ""
+    tflops += f", fp16 {p.fp16_tflops:g}" if p.fp16_tflops else ""
+    lines = [
+        f"{p.name} (hardware profile): {p.title}",
+        f"  device:    {p.device} ({p.tier}, {p.architecture})",
+        f"  memory:    {p.vram_total_bytes / gib:.1f} GiB, {p.usable_vram_bytes / gib:.1f} GiB usable",
+        f"  dtypes:    bf16 {'yes' if p.bf16 else 'no'}, fp16 {'yes' if p.fp16 else 'no'}",
+        f"  TFLOP/s:   {tflops}; memory bandwidth {p.memory_bandwidth_gbps:g} GB/s",
+        f"  example:   profile {p.name}",
+    ]
+    lines += [f"  note:      {note}" for note in p.notes]
+    return "\n".join(lines)

@@ -188,7 +188,9 @@ def test_fmt_never_changes_the_plan_hash(tmp_path: Path) -> None:
     messy = tmp_path / "messy.sdx"
     text = (RECIPES / "quickstart.sdx").read_text()
     (tmp_path / "data").symlink_to(RECIPES / "data", target_is_directory=True)
-    messy.write_text(text.replace("\n", "\n\n\n").replace("lr 1e-3", "lr   1e-3").replace("batch 2\n", "batch 2;"))
+    messy.write_text(
+        text.replace("\n", "\n\n\n").replace("lr 1e-3", "lr   1e-3").replace("batch 2\n", "batch 2;")
+    )
     before = json.loads(_cli("plan", str(messy), "--json")[1])
     code, _, err = _cli("fmt", str(messy))
     assert code == 0, err

@@ -9,6 +9,7 @@ from typing import Any
 from sdxlc.checks import run_checks
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.estimate import estimate, levers
+from sdxlc.fit import Applied, mark, next_lever
 from sdxlc.layers import Layers
 from sdxlc.lower import Lowered, load_recipe
 from sdxlc.plan import seal
@@ -40,13 +41,48 @@ class Compiled:
 
 
 def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None = None) -> Compiled:
-    """Compile a recipe file into a sealed plan; on any error the plan is None and every error is listed."""
+    """Compile a recipe file into a sealed plan; on any error the plan is None and every error is listed.
+
+    With `fit auto`, memory levers the recipe left open are applied one by one (cheapest first)
+    until the run fits; with `fit strict` an over-budget plan is an error that lists them.
+    """
+    applied: list[Applied] = []
+    tried: set[str] = set()
+    pinned: set[str] | None = None
+    while True:
+        result, plan, layers = _compile_once(
+            path, sets + tuple(s for a in applied for s in a.sets()), profile
+        )
+        if plan is None or layers is None or result.profile is None:
+            return result
+        auto = layers.doc.get("fit") == "auto"
+        if pinned is None:  # what the recipe layers set, before the solver added anything
+            pinned = set(layers.origins)
+        if not plan["estimate"]["fits"] and auto:
+            lever = next_lever(levers(plan, result.profile), pinned, tried)
+            if lever is not None:
+                tried.add(lever.name)
+                trial, trial_plan, _ = _compile_once(path, sets + tuple(lever.sets()), profile)
+                if trial_plan is not None and not trial.errors:
+                    applied.append(lever)
+                continue
+        mark(plan, applied)
+        result.diagnostics.extend(_fit(plan, result.profile, layers, auto))
+        if not result.errors:
+            result.plan = seal(plan)
+        return result
+
+
+def _compile_once(
+    path: Path, sets: tuple[str, ...], profile: str | None
+) -> tuple[Compiled, dict[str, Any] | None, Layers | None]:
+    """One pass through the stages; the plan comes back estimated but not sealed (None on errors)."""
     lowered = load_recipe(path, sets)
     result = Compiled(None, list(lowered.diagnostics), dict(lowered.sources))
     structural = _structural(lowered, result.diagnostics)
     result.diagnostics.extend(structural)
     if any(d.severity == "error" for d in structural):
-        return result
+        return result, None, None
     # Statements the lowering rejected were dropped: resolve and check the rest, so that every
     # error of the file is reported in one run, but never emit a plan.
     resolution = resolve(lowered, path, profile)
@@ -54,18 +90,14 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
     result.profile = resolution.profile
     plan = resolution.plan
     if plan is None or resolution.profile is None:
-        return result
+        return result, None, None
     family = "tiny" if plan["model"]["kind"] == "tiny" else "sdxl"
     layers = Layers(lowered, family)
     result.diagnostics.extend(run_checks(plan, layers))
     if result.errors:
-        return result
+        return result, None, None
     plan["estimate"] = estimate(plan, resolution.profile)
-    result.diagnostics.extend(_fit(plan, resolution.profile, layers))
-    if result.errors:
-        return result
-    result.plan = seal(plan)
-    return result
+    return result, plan, layers
 
 
 def _structural(lowered: Lowered, known: list[Diagnostic]) -> list[Diagnostic]:
@@ -88,11 +120,12 @@ def _structural(lowered: Lowered, known: list[Diagnostic]) -> list[Diagnostic]:
     return found
 
 
-def _fit(plan: dict[str, Any], profile: Profile, layers: Layers) -> list[Diagnostic]:
+def _fit(plan: dict[str, Any], profile: Profile, layers: Layers, auto: bool) -> list[Diagnostic]:
     est = plan["estimate"]
     if est["fits"]:
         return []
     need, have = _gib(est["vram_bytes"]), _gib(est["budget_bytes"])
+    tried = " even after `fit auto` used every lever the recipe left open" if auto else ""
     options = levers(plan, profile)
     if options:
         hint = "; ".join(f"{lever['description']} (−{_gib(lever['saves_bytes'])})" for lever in options[:4])
@@ -101,7 +134,7 @@ def _fit(plan: dict[str, Any], profile: Profile, layers: Layers) -> list[Diagnos
     return [
         make(
             "SDX0610",
-            f"the run needs about {need} but {profile.title} has {have}",
+            f"the run needs about {need} but {profile.title} has {have}{tried}",
             layers.span("profile"),
             help=hint,
         )

@@ -198,3 +198,30 @@ def test_fmt_never_changes_the_plan_hash(tmp_path: Path) -> None:
     after = json.loads(_cli("plan", str(messy), "--json")[1])
     assert before["plan_hash"] == after["plan_hash"]
     assert before["provenance"] != after["provenance"]
+
+
+def test_fit_auto_applies_open_levers_and_records_them(tmp_path: Path) -> None:
+    base = 'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\nresolution 1024\nlora rank 16\n'
+    strict = _write(tmp_path, base)
+    code, out, _ = _cli("check", str(strict), "--format", "json")
+    assert code == 1 and any(d["code"] == "SDX0610" for d in json.loads(out))
+    strict.write_text(base + "fit auto\n")
+    code, out, err = _cli("plan", str(strict), "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["estimate"]["fits"]
+    solved = {p: o["at"] for p, o in plan["provenance"].items() if o["source"] == "solver"}
+    assert solved and all(plan["warnings"])
+    assert any(w.startswith("fit auto:") for w in plan["warnings"])
+
+
+def test_fit_auto_never_overrides_what_the_recipe_pinned(tmp_path: Path) -> None:
+    recipe = _write(
+        tmp_path,
+        'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\nresolution 1024\nlora rank 16\n'
+        "batch 4\nfit auto\n",
+    )
+    code, out, _ = _cli("check", str(recipe), "--format", "json")
+    assert code == 1
+    (diag,) = [d for d in json.loads(out) if d["code"] == "SDX0610"]
+    assert "batch 2" in diag["help"]  # the lever it may not pull is offered to the user

@@ -1,0 +1,197 @@
+"""LoRA on the UNet: attach it, group its parameters by kohya block, save it in kohya format.
+
+Module names are mapped from diffusers to the original SDXL (SAI) layout generically from the UNet
+config, so the same code serves the tiny model and full SDXL. The same mapping decides the block of a
+parameter for `block_lr` and the key it is saved under.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save as safetensors_bytes
+
+from runtime import RunError
+from sdxlc.plan import canonical
+
+ADAPTER = "default"
+BLOCKS = 23  # 0 time/label embed, 1-9 input 0-8, 10-12 middle 0-2, 13-21 output 0-8, 22 out
+
+_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+           ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+        "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def add_lora(unet: torch.nn.Module, method: dict[str, Any]) -> None:
+    """Attach a LoRA adapter to the UNet's target modules (gaussian init: it starts as a no-op)."""
+    if set(method["targets"]) - {"unet"}:
+        raise RunError("text-encoder LoRA (targets te1/te2) is not supported by this runtime yet")
+    config = LoraConfig(
+        r=method["rank"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
+        target_modules=method["unet_modules"], init_lora_weights="gaussian",
+    )
+    try:
+        unet.add_adapter(config)
+    except ValueError as exc:
+        raise RunError(f"LoRA targets {method['unet_modules']} match no UNet module: {exc}") from exc
+
+
+def _resnet_part(rest: str) -> str:
+    for old, new in _RESNET:
+        if rest == old or rest.startswith(old + "."):
+            return new + rest[len(old):]
+    return rest
+
+
+def sai_name(name: str, config: Any) -> str:
+    """The original SDXL (SAI) module path of a diffusers UNet module path."""
+    per_level = config.layers_per_block + 1
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        inner = f"0.{_resnet_part(rest)}" if kind == "resnets" else f"1.{rest}"
+        return f"input_blocks.{1 + level * per_level + j}.{inner}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", name):
+        return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op{m[2]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", name):
+        return f"middle_block.{2 * int(m[1])}.{_resnet_part(m[2])}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        inner = f"0.{_resnet_part(rest)}" if kind == "resnets" else f"1.{rest}"
+        return f"output_blocks.{level * per_level + j}.{inner}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", name):
+        level = int(m[1])
+        slot = 2 if "CrossAttn" in config.up_block_types[level] else 1
+        return f"output_blocks.{level * per_level + config.layers_per_block}.{slot}.{m[2]}"
+    for prefix, new in _TOP.items():
+        if name == prefix or name.startswith(prefix + "."):
+            return new + name[len(prefix):]
+    raise RunError(f"UNet module {name} has no place in the SDXL block layout")
+
+
+def block_index(sai: str) -> int:
+    """The kohya block (0-22) of an SAI module path."""
+    head, _, rest = sai.partition(".")
+    if head in ("time_embed", "label_emb"):
+        return 0
+    if head == "out":
+        return 22
+    number = int(rest.partition(".")[0])
+    base, size = {"input_blocks": (1, 9), "middle_block": (10, 3), "output_blocks": (13, 9)}[head]
+    if number >= size:
+        raise RunError(f"{sai} lies outside SDXL's 23 blocks; block_lr needs the SDXL layout")
+    return base + number
+
+
+def lora_layers(unet: torch.nn.Module) -> dict[str, LoraLayer]:
+    """The UNet's LoRA-carrying modules by diffusers module path."""
+    return {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+
+
+def lora_parameters(layer: LoraLayer) -> list[torch.nn.Parameter]:
+    return [*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()]
+
+
+def param_groups(unet: torch.nn.Module, method: dict[str, Any], lr: float) -> list[dict[str, Any]]:
+    """Optimizer groups: one group at `lr`, or one per kohya block when block_lr is given.
+
+    Blocks whose block_lr is 0 are frozen and left out of the optimizer.
+    """
+    layers = lora_layers(unet)
+    params = [p for layer in layers.values() for p in lora_parameters(layer)]
+    if method["block_lr"] is None:
+        return [{"params": params, "lr": lr, "block": None}]
+    by_block: dict[int, list[torch.nn.Parameter]] = {}
+    for name, layer in layers.items():
+        block = block_index(sai_name(name, unet.config))
+        by_block.setdefault(block, []).extend(lora_parameters(layer))
+    groups = []
+    for block in sorted(by_block):
+        block_lr = method["block_lr"][block]
+        if block_lr == 0:
+            for p in by_block[block]:
+                p.requires_grad_(False)
+            continue
+        groups.append({"params": by_block[block], "lr": block_lr, "block": block})
+    if not groups:
+        raise RunError("block_lr is 0 for every block that holds LoRA layers: nothing to train")
+    return groups
+
+
+def kohya_state_dict(unet: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The LoRA as kohya keys: lora_unet_<SAI path with _>.lora_down.weight / .lora_up.weight / .alpha."""
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in lora_layers(unet).items():
+        key = "lora_unet_" + sai_name(name, unet.config).replace(".", "_")
+        state[f"{key}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
+        state[f"{key}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
+        state[f"{key}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]), dtype=dtype)
+    return state
+
+
+def metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dict[str, str]:
+    """kohya `ss_*` and `modelspec.*` metadata, plus the plan that produced the file."""
+    method, data = plan["method"], plan["data"]
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(method["rank"]),
+        "ss_network_alpha": str(method["alpha"]),
+        "ss_network_dropout": str(method["dropout"]),
+        "ss_base_model_version": plan["model"]["base_model_version"],
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_learning_rate": str(plan["optimizer"]["lr"]),
+        "ss_optimizer": plan["optimizer"]["name"],
+        "ss_lr_scheduler": plan["schedule"]["name"],
+        "ss_resolution": f"({data['resolution']}, {data['resolution']})",
+        "ss_batch_size_per_device": str(plan["training"]["batch_size"]),
+        "ss_gradient_accumulation_steps": str(plan["training"]["accumulate"]),
+        "ss_training_started_at": str(started),
+        "ss_training_finished_at": str(time.time()),
+        "ss_seed": str(plan["training"]["seed"]),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.title": plan["output"]["name"],
+        "sdxlc_plan_hash": plan["plan_hash"],
+        "sdxlc_plan": canonical(plan),
+    }
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write a file so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_lora(path: Path, unet: torch.nn.Module, dtype: torch.dtype, meta: dict[str, str]) -> Path:
+    write_atomic(path, safetensors_bytes(kohya_state_dict(unet, dtype), metadata=meta))
+    return path
+
+
+def prune_checkpoints(folder: Path, name: str, keep: int) -> None:
+    """Keep only the newest `keep` step files `<name>-stepNNNNNN.safetensors`."""
+    pattern = re.compile(re.escape(name) + r"-step(\d{6,})\.safetensors")
+    found = sorted((int(m[1]), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))
+    for _, old in found[:-keep]:
+        old.unlink()

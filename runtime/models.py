@@ -1,0 +1,128 @@
+"""Load the base model named by the plan and place it: devices, dtypes, what is frozen."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline
+
+from runtime import RunError
+from runtime.tiny import build_tiny_pipeline
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
+
+
+@dataclass
+class Models:
+    """The pipeline being trained plus what the step needs around it."""
+
+    pipe: StableDiffusionXLPipeline
+    accelerator: Accelerator
+    noise_scheduler: DDPMScheduler
+    weight_dtype: torch.dtype
+    vae_dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def offline() -> bool:
+    """True when the environment forbids reaching the Hugging Face Hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def make_accelerator(plan: dict[str, Any]) -> Accelerator:
+    return Accelerator(
+        mixed_precision=MIXED[plan["precision"]["mixed"]],
+        gradient_accumulation_steps=plan["training"]["accumulate"],
+        cpu=plan["hardware"]["device"] == "cpu",
+    )
+
+
+def training_noise_scheduler(prediction: str) -> DDPMScheduler:
+    """SDXL's training noise schedule: scaled-linear betas 0.00085..0.012 over 1000 steps."""
+    return DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type=prediction,
+    )
+
+
+def load_pipeline(model: dict[str, Any]) -> StableDiffusionXLPipeline:
+    """The base pipeline in fp32 on the CPU, with the VAE override applied."""
+    kind, source = model["kind"], model["source"]
+    if kind == "tiny":
+        pipe = build_tiny_pipeline(model["tiny_seed"])
+    elif kind == "diffusers_folder" and not Path(source).is_dir():
+        raise RunError(f"model folder {source} does not exist")
+    else:
+        pipe = _from_pretrained(source)
+    if model["vae"]:
+        pipe.vae = load_vae(model["vae"])
+    return pipe
+
+
+def _from_pretrained(source: str) -> StableDiffusionXLPipeline:
+    try:
+        return StableDiffusionXLPipeline.from_pretrained(
+            source, local_files_only=offline(), add_watermarker=False
+        )
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot load the model {source}: {exc}") from exc
+
+
+def load_vae(source: str) -> AutoencoderKL:
+    """A VAE from a diffusers folder (the VAE's own or a pipeline's vae/), a single file or a hub id."""
+    path = Path(source)
+    try:
+        if path.is_file():
+            return AutoencoderKL.from_single_file(source, local_files_only=offline())
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "vae").is_dir():
+            return AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=offline())
+        return AutoencoderKL.from_pretrained(source, local_files_only=offline())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot load the VAE {source}: {exc}") from exc
+
+
+def place(
+    pipe: StableDiffusionXLPipeline, plan: dict[str, Any], device: torch.device
+) -> tuple[torch.dtype, torch.dtype]:
+    """Freeze the base weights and move them to the device in their run dtypes; returns (weights, vae)."""
+    weight_dtype = DTYPES[plan["precision"]["mixed"]]
+    vae_dtype = torch.float32 if plan["precision"]["vae_fp32"] else weight_dtype
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
+    for module, dtype in ((pipe.unet, weight_dtype), (pipe.text_encoder, weight_dtype),
+                          (pipe.text_encoder_2, weight_dtype), (pipe.vae, vae_dtype)):
+        _move(module, device, dtype)
+    pipe.vae.eval()
+    pipe.text_encoder.eval()
+    pipe.text_encoder_2.eval()
+    return weight_dtype, vae_dtype
+
+
+def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move a module, casting only when its dtype changes (diffusers warns about every cast)."""
+    module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def setup_model(plan: dict[str, Any]) -> Models:
+    """Load the base model, build the accelerator and place every component."""
+    model = plan["model"]
+    accelerator = make_accelerator(plan)
+    pipe = load_pipeline(model)
+    weight_dtype, vae_dtype = place(pipe, plan, accelerator.device)
+    if plan["training"]["gradient_checkpointing"]:
+        pipe.unet.enable_gradient_checkpointing()
+    return Models(
+        pipe=pipe, accelerator=accelerator, noise_scheduler=training_noise_scheduler(model["prediction"]),
+        weight_dtype=weight_dtype, vae_dtype=vae_dtype,
+    )

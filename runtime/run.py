@@ -1,0 +1,146 @@
+"""Execute a plan: setup_model → setup_data → train → finish.
+
+The plan is the whole truth: every setting used here is read from it, none is decided here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.utils import set_seed
+
+from runtime import RunError, loop, lora, models, sample
+from runtime import data as datamod
+from runtime.progress import Progress
+from sdxlc import plan as plans
+
+
+@dataclass
+class RunResult:
+    """What a run produced, and how its loss ended."""
+
+    lora_path: Path
+    plan_path: Path
+    samples: list[Path] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    final_loss: float = float("nan")
+    average_loss: float = float("nan")
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def check_plan(plan: dict[str, Any]) -> None:
+    """The plan must satisfy schema/plan.schema.json and carry its own hash."""
+    try:
+        plans.check(plan)
+    except plans.PlanError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def write_plan(plan: dict[str, Any]) -> Path:
+    path = Path(plan["output"]["dir"]) / "plan.json"
+    lora.write_atomic(path, plans.to_text(plan).encode("utf-8"))
+    return path
+
+
+def setup_model(plan: dict[str, Any]) -> models.Models:
+    """Load and place the base model, then attach the LoRA (trainable parameters kept in fp32)."""
+    loaded = models.setup_model(plan)
+    lora.add_lora(loaded.pipe.unet, plan["method"])
+    for parameter in loaded.pipe.unet.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return loaded
+
+
+def setup_data(plan: dict[str, Any]) -> datamod.TrainData:
+    return datamod.setup_data(plan)
+
+
+class Run:
+    """The state shared by the step hooks: where to save, when to sample, what was written."""
+
+    def __init__(self, plan: dict[str, Any], loaded: models.Models, progress: Progress) -> None:
+        self.plan, self.models, self.progress = plan, loaded, progress
+        self.started = time.time()
+        self.out = Path(plan["output"]["dir"])
+        self.result = RunResult(
+            lora_path=self.out / f"{plan['output']['name']}.safetensors", plan_path=self.out / "plan.json"
+        )
+
+    def save(self, path: Path, step: int, epoch: int) -> Path:
+        unet = self.models.accelerator.unwrap_model(self.models.pipe.unet)
+        meta = lora.metadata(self.plan, step, epoch, self.started)
+        return lora.save_lora(path, unet, models.DTYPES[self.plan["save"]["dtype"]], meta)
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files (every process trains)."""
+        return bool(self.models.accelerator.is_main_process)
+
+    def on_step(self, step: int, epoch: int) -> None:
+        if not self.main:
+            return
+        total, name = self.plan["training"]["total_steps"], self.plan["output"]["name"]
+        every = self.plan["save"]["every_steps"]
+        if every and step % every == 0 and step < total:
+            path = self.save(self.out / f"{name}-step{step:06d}.safetensors", step, epoch)
+            lora.prune_checkpoints(self.out, name, self.plan["save"]["keep"])
+            self.result.checkpoints = [p for p in [*self.result.checkpoints, path] if p.exists()]
+            self.progress.message(f"saved {path}")
+        every = self.plan["sample"]["every_steps"]
+        if every and step % every == 0 and step < total:
+            self.result.samples += sample.write_samples(self.models, self.plan, step, self.quiet)
+
+    @property
+    def quiet(self) -> bool:
+        return not self.progress.interactive
+
+
+def train(plan: dict[str, Any], loaded: models.Models, data: datamod.TrainData, run: Run) -> loop.TrainStats:
+    try:
+        return loop.train(plan, loaded, data, on_step=run.on_step, on_loss=run.progress.step)
+    finally:
+        run.progress.close()
+
+
+def finish(run: Run, stats: loop.TrainStats) -> RunResult:
+    """Save the final LoRA, render the final samples and fill in the result."""
+    result = run.result
+    run.models.accelerator.wait_for_everyone()
+    if run.main:
+        run.save(result.lora_path, stats.steps, stats.epoch)
+        run.progress.message(f"saved {result.lora_path}")
+        result.samples += sample.write_samples(run.models, run.plan, stats.steps, run.quiet)
+    result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
+    result.seconds = time.time() - run.started
+    return result
+
+
+def execute(plan: dict[str, Any], *, progress: bool = True) -> RunResult:
+    """Run the plan and write its artifacts under output.dir."""
+    return run_plan(plan, progress=progress)[0]
+
+
+def run_plan(plan: dict[str, Any], *, progress: bool = True) -> tuple[RunResult, models.Models]:
+    """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
+    check_plan(plan)
+    main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
+    if main:
+        write_plan(plan)
+    set_seed(plan["training"]["seed"])
+    loaded = setup_model(plan)
+    data = setup_data(plan)
+    training = plan["training"]
+    reporter = Progress(training["total_steps"], plan["log"]["every_steps"], enabled=progress and main,
+                        show_rss=loaded.device.type == "cpu")
+    run = Run(plan, loaded, reporter)
+    stats = train(plan, loaded, data, run)
+    return finish(run, stats), loaded
+
+
+__all__ = ["RunError", "RunResult", "execute", "finish", "run_plan", "setup_data", "setup_model", "train"]

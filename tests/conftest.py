@@ -1,0 +1,139 @@
+"""Shared fixtures for the runtime tests: offline environment, the tiny pipeline, plan dicts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+# The tiny model gains nothing from more threads, and OpenMP workers that spin-wait make timings erratic
+# whenever other processes share the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "recipes" / "data" / "quickstart"
+
+PlanFactory = Callable[..., dict[str, Any]]
+
+
+def _base_plan(out: Path) -> dict[str, Any]:
+    return {
+        "plan_version": 1, "sdxlc_version": "0.1.0", "plan_hash": "0" * 64,
+        "sources": [{"file": "tests/conftest.py", "sha256": "0" * 64}],
+        "model": {"source": "tiny", "kind": "tiny", "vae": None, "prediction": "epsilon", "tiny_seed": 0,
+                  "base_model_version": "sdxl_base_v1-0"},
+        "hardware": {"profile": "cpu", "device": "cpu", "name": "CPU", "vram_bytes": 0, "bf16": False,
+                     "fp16": False},
+        "method": {"kind": "lora", "rank": 4, "alpha": 4, "targets": ["unet"],
+                   "unet_modules": ["to_q", "to_k", "to_v", "to_out.0"], "dropout": 0.0, "block_lr": None},
+        "precision": {"mixed": "fp32", "vae_fp32": True},
+        "data": {
+            "datasets": [{"path": str(QUICKSTART), "repeat": 1, "caption_ext": ".txt", "shuffle": False,
+                          "keep_tokens": 0, "caption_dropout": 0.0, "flip": False, "regularization": False,
+                          "images": 0}],
+            "resolution": 64, "buckets": {"enabled": True, "min": 32, "max": 128, "step": 16, "table": []},
+            "cache": {"text_encoder": False, "latents": False, "to_disk": False, "dir": str(out / "cache")},
+            "images": 0, "samples_per_epoch": 0,
+        },
+        "optimizer": {"name": "adamw", "lr": 1e-3, "args": {}, "max_grad_norm": 1.0},
+        "schedule": {"name": "constant", "warmup_steps": 0},
+        "training": {"batch_size": 2, "accumulate": 1, "effective_batch": 2, "batches_per_epoch": 1,
+                     "steps_per_epoch": 1, "epochs": 1, "total_steps": 4, "gradient_checkpointing": False,
+                     "seed": 42, "noise_offset": 0.0, "snr_gamma": None, "timestep_min": 0,
+                     "timestep_max": 1000},
+        "save": {"every_steps": None, "keep": 2, "dtype": "fp32"},
+        "sample": {"prompts": ["a red circle on a blue background"], "every_steps": None, "width": 64,
+                   "height": 64, "steps": 4, "cfg": 5.0, "seed": 1},
+        "output": {"dir": str(out), "name": "tinylora"},
+        "log": {"every_steps": 10},
+        "estimate": {"vram_bytes": 0, "vram_breakdown": {}, "budget_bytes": 0, "fits": True,
+                     "verdict": "fits", "step_flops": 0.0, "seconds_per_step": 0.0, "total_seconds": 0.0},
+        "provenance": {},
+        "warnings": [],
+    }
+
+
+def _apply(plan: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """`section={...}` merges into a section; `a__b__c=v` sets one nested value."""
+    for name, value in overrides.items():
+        if "__" in name:
+            *path, leaf = name.split("__")
+            node = plan
+            for part in path:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            node[leaf] = value
+        elif isinstance(value, dict) and isinstance(plan.get(name), dict):
+            plan[name].update(value)
+        else:
+            plan[name] = value
+
+
+def _derive(plan: dict[str, Any]) -> None:
+    """Fill the counts the compiler derives from the data (images, bucket table, batches, epochs)."""
+    from sdxlc import buckets as bk
+    from sdxlc.datasets import scan_dataset
+
+    data, training = plan["data"], plan["training"]
+    b = data["buckets"]
+    table = bk.make_buckets(data["resolution"], b["min"], b["max"], b["step"]) if b["enabled"] else [
+        (data["resolution"], data["resolution"])]
+    sample_buckets: list[tuple[int, int]] = []
+    images: dict[tuple[int, int], int] = {}
+    for index, dataset in enumerate(data["datasets"]):
+        items = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], index).items
+        dataset["images"] = len(items)
+        for item in items:
+            bucket = bk.assign(item.width, item.height, table)
+            images[bucket] = images.get(bucket, 0) + 1
+            sample_buckets += [bucket] * dataset["repeat"]
+    counts = {bucket: sample_buckets.count(bucket) for bucket in images}
+    b["table"] = [{"width": w, "height": h, "images": images[(w, h)],
+                   "batches": bk.batch_count([counts[(w, h)]], training["batch_size"])}
+                  for (w, h) in table if (w, h) in images]
+    data["images"] = sum(images.values())
+    data["samples_per_epoch"] = len(sample_buckets)
+    training["batches_per_epoch"] = len(bk.epoch_batches(sample_buckets, training["batch_size"], 0, 0))
+    training["effective_batch"] = training["batch_size"] * training["accumulate"]
+    training["steps_per_epoch"] = max(1, training["batches_per_epoch"] // training["accumulate"])
+    training["epochs"] = math.ceil(training["total_steps"] / training["steps_per_epoch"])
+
+
+def build_plan(out: Path, **overrides: Any) -> dict[str, Any]:
+    """A valid plan for the quickstart data, writing under `out`."""
+    import jsonschema
+
+    from sdxlc.plan import plan_hash
+    from sdxlc.schemas import load_schema
+
+    plan = _base_plan(Path(out))
+    _apply(plan, copy.deepcopy(overrides))
+    _derive(plan)
+    plan["plan_hash"] = plan_hash(plan)
+    jsonschema.validate(plan, load_schema("plan"), cls=jsonschema.Draft202012Validator)
+    return plan
+
+
+@pytest.fixture(scope="session")
+def make_plan() -> PlanFactory:
+    """`make_plan(out_dir, **overrides)`: see build_plan."""
+    return build_plan
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline (seed 0) saved as a diffusers folder."""
+    from runtime.tiny import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_pipeline(0).save_pretrained(folder)
+    return folder

@@ -44,7 +44,7 @@ def make_optimizer(optimizer: dict[str, Any], groups: list[dict[str, Any]]) -> t
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, **args)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, **{"momentum": 0.9, "nesterov": True, **args})
+        return torch.optim.SGD(groups, lr=lr, **args)
     import bitsandbytes as bnb
 
     classes = {"adamw8bit": bnb.optim.AdamW8bit, "lion8bit": bnb.optim.Lion8bit, "lion": bnb.optim.Lion}

@@ -59,3 +59,6 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # LoRA target modules in the UNet (attention projections of every transformer block).
 UNET_LORA_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+
+# Arguments an optimizer gets unless the recipe says otherwise (kohya's SGDNesterov).
+OPTIMIZER_ARGS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9, "nesterov": True}}

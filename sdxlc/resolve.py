@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc import __version__
-from sdxlc.defaults import UNET_LORA_MODULES
+from sdxlc.defaults import OPTIMIZER_ARGS, UNET_LORA_MODULES
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.layers import Layers, Provenance
 from sdxlc.lower import Lowered
@@ -201,10 +201,11 @@ def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
 
 
 def _optimizer(b: _Builder) -> dict[str, Any]:
+    name = b.take("optimizer.name", "optimizer.name")
     return {
-        "name": b.take("optimizer.name", "optimizer.name"),
+        "name": name,
         "lr": b.take("optimizer.lr", "optimizer.lr"),
-        "args": b.take("optimizer.args", "optimizer.args"),
+        "args": {**OPTIMIZER_ARGS.get(name, {}), **b.take("optimizer.args", "optimizer.args")},
         "max_grad_norm": b.take("optimizer.max_grad_norm", "optimizer.max_grad_norm"),
     }
 

@@ -96,7 +96,11 @@ class _FileLowering:
             self.layer.has_data = True
         pos = self._clause(entry, items, size, context, index)
         while pos < len(items):
-            pos = self._next_clause(items, pos, context, index)
+            after = self._next_clause(items, pos, context, index)
+            if after <= pos:  # a clause that took nothing: report the item and move past it
+                self.diags.append(_unexpected(items[pos], context))
+                after = pos + 1
+            pos = after
 
     def _order(self, entry: vocab.Entry, head: ast.Word) -> None:
         if entry.arg == "file" and self.started:

@@ -1,13 +1,15 @@
-"""Datasets to batches: scan the folders, place images in the plan's buckets, load and crop pixels.
+"""Datasets to batches: scan the sources, place images in the plan's buckets, load and crop pixels.
 
 The bucket placement and the batch order come from `sdxlc.buckets`, the same code the compiler used
-to count the plan's steps, so the batches built here are the ones the plan counted.
+to count the plan's steps, so the batches built here are the ones the plan counted. An image that
+fails to decode during the run is skipped with a warning and replaced by another sample of the same
+bucket, so every batch keeps its size and bucket and the step count stays the plan's.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from PIL import Image, ImageOps
 from runtime import RunError
 from sdxlc import buckets as bk
 from sdxlc.datasets import ImageItem, scan_dataset
+from sdxlc.index import Index
+
+WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class TrainData:
     datasets: list[dict[str, Any]]
     batch_size: int
     seed: int
+    bad: set[int] = field(default_factory=set)  # image indices that failed to decode during the run
+    warnings: list[str] = field(default_factory=list)
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """The batches (lists of sample indices) of one epoch, in training order."""
@@ -56,44 +63,74 @@ def plan_buckets(data: dict[str, Any]) -> list[bk.Bucket]:
     return [(row["width"], row["height"]) for row in data["buckets"]["table"]]
 
 
-def scan_images(datasets: list[dict[str, Any]]) -> list[ImageItem]:
+def setting(dataset: dict[str, Any], key: str) -> Any:
+    """A dataset setting of the plan (every one is resolved by the compiler)."""
+    return dataset[key]
+
+
+def scan_images(data: dict[str, Any], warnings: list[str] | None = None) -> list[ImageItem]:
+    """The images of every dataset, through the index the compiler wrote under the cache folder."""
+    index = Index.in_dir(data["cache"]["dir"])
     images: list[ImageItem] = []
-    for index, dataset in enumerate(datasets):
-        found = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], index).items
+    for number, dataset in enumerate(data["datasets"]):
+        scan = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index, lenient=True)
+        found = scan.items
         if not found:
             raise RunError(f"dataset {dataset['path']} holds no readable image")
         if len(found) != dataset["images"]:
             raise RunError(f"dataset {dataset['path']} now holds {len(found)} images, the plan counted "
                            f"{dataset['images']}: make the plan again")
+        if warnings is not None:
+            warnings.extend(f"changed since planning: {c}" for c in scan.changed)
         images.extend(found)
+    index.save()
     return images
 
 
 def setup_data(plan: dict[str, Any]) -> TrainData:
-    """Scan every dataset and place each sample (images repeated per dataset) in its bucket."""
+    """Scan every dataset and place each sample (images repeated per dataset and folder) in its bucket."""
     data, training = plan["data"], plan["training"]
-    images = scan_images(data["datasets"])
+    warnings: list[str] = []
+    images = scan_images(data, warnings)
     buckets = plan_buckets(data)
     samples: list[Sample] = []
     for dataset_index, dataset in enumerate(data["datasets"]):
         members = [i for i, item in enumerate(images) if item.dataset == dataset_index]
-        for _ in range(dataset["repeat"]):
+        for round_ in range(dataset["repeat"] * max((images[i].repeat for i in members), default=1)):
             for i in members:
+                if round_ >= dataset["repeat"] * images[i].repeat:
+                    continue
                 bucket = bk.assign(images[i].width, images[i].height, buckets)
                 samples.append(Sample(i, bucket, bk.cover_crop(images[i].width, images[i].height, bucket)))
-    result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"])
+    result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"],
+                       warnings=warnings)
     if len(result.epoch(0)) != training["batches_per_epoch"]:
         raise RunError(f"the data gives {len(result.epoch(0))} batches per epoch, the plan counted "
                        f"{training['batches_per_epoch']}: make the plan again")
     return result
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB pixels from any mode: alpha composited onto white; grayscale, palette, CMYK, 16-bit converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, WHITE + (255,))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> torch.Tensor:
     """The image resized to cover the bucket, cut at the crop, maybe mirrored: (3, H, W) in [-1, 1]."""
     try:
         with Image.open(item.path) as raw:
-            image = ImageOps.exif_transpose(raw).convert("RGB")
-    except (OSError, ValueError) as exc:
+            raw.load()
+            image = to_rgb(ImageOps.exif_transpose(raw))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise RunError(f"cannot read image {item.path}: {exc}") from exc
     image = image.resize((crop.scaled_w, crop.scaled_h), Image.Resampling.LANCZOS)
     image = image.crop((crop.left, crop.top, crop.left + bucket[0], crop.top + bucket[1]))
@@ -110,38 +147,86 @@ def time_ids(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> l
 
 
 def process_caption(caption: str, dataset: dict[str, Any], rng: random.Random) -> str:
-    """Caption dropout, then tag shuffling that keeps the first `keep_tokens` comma-separated tags."""
+    """The caption a step trains on: the default caption for a missing one, caption dropout, tag dropout
+    and shuffling (the first `keep_tokens` tags stay), then the prefix and suffix around it."""
+    caption = caption or setting(dataset, "default_caption")
     if dataset["caption_dropout"] > 0 and rng.random() < dataset["caption_dropout"]:
         return ""
-    if not dataset["shuffle"]:
-        return caption
-    tags = [t.strip() for t in caption.split(",")]
-    head, tail = tags[: dataset["keep_tokens"]], tags[dataset["keep_tokens"]:]
-    rng.shuffle(tail)
-    return ", ".join(head + tail)
+    separator, keep = setting(dataset, "separator"), dataset["keep_tokens"]
+    tag_dropout = setting(dataset, "tag_dropout")
+    if dataset["shuffle"] or tag_dropout > 0:
+        tags = [t.strip() for t in caption.split(separator) if t.strip()]
+        head, tail = tags[:keep], tags[keep:]
+        if tag_dropout > 0:
+            tail = [t for t in tail if rng.random() >= tag_dropout]
+        if dataset["shuffle"]:
+            rng.shuffle(tail)
+        caption = f"{separator} ".join(head + tail)
+    parts = (setting(dataset, "prefix"), caption, setting(dataset, "suffix"))
+    return " ".join(part for part in parts if part)
 
 
-def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: bool = True) -> Batch:
-    """Captions, size conditioning and (unless latents are cached) pixels for the given samples."""
+def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: bool = True,
+               substitute: bool = False) -> Batch:
+    """Captions, size conditioning and (unless latents are cached) pixels for the given samples.
+
+    With `substitute`, a sample whose image cannot be decoded is replaced by another sample of the
+    same bucket (warned once per image); without it, that is a RunError.
+    """
     captions, ids, keys, tensors = [], [], [], []
     for index in indices:
+        index = replacement(data, index) if substitute and data.samples[index].image in data.bad else index
         sample = data.samples[index]
         item = data.images[sample.image]
         dataset = data.datasets[item.dataset]
         flip = dataset["flip"] and rng.random() < 0.5
+        if pixels:
+            try:
+                tensor = load_pixels(item, sample.crop, sample.bucket, flip)
+            except RunError as exc:
+                if not substitute:
+                    raise
+                mark_bad(data, sample.image, str(exc))
+                index = replacement(data, index)
+                sample, item = data.samples[index], data.images[data.samples[index].image]
+                dataset = data.datasets[item.dataset]
+                tensor = load_pixels(item, sample.crop, sample.bucket, flip)
+            tensors.append(tensor)
         captions.append(process_caption(item.caption, dataset, rng))
         ids.append(time_ids(item, sample.crop, sample.bucket, flip))
         keys.append((sample.image, flip))
-        if pixels:
-            tensors.append(load_pixels(item, sample.crop, sample.bucket, flip))
     stacked = torch.stack(tensors) if tensors else torch.empty(0)
     return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys)
 
 
+def mark_bad(data: TrainData, image: int, reason: str) -> None:
+    if image not in data.bad:
+        data.bad.add(image)
+        data.warnings.append(f"skipped {reason}")
+
+
+def replacement(data: TrainData, index: int) -> int:
+    """The next sample of the same bucket (in sample order, wrapping) whose image still decodes."""
+    bucket, count = data.samples[index].bucket, len(data.samples)
+    for step in range(1, count + 1):
+        candidate = (index + step) % count
+        sample = data.samples[candidate]
+        if sample.bucket != bucket or sample.image in data.bad:
+            continue
+        item = data.images[sample.image]
+        try:
+            load_pixels(item, sample.crop, sample.bucket, False)
+        except RunError as exc:
+            mark_bad(data, sample.image, str(exc))
+            continue
+        return candidate
+    raise RunError(f"no image of bucket {bucket[0]}x{bucket[1]} decodes any more: nothing left to train")
+
+
 def all_captions(data: TrainData) -> list[str]:
     """Every caption a batch can carry (the empty one too when captions drop out)."""
-    captions = {item.caption for item in data.images}
+    captions = {process_caption(item.caption, {**d, "caption_dropout": 0.0}, random.Random(0))
+                for item in data.images for d in (data.datasets[item.dataset],)}
     if any(d["caption_dropout"] > 0 for d in data.datasets):
         captions.add("")
     return sorted(captions)
-

@@ -1,4 +1,6 @@
-"""The training step and loop: SDXL conditioning, noise, loss weighting, accumulation, optimizer."""
+"""The training loop: SDXL conditioning, accumulation, clipping, optimizer and schedule steps.
+
+The step's objective is in runtime/loss.py, the optimizer and schedule in runtime/optim.py."""
 
 from __future__ import annotations
 
@@ -9,16 +11,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.optimization import get_scheduler
 
 from runtime import RunError
-from runtime.data import Batch, TrainData, all_captions, load_pixels, make_batch
+from runtime.cache import (
+    Counts,
+    DiskCache,
+    file_hash,
+    fingerprint,
+    latent_key,
+    text_key,
+    tokenizer_fingerprint,
+)
+from runtime.data import Batch, Sample, TrainData, all_captions, load_pixels, make_batch, mark_bad, setting
 from runtime.lora import param_groups
+from runtime.loss import batch_loss
+from runtime.loss import snr_weights as snr_weights  # re-exported: the step's weights
 from runtime.models import Models
+from runtime.optim import make_optimizer as make_optimizer  # re-exported with the schedule
+from runtime.optim import make_schedule
 
 StepHook = Callable[[int, int], None]  # (optimizer step done, epoch) -> None
+# (optimizer step done, gradient norm before clipping, optimizer param groups) -> None
+MetricsHook = Callable[[int, float | None, list[dict[str, Any]]], None]
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -34,28 +50,6 @@ class TrainStats:
     @property
     def average_loss(self) -> float:
         return sum(self.losses) / len(self.losses) if self.losses else math.nan
-
-
-# ---- optimizer and schedule -------------------------------------------------------------------
-
-def make_optimizer(optimizer: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The optimizer the plan names, with the plan's extra arguments passed through."""
-    name, lr, args = optimizer["name"], optimizer["lr"], dict(optimizer["args"])
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **args)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, **args)
-    import bitsandbytes as bnb
-
-    classes = {"adamw8bit": bnb.optim.AdamW8bit, "lion8bit": bnb.optim.Lion8bit, "lion": bnb.optim.Lion}
-    return classes[name](groups, lr=lr, **args)
-
-
-def make_schedule(plan: dict[str, Any], optimizer: torch.optim.Optimizer) -> Any:
-    return get_scheduler(
-        plan["schedule"]["name"], optimizer, num_warmup_steps=plan["schedule"]["warmup_steps"],
-        num_training_steps=plan["training"]["total_steps"],
-    )
 
 
 # ---- conditioning -----------------------------------------------------------------------------
@@ -83,52 +77,133 @@ def encode_pixels(models: Models, pixels: torch.Tensor) -> torch.Tensor:
     return vae.encode(pixels.to(models.device, models.vae_dtype)).latent_dist.parameters
 
 
+@torch.no_grad()
+def encode_finite(models: Models, pixels: torch.Tensor, say: Say, what: str) -> torch.Tensor:
+    """`encode_pixels`; NaN or inf in the result encodes the batch again with the VAE in fp32."""
+    parameters = encode_pixels(models, pixels)
+    if torch.isfinite(parameters).all():
+        return parameters
+    vae = models.pipe.vae
+    dtype = vae.dtype
+    say(f"{what}: the VAE gave NaN/inf latents in {str(dtype).removeprefix('torch.')}; encoded again in fp32")
+    vae.to(torch.float32)
+    try:
+        parameters = vae.encode(pixels.to(models.device, torch.float32)).latent_dist.parameters
+    finally:
+        vae.to(dtype)
+    if not torch.isfinite(parameters).all():
+        raise RunError(f"{what}: the VAE gives NaN/inf latents even in fp32")
+    return parameters.to(models.vae_dtype)
+
+
 def sample_latents(models: Models, parameters: torch.Tensor) -> torch.Tensor:
     latents = DiagonalGaussianDistribution(parameters).sample()
     return (latents * models.pipe.vae.config.scaling_factor).to(models.weight_dtype)
 
 
 class Conditioning:
-    """Latents and text embeddings for a batch, from the in-memory caches the plan asks for."""
+    """Latents and text embeddings for a batch, from the caches the plan asks for.
 
-    def __init__(self, models: Models, data: TrainData, cache: dict[str, Any]) -> None:
+    Without `to_disk` the caches live in memory for this run; with it, every entry is looked up in the
+    content-addressed disk cache (runtime/cache.py) first and stored there when it had to be encoded.
+    """
+
+    def __init__(
+        self, models: Models, data: TrainData, cache: dict[str, Any], say: Say | None = None
+    ) -> None:
         self.models, self.data = models, data
+        self.say: Say = say or (lambda text: None)
+        self.disk = DiskCache(cache["dir"]) if cache["to_disk"] else None
+        self.latent_counts, self.text_counts = Counts(), Counts()
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.latents: dict[tuple[int, bool], torch.Tensor] | None = None
+        self.shown = 0
         if cache["text_encoder"]:
             self._cache_text()
         if cache["latents"]:
             self._cache_latents()
+        if self.disk is not None:
+            self.say(f"latent cache: {self.latent_counts}; text-encoder cache: {self.text_counts}")
+        self._flush()
+
+    def _flush(self) -> None:
+        for warning in self.data.warnings[self.shown:]:
+            self.say(f"warning: {warning}")
+        self.shown = len(self.data.warnings)
+
+    def _text_identity(self) -> tuple[str, str]:
+        pipe = self.models.pipe
+        tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
+        encoders = (fingerprint(pipe.text_encoder, pipe.text_encoder.config)
+                    + fingerprint(pipe.text_encoder_2, pipe.text_encoder_2.config))
+        return tokenizers, encoders
 
     def _cache_text(self) -> None:
-        if any(d["shuffle"] for d in self.data.datasets):
-            raise RunError("shuffled captions change every step: they cannot use the text-encoder cache")
+        if any(d["shuffle"] or setting(d, "tag_dropout") > 0 for d in self.data.datasets):
+            raise RunError("shuffled captions (or tag dropout) change every step: "
+                           "they cannot use the text-encoder cache")
         self.text = {}
+        identity = self._text_identity() if self.disk is not None else None
         for caption in all_captions(self.data):
+            key = text_key(caption, *identity) if identity is not None else ""
+            entry = self.disk.load("text", key) if self.disk is not None else None
+            if entry is not None:
+                device = self.models.device
+                self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
+                self.text_counts.reused += 1
+                continue
             states, pooled = encode_text(self.models, [caption])
             self.text[caption] = (states[0], pooled[0])
+            self.text_counts.encoded += 1
+            if self.disk is not None:
+                self.disk.store("text", key, {"states": states[0], "pooled": pooled[0]})
         if self.models.device.type != "cpu":
             self.models.pipe.text_encoder.to("cpu")
             self.models.pipe.text_encoder_2.to("cpu")
 
     def _cache_latents(self) -> None:
         self.latents = {}
-        first = {}
+        first: dict[int, Sample] = {}
         for sample in self.data.samples:
             first.setdefault(sample.image, sample)
+        vae = fingerprint(self.models.pipe.vae, self.models.pipe.vae.config) if self.disk is not None else ""
+        dtype = str(self.models.vae_dtype).removeprefix("torch.")
         for image, sample in first.items():
             item = self.data.images[image]
             for flip in (False, True) if self.data.datasets[item.dataset]["flip"] else (False,):
-                pixels = load_pixels(item, sample.crop, sample.bucket, flip)
-                self.latents[(image, flip)] = encode_pixels(self.models, pixels[None])[0]
+                key = ""
+                if self.disk is not None:
+                    try:
+                        digest = file_hash(item.path)
+                    except OSError as exc:
+                        mark_bad(self.data, image, f"{item.path}: cannot be read ({exc.strerror})")
+                        break
+                    key = latent_key(digest, sample.bucket, sample.crop, flip, vae, dtype)
+                    entry = self.disk.load("latents", key)
+                    if entry is not None:
+                        self.latents[(image, flip)] = entry["parameters"].to(self.models.device)
+                        self.latent_counts.reused += 1
+                        continue
+                try:
+                    pixels = load_pixels(item, sample.crop, sample.bucket, flip)
+                except RunError as exc:
+                    mark_bad(self.data, image, str(exc))
+                    break
+                parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0]
+                self.latents[(image, flip)] = parameters
+                self.latent_counts.encoded += 1
+                if self.disk is not None:
+                    self.disk.store("latents", key, {"parameters": parameters})
 
     def batch(self, indices: list[int], rng: random.Random) -> Batch:
-        return make_batch(self.data, indices, rng, pixels=self.latents is None)
+        batch = make_batch(self.data, indices, rng, pixels=self.latents is None, substitute=True)
+        self._flush()
+        return batch
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(latents, prompt embeddings, pooled embeddings) for a batch."""
         if self.latents is None:
-            parameters = encode_pixels(self.models, batch.pixels)
+            parameters = encode_finite(self.models, batch.pixels, self.say, "a batch")
         else:
             parameters = torch.stack([self.latents[key] for key in batch.keys])
         if self.text is None:
@@ -138,40 +213,6 @@ class Conditioning:
             pooled = torch.stack([self.text[c][1] for c in batch.captions])
         dtype = self.models.weight_dtype
         return sample_latents(self.models, parameters), states.to(dtype), pooled.to(dtype)
-
-
-# ---- the step ---------------------------------------------------------------------------------
-
-def snr_weights(models: Models, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ loss weights (Hang et al. 2023) for epsilon or v-prediction targets."""
-    alphas = models.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1.0 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    if models.noise_scheduler.config.prediction_type == "v_prediction":
-        return clipped / (snr + 1.0)
-    return clipped / snr
-
-
-def batch_loss(unet: torch.nn.Module, models: Models, training: dict[str, Any], latents: torch.Tensor,
-               states: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
-    """Noise the latents at uniform timesteps, predict, and take the (weighted) MSE to the target."""
-    scheduler, n = models.noise_scheduler, latents.shape[0]
-    noise = torch.randn_like(latents)
-    if training["noise_offset"] > 0:
-        noise = noise + training["noise_offset"] * torch.randn(
-            (n, latents.shape[1], 1, 1), device=latents.device, dtype=latents.dtype)
-    timesteps = torch.randint(training["timestep_min"], training["timestep_max"], (n,), device=latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    conditions = {"text_embeds": pooled, "time_ids": time_ids.to(latents.device, latents.dtype)}
-    prediction = unet(noisy, timesteps, encoder_hidden_states=states, added_cond_kwargs=conditions).sample
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if training["snr_gamma"]:
-        per_sample = per_sample * snr_weights(models, timesteps, training["snr_gamma"])
-    return per_sample.mean()
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -186,24 +227,27 @@ def batch_stream(data: TrainData) -> Iterator[tuple[int, list[int]]]:
 
 
 def train(plan: dict[str, Any], models: Models, data: TrainData, on_step: StepHook | None = None,
-          on_loss: Callable[[int, float, float], None] | None = None) -> TrainStats:
+          on_loss: Callable[[int, float, float], None] | None = None,
+          on_message: Say | None = None, on_metrics: MetricsHook | None = None) -> TrainStats:
     """Run exactly training.total_steps optimizer steps of training.accumulate batches each."""
     training, acc = plan["training"], models.accelerator
     unet = models.pipe.unet
     optimizer = make_optimizer(plan["optimizer"], param_groups(unet, plan["method"], plan["optimizer"]["lr"]))
     schedule = make_schedule(plan, optimizer)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    conditioning = Conditioning(models, data, plan["data"]["cache"])
+    conditioning = Conditioning(models, data, plan["data"]["cache"], on_message)
     model, optimizer = acc.prepare(unet, optimizer)
     model.train()
     rng, stats, pending = random.Random(training["seed"]), TrainStats(), []
     for epoch, indices in batch_stream(data):
         latents, states, pooled = conditioning.encode(batch := conditioning.batch(indices, rng))
+        norm: Any = None
         with acc.accumulate(model):
             loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids)
             acc.backward(loss)
-            if acc.sync_gradients and plan["optimizer"]["max_grad_norm"] > 0:
-                acc.clip_grad_norm_(trainable, plan["optimizer"]["max_grad_norm"])
+            max_norm = plan["optimizer"]["max_grad_norm"]
+            if acc.sync_gradients and (max_norm > 0 or on_metrics):  # an infinite bound only measures
+                norm = acc.clip_grad_norm_(trainable, max_norm if max_norm > 0 else math.inf)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         pending.append(loss.detach().item())
@@ -216,6 +260,8 @@ def train(plan: dict[str, Any], models: Models, data: TrainData, on_step: StepHo
         pending = []
         if on_loss:
             on_loss(stats.steps, stats.losses[-1], schedule.get_last_lr()[0])
+        if on_metrics:
+            on_metrics(stats.steps, None if norm is None else float(norm), optimizer.param_groups)
         schedule.step()
         if on_step:
             on_step(stats.steps, stats.epoch)

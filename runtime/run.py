@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 from runtime import RunError, loop, lora, models, sample
 from runtime import data as datamod
 from runtime.progress import Progress
+from runtime.tblog import TensorBoardLog, open_log
 from sdxlc import plan as plans
 
 
@@ -26,6 +27,8 @@ class RunResult:
     lora_path: Path
     plan_path: Path
     samples: list[Path] = field(default_factory=list)
+    grids: list[Path] = field(default_factory=list)  # one per sampling step: all prompts side by side
+    logs: Path | None = None  # the TensorBoard folder, when the plan turns it on
     checkpoints: list[Path] = field(default_factory=list)
     final_loss: float = float("nan")
     average_loss: float = float("nan")
@@ -64,12 +67,14 @@ def setup_data(plan: dict[str, Any]) -> datamod.TrainData:
 class Run:
     """The state shared by the step hooks: where to save, when to sample, what was written."""
 
-    def __init__(self, plan: dict[str, Any], loaded: models.Models, progress: Progress) -> None:
-        self.plan, self.models, self.progress = plan, loaded, progress
+    def __init__(self, plan: dict[str, Any], loaded: models.Models, progress: Progress,
+                 log: TensorBoardLog | None = None) -> None:
+        self.plan, self.models, self.progress, self.log = plan, loaded, progress, log
         self.started = time.time()
         self.out = Path(plan["output"]["dir"])
         self.result = RunResult(
-            lora_path=self.out / f"{plan['output']['name']}.safetensors", plan_path=self.out / "plan.json"
+            lora_path=self.out / f"{plan['output']['name']}.safetensors", plan_path=self.out / "plan.json",
+            logs=log.folder if log is not None else None,
         )
 
     def save(self, path: Path, step: int, epoch: int) -> Path:
@@ -94,7 +99,21 @@ class Run:
             self.progress.message(f"saved {path}")
         every = self.plan["sample"]["every_steps"]
         if every and step % every == 0 and step < total:
-            self.result.samples += sample.write_samples(self.models, self.plan, step, self.quiet)
+            self.write_samples(step)
+
+    def write_samples(self, step: int) -> None:
+        files = sample.write_samples(self.models, self.plan, step, self.quiet, self.log)
+        self.result.samples += files.images
+        self.result.grids += [files.grid] if files.grid is not None else []
+
+    def on_loss(self, step: int, loss: float, lr: float) -> None:
+        self.progress.step(step, loss, lr)
+        if self.log is not None:
+            self.log.loss(step, loss, self.progress.average)
+
+    def on_metrics(self, step: int, grad_norm: float | None, groups: list[dict[str, Any]]) -> None:
+        if self.log is not None:
+            self.log.optimizer(step, grad_norm, groups)
 
     @property
     def quiet(self) -> bool:
@@ -103,7 +122,10 @@ class Run:
 
 def train(plan: dict[str, Any], loaded: models.Models, data: datamod.TrainData, run: Run) -> loop.TrainStats:
     try:
-        return loop.train(plan, loaded, data, on_step=run.on_step, on_loss=run.progress.step)
+        return loop.train(plan, loaded, data, on_step=run.on_step, on_loss=run.on_loss,
+                          on_message=run.progress.message,
+                          # on every process alike: measuring the norm may be a collective operation
+                          on_metrics=run.on_metrics if plan["log"]["tensorboard"] else None)
     finally:
         run.progress.close()
 
@@ -115,7 +137,7 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
     if run.main:
         run.save(result.lora_path, stats.steps, stats.epoch)
         run.progress.message(f"saved {result.lora_path}")
-        result.samples += sample.write_samples(run.models, run.plan, stats.steps, run.quiet)
+        run.write_samples(stats.steps)
     result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
     result.seconds = time.time() - run.started
     return result
@@ -132,15 +154,20 @@ def run_plan(plan: dict[str, Any], *, progress: bool = True) -> tuple[RunResult,
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
     if main:
         write_plan(plan)
+    log = open_log(plan, main)  # before the model: a missing tensorboard package fails fast
     set_seed(plan["training"]["seed"])
-    loaded = setup_model(plan)
-    data = setup_data(plan)
-    training = plan["training"]
-    reporter = Progress(training["total_steps"], plan["log"]["every_steps"], enabled=progress and main,
-                        show_rss=loaded.device.type == "cpu")
-    run = Run(plan, loaded, reporter)
-    stats = train(plan, loaded, data, run)
-    return finish(run, stats), loaded
+    try:
+        loaded = setup_model(plan)
+        data = setup_data(plan)
+        training = plan["training"]
+        reporter = Progress(training["total_steps"], plan["log"]["every_steps"], enabled=progress and main,
+                            device=loaded.device.type)
+        run = Run(plan, loaded, reporter, log)
+        stats = train(plan, loaded, data, run)
+        return finish(run, stats), loaded
+    finally:
+        if log is not None:
+            log.close()
 
 
 __all__ = ["RunError", "RunResult", "execute", "finish", "run_plan", "setup_data", "setup_model", "train"]

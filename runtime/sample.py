@@ -1,16 +1,32 @@
-"""Sample images with the LoRA active, saved as PNG with their prompt and settings embedded."""
+"""Sample images with the LoRA active, saved as PNG with their prompt and settings embedded.
+
+Each sampling step writes one PNG per prompt and a grid PNG with all prompts side by side, under
+<output.dir>/samples/, and hands the images to the TensorBoard log when the run has one.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from runtime.models import Models
+from runtime.tblog import TensorBoardLog
+
+
+@dataclass
+class SampleFiles:
+    """What one sampling step wrote: a PNG per prompt, and the grid of them all."""
+
+    images: list[Path] = field(default_factory=list)
+    grid: Path | None = None
 
 
 def render(pipe: StableDiffusionXLPipeline, settings: dict[str, Any], prompt: str,
@@ -25,38 +41,74 @@ def render(pipe: StableDiffusionXLPipeline, settings: dict[str, Any], prompt: st
     return result.images[0]
 
 
-def png_info(prompt: str, settings: dict[str, Any], step: int) -> PngInfo:
+def png_text(prompt: str, parameters: dict[str, Any], negative: str | None = None) -> PngInfo:
+    """PNG text chunks: `prompt`, `negative` (when given) and `parameters` (sorted JSON)."""
     info = PngInfo()
     info.add_text("prompt", prompt)
-    parameters = {k: settings[k] for k in ("width", "height", "steps", "cfg", "seed")}
-    info.add_text("parameters", json.dumps({**parameters, "step": step}, sort_keys=True))
+    if negative is not None:
+        info.add_text("negative", negative)
+    info.add_text("parameters", json.dumps(parameters, sort_keys=True))
     return info
 
 
-def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool) -> list[Path]:
-    """Render every sample prompt and save it under <output.dir>/samples/; returns the files."""
+def sample_parameters(plan: dict[str, Any], sampler: str, step: int) -> dict[str, Any]:
+    """Everything that made a training sample: settings, sampler, base model, LoRA and step."""
     settings = plan["sample"]
+    return {
+        **{k: settings[k] for k in ("width", "height", "steps", "cfg", "seed")},
+        "sampler": sampler, "model": plan["model"]["source"], "lora": plan["output"]["name"], "step": step,
+        "plan_hash": plan["plan_hash"],
+    }
+
+
+def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
+    """The images side by side (in rows of `columns`, all in one row by default), on black."""
+    if not images:
+        raise ValueError("a grid needs at least one image")
+    columns = max(1, min(columns or len(images), len(images)))
+    rows = -(-len(images) // columns)
+    width, height = max(i.width for i in images), max(i.height for i in images)
+    sheet = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        sheet.paste(image.convert("RGB"), ((index % columns) * width, (index // columns) * height))
+    return sheet
+
+
+def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
+                  log: TensorBoardLog | None = None) -> SampleFiles:
+    """Render every sample prompt, save them and their grid under <output.dir>/samples/."""
+    settings = plan["sample"]
+    files = SampleFiles()
     if not settings["prompts"]:
-        return []
+        return files
     pipe = models.pipe
     folder = Path(plan["output"]["dir"]) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{plan['output']['name']}-step{step:06d}"
+    parameters = sample_parameters(plan, type(pipe.scheduler).__name__, step)
     pipe.set_progress_bar_config(disable=quiet)
     moved = _text_encoders_to(pipe, models.device)
     training = pipe.unet.training
     pipe.unet.eval()
-    files = []
+    images: list[Image.Image] = []
     try:
         with models.accelerator.autocast():
             for index, prompt in enumerate(settings["prompts"]):
                 image = render(pipe, settings, prompt)
-                path = folder / f"{plan['output']['name']}-step{step:06d}-{index:02d}.png"
-                image.save(path, pnginfo=png_info(prompt, settings, step))
-                files.append(path)
+                path = folder / f"{stem}-{index:02d}.png"
+                image.save(path, pnginfo=png_text(prompt, {**parameters, "prompt_index": index}))
+                images.append(image)
+                files.images.append(path)
     finally:
         pipe.unet.train(training)
         if moved:
             _text_encoders_to(pipe, torch.device("cpu"))
+    sheet = grid(images)
+    files.grid = folder / f"{stem}-grid.png"
+    sheet.save(files.grid, pnginfo=png_text(" | ".join(settings["prompts"]),
+                                             {**parameters, "prompts": settings["prompts"]}))
+    if log is not None:
+        log.images(step, [*((f"{i:02d}", image) for i, image in enumerate(images)), ("grid", sheet)])
     return files
 
 

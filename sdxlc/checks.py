@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sdxlc.diagnostics import Diagnostic, Span, make
+from sdxlc.diagnostics import Diagnostic, Span, make, suggestion
 from sdxlc.layers import Layers
+from sdxlc.optimizers import accepted_args, arg_problem, optimizer_table
 
 Check = Callable[[dict[str, Any], Layers], list[Diagnostic]]
 
@@ -21,14 +22,19 @@ def cached_te_with_caption_changes(plan: dict[str, Any], layers: Layers) -> list
         return []
     found = []
     for index, dataset in enumerate(plan["data"]["datasets"]):
-        for key, what in (("shuffle", "a shuffled caption"), ("caption_dropout", "caption dropout")):
-            if dataset[key]:
+        changes = (
+            ("shuffle", "a shuffled caption", "shuffle"),
+            ("caption_dropout", "caption dropout", "dropout"),
+            ("tag_dropout", "tag dropout", "tag dropout"),
+        )
+        for key, what, word in changes:
+            if dataset.get(key):
                 found.append(
                     make(
                         "SDX0520",
                         f"cached text-encoder outputs cannot follow {what}",
                         layers.span(f"data.{index}.{key}") or layers.span(f"data.{index}.path"),
-                        help=f"remove `{'shuffle' if key == 'shuffle' else 'dropout'}` or drop `cache te`",
+                        help=f"remove `{word}` or drop `cache te`",
                         related=_related(layers, "cache.text_encoder", "text-encoder caching set here"),
                     )
                 )
@@ -115,7 +121,7 @@ def precision_supported(plan: dict[str, Any], layers: Layers) -> list[Diagnostic
             "SDX0524",
             f"{mixed} is not supported on {hardware['name']}",
             layers.span("precision.mixed"),
-            help="use fp16 with `vae fp32`" if mixed == "bf16" else "use fp32",
+            help="use fp16 with `vae fp32`" if mixed == "bf16" and hardware["fp16"] else "use fp32",
         )
     ]
 
@@ -148,6 +154,119 @@ def something_to_train(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]
     ]
 
 
+def optimizer_args_known(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Every `args` name must be a keyword argument the optimizer class accepts, of the right type."""
+    name = plan["optimizer"]["name"]
+    known, reserved = accepted_args(name), optimizer_table()[name]["reserved"]
+    found = []
+    for key, value in plan["optimizer"]["args"].items():
+        span = layers.span(f"optimizer.args.{key}") or layers.span("optimizer.name")
+        if key in reserved:
+            found.append(make("SDX0540", f"`{key}` is not a recipe argument of `{name}`", span,
+                              help=f"sdxlc sets it: {reserved[key]}"))
+        elif key not in known:
+            hint = suggestion(key, known) or f"`{name}` takes: " + ", ".join(f"`{k}`" for k in known)
+            found.append(make("SDX0540", f"`{name}` has no argument `{key}`", span, help=hint))
+        elif (problem := arg_problem(name, key, value)) is not None:
+            default = known[key]["default"]
+            found.append(make("SDX0541", f"`{key}` of `{name}`: {problem}", span,
+                              help=f"its default is `{key}={_arg_text(default)}`"))
+    return found
+
+
+def optimizer_on_device(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Paged optimizers keep their state in CUDA unified memory: on a CPU there is nothing to page."""
+    name, device = plan["optimizer"]["name"], plan["hardware"]["device"]
+    if device in optimizer_table()[name]["devices"]:
+        return []
+    unpaged = name.removeprefix("paged_")
+    return [
+        make(
+            "SDX0542",
+            f"`{name}` needs CUDA; the `{plan['hardware']['profile']}` profile has none",
+            layers.span("optimizer.name") or layers.span("profile"),
+            help=f"use `{unpaged}` (its 8-bit state steps on the CPU), or a CUDA profile",
+        )
+    ]
+
+
+def adafactor_with_clipping(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Adafactor scales its updates by their RMS (clip_threshold): gradient clipping on top distorts them."""
+    optimizer = plan["optimizer"]
+    if optimizer["name"] != "adafactor" or optimizer["max_grad_norm"] == 0:
+        return []
+    return [
+        make(
+            "SDX0543",
+            f"Adafactor with gradient clipping (max_grad_norm {optimizer['max_grad_norm']:g})",
+            layers.span("optimizer.max_grad_norm"),
+            help="`max_grad_norm 0`: Adafactor clips its own updates (`args clip_threshold=1.0`)",
+        )
+    ]
+
+
+def adafactor_relative_step(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """With relative_step Adafactor computes its own learning rate: a schedule cannot shape it."""
+    optimizer, schedule = plan["optimizer"], plan["schedule"]["name"]
+    relative = optimizer["name"] == "adafactor" and optimizer["args"].get("relative_step")
+    if not relative or schedule == "constant":
+        return []
+    return [
+        make(
+            "SDX0544",
+            f"Adafactor's relative_step computes the learning rate: `schedule {schedule}` would be ignored",
+            layers.span("schedule.name"),
+            help="drop the schedule (`schedule constant`), or use `args relative_step=false` with an `lr`",
+            related=_related(layers, "optimizer.args.relative_step", "relative_step set here"),
+        )
+    ]
+
+
+def adafactor_warmup_init(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Adafactor's warmup_init warms up its relative step; without relative_step the class refuses it."""
+    optimizer = plan["optimizer"]
+    args = optimizer["args"]
+    if optimizer["name"] != "adafactor" or not args.get("warmup_init") or args.get("relative_step"):
+        return []
+    return [
+        make(
+            "SDX0546",
+            "Adafactor's warmup_init needs relative_step=true",
+            layers.span("optimizer.args.warmup_init"),
+            help="add `relative_step=true`, or warm up with `schedule constant_with_warmup warmup 100`",
+        )
+    ]
+
+
+def prodigy_learning_rate(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Prodigy estimates the step size itself; its lr is a multiplier on that estimate, meant to be ≈1."""
+    lr = plan["optimizer"]["lr"]
+    if plan["optimizer"]["name"] != "prodigy" or 0.1 <= lr <= 10:
+        return []
+    return [
+        make(
+            "SDX0545",
+            f"Prodigy with lr {lr:g}: Prodigy expects lr ≈ 1",
+            layers.span("optimizer.lr"),
+            help="use `lr 1` and scale the estimated step with `args d_coef=…` if needed",
+        )
+    ]
+
+
+def zero_terminal_snr_needs_v_prediction(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """At zero terminal SNR the last timestep holds no signal: predicting the noise there is the identity."""
+    if not plan["training"]["zero_terminal_snr"] or plan["model"]["prediction"] == "v_prediction":
+        return []
+    return [
+        make(
+            "SDX0550",
+            "zero terminal SNR with an epsilon-prediction model",
+            layers.span("noise.zero_terminal_snr"),
+            help="add `v_prediction` (a v-prediction model), or drop `zero_terminal_snr`",
+        )
+    ]
+
+
 CHECKS: tuple[Check, ...] = (
     cached_te_with_caption_changes,
     cached_te_with_te_training,
@@ -157,6 +276,13 @@ CHECKS: tuple[Check, ...] = (
     precision_supported,
     timestep_range,
     something_to_train,
+    optimizer_args_known,
+    optimizer_on_device,
+    adafactor_with_clipping,
+    adafactor_relative_step,
+    adafactor_warmup_init,
+    prodigy_learning_rate,
+    zero_terminal_snr_needs_v_prediction,
 )
 
 
@@ -174,3 +300,11 @@ def run_checks(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
 def _related(layers: Layers, path: str, label: str) -> tuple[tuple[Span, str], ...]:
     span = layers.span(path)
     return ((span, label),) if span is not None else ()
+
+
+def _arg_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "none"
+    if isinstance(value, list):
+        return ",".join(_arg_text(item) for item in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -86,8 +86,19 @@ def check(files: tuple[Path, ...], sets: tuple[str, ...], profile: str | None, f
     default=None,
     help="Also write the plan JSON to this file.",
 )
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Also simulate one training step on fake tensors (torch, no GPU) and compare with the estimate.",
+)
 def plan(
-    recipe: Path, sets: tuple[str, ...], profile: str | None, as_json: bool, fmt: str, output: Path | None
+    recipe: Path,
+    sets: tuple[str, ...],
+    profile: str | None,
+    as_json: bool,
+    fmt: str,
+    output: Path | None,
+    exact: bool,
 ) -> None:
     """Resolve RECIPE: settings with provenance, step arithmetic, buckets and the memory estimate."""
     from sdxlc.report import render_plan
@@ -102,6 +113,42 @@ def plan(
     if output is not None:
         output.write_text(to_text(compiled.plan), encoding="utf-8")
     click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan), nl=False)
+    if exact:
+        _print_exact(compiled.plan)
+
+
+def _print_exact(plan_: dict[str, Any]) -> None:
+    """Measure the plan's training step on fake tensors and print it against the analytic estimate."""
+    try:
+        from runtime.exact import measure
+    except ImportError as exc:  # the training stack is not installed
+        click.echo(f"error: --exact needs the training runtime: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    from runtime import RunError
+
+    try:
+        result = measure(plan_)
+    except RunError as exc:
+        click.echo(f"error: --exact: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    est = plan_["estimate"]
+    skip = {"allocator_overhead", "cuda_context", "sample_peak"}
+    analytic = sum(v for k, v in est["vram_breakdown"].items() if k not in skip)
+    peak = result["peak_bytes"]
+    unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
+    click.echo(f"\nexact training-step peak (fake tensors, {result['seconds']:.1f} s, "
+               f"peak in {result['peak_phase']}):")
+    click.echo(f"  measured  {peak / scale:8.2f} {unit}")
+    click.echo(f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
+               "without allocator overhead and CUDA context, which fake tensors cannot see)")
+    for name, size in sorted(result["breakdown"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"    {name:<24} {size / scale:8.2f} {unit}")
+    flops, want = result["step_flops"], est["step_flops"]
+    fu, fs = ("TFLOP", 1e12) if flops >= 1e12 else ("GFLOP", 1e9)
+    click.echo(f"  FLOPs per step: measured {flops / fs:.2f} {fu}, estimate {want / fs:.2f} {fu} "
+               f"({(want - flops) / flops * 100:+.1f}%)")
+    for note in result.get("notes", []):
+        click.echo(f"  note: {note}")
 
 
 @main.command()
@@ -135,6 +182,10 @@ def run(recipe: Path, sets: tuple[str, ...], profile: str | None) -> None:
     click.echo(f"  plan:    {result.plan_path}")
     for sample in result.samples:
         click.echo(f"  sample:  {sample}")
+    for grid in result.grids:
+        click.echo(f"  grid:    {grid}")
+    if result.logs is not None:
+        click.echo(f"  logs:    {result.logs}  (tensorboard --logdir {result.logs})")
 
 
 @main.command()
@@ -181,9 +232,11 @@ def _print_run_header(plan_: dict[str, Any]) -> None:
 
 
 def _register_language_tools() -> None:
+    from sdxlc.cli_data import cache_command
+    from sdxlc.cli_gen import gen_command
     from sdxlc.cli_lang import diff_command, explain_command, fmt_command
 
-    for command in (fmt_command, explain_command, diff_command):
+    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command):
         main.add_command(command)
 
 

@@ -32,10 +32,18 @@ DEFAULTS: dict[str, Any] = {
     "noise.offset": 0.0,
     "noise.timestep_min": 0,
     "noise.timestep_max": 1000,
+    "noise.multires_iterations": 0,
+    "noise.multires_discount": 0.3,
+    "noise.perturbation": 0.0,
+    "noise.debiased": False,
+    "noise.zero_terminal_snr": False,
+    "loss.type": "l2",
+    "loss.huber_c": 0.1,
     "save.keep": 3,
     "save.dtype": "fp16",
     "sample.cfg": 7.0,
     "log.every": 10,
+    "log.tensorboard": True,
     "fit": "strict",
 }
 
@@ -60,5 +68,16 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # LoRA target modules in the UNet (attention projections of every transformer block).
 UNET_LORA_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
-# Arguments an optimizer gets unless the recipe says otherwise (kohya's SGDNesterov).
-OPTIMIZER_ARGS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9, "nesterov": True}}
+# Arguments an optimizer gets unless the recipe says otherwise: kohya's SGDNesterov, and Adafactor
+# with an explicit learning rate (kohya's documented SDXL settings) rather than its relative step.
+OPTIMIZER_ARGS: dict[str, dict[str, Any]] = {
+    "sgd": {"momentum": 0.9, "nesterov": True},
+    "adafactor": {"relative_step": False, "scale_parameter": False, "warmup_init": False},
+}
+
+# Recipe defaults that depend on the optimizer: Prodigy estimates its own step size and expects lr 1;
+# Adafactor clips its updates itself (clip_threshold), so gradient clipping is off.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prodigy": {"optimizer.lr": 1.0},
+    "adafactor": {"optimizer.max_grad_norm": 0.0},
+}

@@ -11,13 +11,13 @@ import json
 from functools import cache
 from typing import Any
 
+from sdxlc.optimizers import optimizer_table
 from sdxlc.profiles import SCHEMA_DIR, Profile
 
 MODELS_DIR = SCHEMA_DIR / "models"
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "lion": 4, "lion8bit": 1, "sgd": 4}
 TIGHT_HEADROOM = 0.10
 SAMPLE_KEY = "sample_peak"
 
@@ -122,12 +122,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     ckpt = bool(_get(plan, "training.gradient_checkpointing"))
     targets = set(_get(plan, "method.targets"))
     resident = _resident(plan)
-    optimizer = str(_get(plan, "optimizer.name"))
-    if optimizer not in OPTIMIZER_STATE_BYTES:
-        raise EstimateError(f"no optimizer-state size known for {optimizer!r}")
-    state_bytes = OPTIMIZER_STATE_BYTES[optimizer]
-    if optimizer == "sgd" and float((_get(plan, "optimizer.args") or {}).get("momentum", 1.0)) == 0.0:
-        state_bytes = 0
+    state_bytes = _state_bytes_per_param(plan)
 
     lora = lora_param_count(plan, model)
     vae_params = int(params["vae_encoder"]) + int(params["vae_decoder"])
@@ -139,7 +134,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         terms["vae_weights"] = vae_params * vae_bytes
     terms["trainable_params"] = lora * LORA_DTYPE_BYTES
     terms["gradients"] = lora * LORA_DTYPE_BYTES
-    terms["optimizer_state"] = lora * state_bytes
+    terms["optimizer_state"] = int(lora * state_bytes)
 
     sizes = _bucket_sizes(plan)
     max_px = max(_latent_px(w, h, model) for w, h, _ in sizes)
@@ -290,6 +285,9 @@ def _lever_candidates(plan: dict[str, Any], profile: Profile) -> list[tuple[str,
     if optimizer in ("adamw", "lion"):
         out.append(("optimizer_8bit", {"optimizer.name": optimizer + "8bit"},
                     f"use the 8-bit {optimizer} optimizer (bitsandbytes; 8-bit optimizer state)"))
+    if optimizer in ("adamw", "adamw8bit", "prodigy"):
+        out.append(("optimizer_factored", {"optimizer.name": "adafactor"},
+                    "use Adafactor (factored second moments: almost no optimizer state)"))
     if _get(plan, "precision.mixed") == "fp32" and (profile.bf16 or profile.fp16):
         dtype = "bf16" if profile.bf16 else "fp16"
         out.append((f"mixed_precision_{dtype}", {"precision.mixed": dtype},
@@ -302,6 +300,23 @@ def _lever_candidates(plan: dict[str, Any], profile: Profile) -> list[tuple[str,
                     f"batch {smaller} with {accumulate}x gradient accumulation "
                     "(same effective batch, slower)"))
     return out
+
+
+def _state_bytes_per_param(plan: dict[str, Any]) -> float:
+    """Optimizer-state bytes per trained parameter, from schema/optimizers.json (measured there)."""
+    optimizer = str(_get(plan, "optimizer.name"))
+    table = optimizer_table()
+    if optimizer not in table:
+        raise EstimateError(f"no optimizer-state size known for {optimizer!r}")
+    state = table[optimizer]["state"]
+    args = _get(plan, "optimizer.args") or {}
+    if state.get("factored"):
+        # a row and a column vector per LoRA matrix: 4 × (rows + cols) over rows × cols ≈ 4 / rank
+        per_param = 4.0 / max(1, int(_get(plan, "method.rank")))
+        return per_param + (4.0 if args.get("beta1") is not None else 0.0)
+    if optimizer == "sgd" and float(args.get("momentum", 1.0)) == 0.0:
+        return 0.0
+    return float(state["bytes_per_param"])
 
 
 def levers(plan: dict[str, Any], profile: Profile) -> list[dict[str, Any]]:

@@ -69,6 +69,28 @@ DETAILS: dict[str, str] = {
     "SDX0526": "Training LoRA layers on the text encoders is not supported by the runtime yet.",
     "SDX0528": "The timestep range is empty: its low bound is not below its high bound.",
     "SDX0529": "Every per-block learning rate is 0, so no LoRA layer would change.",
+    "SDX0530": "A dataset with `on bad image fail` holds files that cannot be trained on: corrupt, truncated "
+    "or empty images, unsupported formats, decompression bombs, captions that are not UTF-8, symlink loops "
+    "or manifest rows naming missing files. Each is listed with its reason; fix them or use "
+    "`on bad image skip`. See docs/DATA.md.",
+    "SDX0540": "`args` names a keyword the optimizer class does not take, or one sdxlc sets itself. The "
+    "accepted names, their types and defaults are in schema/optimizers.json (docs/TRAINING.md).",
+    "SDX0541": "An `args` value has the wrong type for its optimizer argument: a number where a flag is "
+    "expected, one number where a pair is (`betas=0.9,0.99`), a decimal where a whole number is.",
+    "SDX0542": "Paged optimizers keep their state in CUDA unified memory that pages to CPU RAM under "
+    "pressure; without CUDA there is nothing to page. The 8-bit optimizers without paging step on the CPU.",
+    "SDX0543": "Adafactor already scales each update by its RMS (`clip_threshold`), so clipping the "
+    "gradient norm first changes its updates for no gain. sdxlc turns clipping off for Adafactor unless "
+    "the recipe sets `max_grad_norm`.",
+    "SDX0544": "With `relative_step=true` Adafactor computes its learning rate from the step count and "
+    "ignores the optimizer's lr, so a learning-rate schedule has no effect. Keep `schedule constant`, or "
+    "use an explicit `lr` (`relative_step=false`, the default in sdxlc) with any schedule.",
+    "SDX0545": "Prodigy estimates the step size D itself; the learning rate multiplies that estimate and "
+    "is meant to be about 1. A typical AdamW rate (1e-4) makes Prodigy barely move. Scale with `d_coef`.",
+    "SDX0546": "Adafactor's `warmup_init` warms up its relative step size, so the class refuses it "
+    "without `relative_step=true`.",
+    "SDX0550": "Zero terminal SNR makes the last timestep pure noise. A model that predicts the noise has "
+    "nothing to learn there and cannot denoise from it; it needs v-prediction (`v_prediction`).",
     "SDX0601": "`profile auto` could not find a GPU with nvidia-smi, so the plan is made for the CPU.",
     "SDX0602": "The hardware profile named is unknown or unreadable; `sdxlc profiles` lists them.",
     "SDX0610": "The estimated peak memory of the run is over the profile's budget. The help lists the "
@@ -90,6 +112,9 @@ _EXAMPLE_VALUES: dict[str, str] = {
     "sdx": "1",
     "noise.snr_gamma": "5",
     "noise.offset": "0.0357",
+    "noise.multires_iterations": "6",
+    "noise.perturbation": "0.1",
+    "loss.type": "huber",
 }
 
 _ARG_EXAMPLES: dict[str, str] = {

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc import __version__
-from sdxlc.defaults import OPTIMIZER_ARGS, UNET_LORA_MODULES
+from sdxlc.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS, UNET_LORA_MODULES
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.layers import Layers, Provenance
 from sdxlc.lower import Lowered
+from sdxlc.optimizers import accepted_args, normalise_arg
 from sdxlc.profiles import Profile, ProfileError, load_profile, probe_auto
 from sdxlc.resolve_data import resolve_data
 
@@ -94,7 +95,8 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "save": _save(b, training["steps_per_epoch"]),
         "sample": _sample(b, data.section["resolution"], training["seed"], training["steps_per_epoch"]),
         "output": _output(b, recipe, recipe_dir),
-        "log": {"every_steps": b.take("log.every", "log.every_steps")},
+        "log": {"every_steps": b.take("log.every", "log.every_steps"),
+                "tensorboard": b.take("log.tensorboard", "log.tensorboard")},
         "estimate": {},
         "provenance": {},
         "warnings": warnings,
@@ -201,13 +203,25 @@ def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
 
 
 def _optimizer(b: _Builder) -> dict[str, Any]:
+    """The optimizer with every argument sdxlc decides; `args` are checked later (sdxlc/checks.py)."""
     name = b.take("optimizer.name", "optimizer.name")
+    given = b.take("optimizer.args", "optimizer.args")
+    known = accepted_args(name)
+    args = {key: normalise_arg(name, key, value) if key in known else value for key, value in given.items()}
     return {
         "name": name,
-        "lr": b.take("optimizer.lr", "optimizer.lr"),
-        "args": {**OPTIMIZER_ARGS.get(name, {}), **b.take("optimizer.args", "optimizer.args")},
-        "max_grad_norm": b.take("optimizer.max_grad_norm", "optimizer.max_grad_norm"),
+        "lr": _per_optimizer(b, name, "optimizer.lr", "optimizer.lr"),
+        "args": {**OPTIMIZER_ARGS.get(name, {}), **args},
+        "max_grad_norm": _per_optimizer(b, name, "optimizer.max_grad_norm", "optimizer.max_grad_norm"),
     }
+
+
+def _per_optimizer(b: _Builder, name: str, recipe_path: str, plan_path: str) -> Any:
+    """A recipe value, or when the recipe leaves it out, the optimizer's own default if it has one."""
+    defaults = OPTIMIZER_DEFAULTS.get(name, {})
+    if recipe_path in defaults and not b.layers.given(recipe_path):
+        return b.derived(plan_path, defaults[recipe_path], "default")
+    return b.take(recipe_path, plan_path)
 
 
 def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dict[str, Any]:
@@ -247,6 +261,13 @@ def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dic
         "snr_gamma": b.take("noise.snr_gamma", "training.snr_gamma"),
         "timestep_min": b.take("noise.timestep_min", "training.timestep_min"),
         "timestep_max": b.take("noise.timestep_max", "training.timestep_max"),
+        "multires_iterations": b.take("noise.multires_iterations", "training.multires_iterations"),
+        "multires_discount": b.take("noise.multires_discount", "training.multires_discount"),
+        "input_perturbation": b.take("noise.perturbation", "training.input_perturbation"),
+        "debiased": b.take("noise.debiased", "training.debiased"),
+        "zero_terminal_snr": b.take("noise.zero_terminal_snr", "training.zero_terminal_snr"),
+        "loss": b.take("loss.type", "training.loss"),
+        "huber_c": b.take("loss.huber_c", "training.huber_c"),
     }
 
 

@@ -7,19 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc import buckets as bk
-from sdxlc.datasets import ImageItem, scan_dataset
+from sdxlc.datasets import DATASET_DEFAULTS, ImageItem, Problem, ScanResult, is_manifest, scan_dataset
 from sdxlc.diagnostics import Diagnostic, make
+from sdxlc.index import Index
 from sdxlc.layers import Layers, Provenance
 
-DATASET_DEFAULTS: dict[str, Any] = {
-    "repeat": 1,
-    "caption_ext": ".txt",
-    "shuffle": False,
-    "keep_tokens": 0,
-    "caption_dropout": 0.0,
-    "flip": False,
-    "regularization": False,
-}
+LISTED = 20  # bad inputs named one by one in a warning or an error; the rest are counted
+CACHE_DIR = ".sdxlc-cache"
 
 
 @dataclass
@@ -33,7 +27,12 @@ class DataResolution:
 
 def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResolution:
     """Scan every dataset, place each image in its bucket and count samples and batches per bucket."""
-    datasets, items, res = _datasets(layers, recipe_dir)
+    provenance: dict[str, Provenance] = {}
+    cache = _cache(layers, recipe_dir, provenance)
+    index = Index.in_dir(cache["dir"])
+    datasets, items, res = _datasets(layers, recipe_dir, index)
+    index.save()
+    res.provenance.update(provenance)
     size, size_from = layers.get("resolution.size")
     enabled, enabled_from = layers.get("resolution.buckets")
     lo, lo_from = layers.get("resolution.min")
@@ -62,6 +61,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
         )
         bucket_list = [(size, size)]
     table = _bucket_table(datasets, items, bucket_list, batch_size)
+    res.warnings.extend(_upscaled(items, bucket_list))
     res.bucket_sizes = [row["samples"] for row in table]
     samples = sum(res.bucket_sizes)
     res.section = {
@@ -74,7 +74,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
             "step": step,
             "table": [{k: row[k] for k in ("width", "height", "images", "batches")} for row in table],
         },
-        "cache": _cache(layers, recipe_dir, res.provenance),
+        "cache": cache,
         "images": len(items),
         "samples_per_epoch": samples,
     }
@@ -85,8 +85,9 @@ def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-bucket report for `sdxlc plan`: images, mean aspect error and share of pixels cropped."""
     buckets = [(row["width"], row["height"]) for row in plan["data"]["buckets"]["table"]]
     rows: dict[tuple[int, int], dict[str, Any]] = {b: {"errors": [], "cropped": []} for b in buckets}
-    for index, dataset in enumerate(plan["data"]["datasets"]):
-        for item in scan_dataset(Path(dataset["path"]), dataset["caption_ext"], index).items:
+    index = Index.in_dir(plan["data"]["cache"]["dir"])
+    for number, dataset in enumerate(plan["data"]["datasets"]):
+        for item in scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index).items:
             bucket = bk.assign(item.width, item.height, buckets)
             rows[bucket]["errors"].append(bk.aspect_error(item.width, item.height, bucket))
             rows[bucket]["cropped"].append(bk.cropped_fraction(item.width, item.height, bucket))
@@ -101,7 +102,7 @@ def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _datasets(
-    layers: Layers, recipe_dir: Path
+    layers: Layers, recipe_dir: Path, index: Index
 ) -> tuple[list[dict[str, Any]], list[ImageItem], DataResolution]:
     res = DataResolution(section={})
     given = layers.doc.get("data") or []
@@ -116,50 +117,92 @@ def _datasets(
         )
     datasets: list[dict[str, Any]] = []
     items: list[ImageItem] = []
-    for index, entry in enumerate(given):
-        base = layers.base_dir(f"data.{index}.path", recipe_dir)
-        folder = (base / entry["path"]).resolve()
-        resolved = {**DATASET_DEFAULTS, **entry, "path": str(folder)}
+    for number, entry in enumerate(given):
+        base = layers.base_dir(f"data.{number}.path", recipe_dir)
+        source = (base / entry["path"]).resolve()
+        resolved = {**DATASET_DEFAULTS, **entry, "path": str(source)}
+        resolved["source"] = "manifest" if is_manifest(source) else "folder"
         for key in DATASET_DEFAULTS:
-            res.provenance[f"data.datasets.{index}.{key}"] = (
-                layers.origin(f"data.{index}.{key}") if key in entry else {"source": "default", "at": None}
+            res.provenance[f"data.datasets.{number}.{key}"] = (
+                layers.origin(f"data.{number}.{key}") if key in entry else {"source": "default", "at": None}
             )
-        res.provenance[f"data.datasets.{index}.images"] = {"source": "derived", "at": None}
-        res.provenance[f"data.datasets.{index}.path"] = layers.origin(f"data.{index}.path")
-        span = layers.span(f"data.{index}.path")
-        if not folder.is_dir():
+        for key in ("images", "samples", "source"):
+            res.provenance[f"data.datasets.{number}.{key}"] = {"source": "derived", "at": None}
+        res.provenance[f"data.datasets.{number}.path"] = layers.origin(f"data.{number}.path")
+        span = layers.span(f"data.{number}.path")
+        if not (source.is_dir() or is_manifest(source)):
             res.diagnostics.append(
                 make(
                     "SDX0502",
                     f"dataset folder `{entry['path']}` does not exist",
                     span,
-                    help=f"looked for {folder}",
+                    help=f"looked for {source} (a folder, or a .jsonl/.csv manifest)",
                 )
             )
-            resolved["images"] = 0
+            resolved.update(images=0, samples=0)
             datasets.append(resolved)
             continue
-        scan = scan_dataset(folder, resolved["caption_ext"], index)
-        for problem in scan.problems:
-            res.warnings.append(f"skipped {problem}")
-        if scan.missing_captions:
-            res.warnings.append(
-                f"{scan.missing_captions} image(s) in {entry['path']} have no "
-                f"{resolved['caption_ext']} caption and train with an empty caption"
-            )
-        if not scan.items:
-            res.diagnostics.append(
-                make(
-                    "SDX0503",
-                    f"dataset folder `{entry['path']}` holds no readable image",
-                    span,
-                    help="supported: " + ", ".join(("png", "jpg", "webp", "bmp")),
-                )
-            )
+        scan = scan_dataset(source, resolved["caption_ext"], number, index=index)
+        _report(entry["path"], resolved, scan, span, res)
         resolved["images"] = len(scan.items)
+        resolved["samples"] = sum(item.repeat for item in scan.items) * resolved["repeat"]
         datasets.append(resolved)
         items.extend(scan.items)
     return datasets, items, res
+
+
+def _report(
+    name: str, resolved: dict[str, Any], scan: ScanResult, span: Any, res: DataResolution
+) -> None:
+    """Bad inputs: skipped with one summary warning, or an error listing them under `on bad image fail`."""
+    if scan.problems and resolved["bad_image"] == "fail":
+        res.diagnostics.append(
+            make(
+                "SDX0530",
+                f"{len(scan.problems)} bad input file(s) in `{name}`: " + _listing(scan.problems),
+                span,
+                help="fix or remove them, or use `on bad image skip` to train without them",
+            )
+        )
+    elif scan.problems:
+        listing = _listing(scan.problems)
+        res.warnings.append(f"skipped {len(scan.problems)} bad input file(s) in {name}: {listing}")
+    if scan.missing_captions:
+        fallback = resolved["default_caption"]
+        train_with = f"the default caption {fallback!r}" if fallback else "an empty caption"
+        res.warnings.append(
+            f"{scan.missing_captions} image(s) in {name} have no {resolved['caption_ext']} caption "
+            f"and train with {train_with}"
+        )
+    if not scan.items:
+        res.diagnostics.append(
+            make(
+                "SDX0503",
+                f"dataset `{name}` holds no readable image",
+                span,
+                help="supported: png, jpg, webp, bmp, gif, tiff and whatever else Pillow reads",
+            )
+        )
+
+
+def _listing(problems: list[Problem]) -> str:
+    shown = "; ".join(str(p) for p in problems[:LISTED])
+    more = len(problems) - LISTED
+    return shown + (f"; … and {more} more" if more > 0 else "")
+
+
+def _upscaled(items: list[ImageItem], buckets: list[bk.Bucket]) -> list[str]:
+    """Images smaller than their bucket: trained upscaled, with one warning naming them."""
+    small = []
+    for item in items:
+        bucket = bk.assign(item.width, item.height, buckets)
+        if item.width < bucket[0] or item.height < bucket[1]:
+            small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
+    if not small:
+        return []
+    more = f"; … and {len(small) - LISTED} more" if len(small) > LISTED else ""
+    return [f"{len(small)} image(s) are smaller than their bucket and are upscaled: "
+            + "; ".join(small[:LISTED]) + more]
 
 
 def _bucket_table(
@@ -169,7 +212,7 @@ def _bucket_table(
     for item in items:
         bucket = bk.assign(item.width, item.height, buckets)
         counts[bucket][0] += 1
-        counts[bucket][1] += datasets[item.dataset]["repeat"]
+        counts[bucket][1] += datasets[item.dataset]["repeat"] * item.repeat
     table = []
     for (width, height), (images, samples) in counts.items():
         if images:
@@ -191,6 +234,6 @@ def _cache(layers: Layers, recipe_dir: Path, provenance: dict[str, Provenance]) 
         value, origin = layers.get(f"cache.{key}")
         section[key] = bool(value)
         provenance[f"data.cache.{key}"] = origin
-    section["dir"] = str((recipe_dir / ".sdxlc-cache").resolve())
+    section["dir"] = str((recipe_dir / CACHE_DIR).resolve())
     provenance["data.cache.dir"] = {"source": "default", "at": None}
     return section

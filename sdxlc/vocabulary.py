@@ -73,11 +73,17 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("model", S, "model.source", "value", "Base model: `tiny`, a hub id or a diffusers folder."),
     Entry("vae", S, "model.vae", "value", "Replacement VAE: hub id or diffusers folder."),
     Entry("profile", S, "profile", "value", "Hardware profile name, or `auto` to probe the local GPU."),
-    Entry("data", S, "data.*.path", "value", "A folder of images with caption files; one `data` per folder."),
+    Entry(
+        "data", S, "data.*.path", "value",
+        "Images with caption files: a folder (`10_name` sub-folders repeat 10×) or a .jsonl/.csv manifest.",
+    ),
     Entry("resolution", S, "resolution.size", "value", "Training resolution: buckets keep about size² px."),
     Entry("lora", S, "lora", "section", "Train a LoRA; its clauses give rank, alpha, targets and dropout."),
     Entry("lr", S, "optimizer.lr", "value", "Learning rate; may be followed by the optimizer name."),
-    Entry("optimizer", S, "optimizer.name", "value", "Optimizer by name; `args` passes extra arguments."),
+    Entry(
+        "optimizer", S, "optimizer.name", "value",
+        "Optimizer by name; `args` passes extra arguments, checked against schema/optimizers.json.",
+    ),
     Entry("max_grad_norm", S, "optimizer.max_grad_norm", "value", "Gradient clipping norm; 0 turns it off."),
     Entry("clip", S, "optimizer.max_grad_norm", "value", "Same as `max_grad_norm`."),
     Entry("schedule", S, "schedule.name", "value", "Learning-rate schedule; `warmup` sets its warmup."),
@@ -89,6 +95,7 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("noise", S, "noise", "section", "Noise settings: `noise offset 0.0357`."),
     Entry("snr gamma", S, "noise.snr_gamma", "value", "Min-SNR-gamma loss weighting."),
     Entry("timesteps", S, "noise.timestep_min noise.timestep_max", "range", "Training timestep range."),
+    Entry("loss", S, "loss.type", "value", "Loss: `l2` (squared error) or `huber` (pseudo-Huber)."),
     Entry("save", S, "save", "section", "Intermediate saves: `save every 500 steps keep 3 fp16`."),
     Entry("sample", S, "sample", "section", "Sample images during training, with prompts in quotes."),
     Entry("output", S, "output.dir", "value", "Output folder, relative to the recipe."),
@@ -110,6 +117,11 @@ VOCABULARY: tuple[Entry, ...] = (
     _flag("v_prediction", A, "model.prediction", "v_prediction", "The model predicts v."),
     _flag("vpred", A, "model.prediction", "v_prediction", "Same as `v_prediction`."),
     _flag("epsilon", A, "model.prediction", "epsilon", "The model predicts the noise."),
+    _flag("debiased", A, "noise.debiased", True, "Debiased-estimation loss weighting, 1/sqrt(SNR)."),
+    _flag(
+        "zero_terminal_snr", A, "noise.zero_terminal_snr", True,
+        "Rescale the noise schedule to zero terminal SNR (v-prediction only).",
+    ),
     _flag("no buckets", A, "resolution.buckets", False, "Aspect-ratio bucketing off: square crops."),
     # model
     Entry("seed", "model", "model.tiny_seed", "value", "Seed the built-in tiny model is built from."),
@@ -121,6 +133,12 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("dropout", "data", "data.*.caption_dropout", "value", "Probability of an empty caption."),
     _flag("flip", "data", "data.*.flip", True, "Random horizontal flip."),
     _flag("as regularization", "data", "data.*.regularization", True, "A folder of regularization images."),
+    Entry("separator", "data", "data.*.separator", "value", "Tag separator of the captions (default `,`)."),
+    Entry("tag dropout", "data", "data.*.tag_dropout", "value", "Probability of dropping each unkept tag."),
+    Entry("prefix", "data", "data.*.prefix", "value", "Text put before every caption."),
+    Entry("suffix", "data", "data.*.suffix", "value", "Text put after every caption."),
+    Entry("default caption", "data", "data.*.default_caption", "value", "Caption of images without one."),
+    Entry("on bad image", "data", "data.*.bad_image", "value", "Bad input files: `skip` or `fail`."),
     # resolution
     _flag("buckets", "resolution", "resolution.buckets", True, "Aspect-ratio bucketing on."),
     Entry("", "resolution", "resolution.min resolution.max", "range", "Smallest and largest bucket side."),
@@ -150,6 +168,11 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("offset", "noise", "noise.offset", "value", "Noise offset."),
     Entry("snr gamma", "noise", "noise.snr_gamma", "value", "Min-SNR-gamma loss weighting."),
     Entry("timesteps", "noise", "noise.timestep_min noise.timestep_max", "range", "Training timestep range."),
+    Entry("multires", "noise", "noise.multires_iterations", "value", "Pyramid (multires) noise levels."),
+    Entry("discount", "noise", "noise.multires_discount", "value", "Pyramid-noise discount per level."),
+    Entry("perturbation", "noise", "noise.perturbation", "value", "Input-perturbation noise gamma."),
+    # loss
+    Entry("c", "loss", "loss.huber_c", "value", "Pseudo-Huber threshold: `loss huber c 0.1`."),
     # save
     Entry("every", "save", "save.every save.unit", "cadence", "Save cadence: `every 500 steps`."),
     Entry("keep", "save", "save.keep", "value", "How many intermediate saves to keep."),
@@ -165,7 +188,9 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("seed", "sample", "sample.seed", "value", "Sample seed."),
     # log
     Entry("every", "log", "log.every", "value", "Log a line every N steps."),
-    Entry("tensorboard", "log", "", "unsupported", "TensorBoard logging (no switch in schema v1)."),
+    _flag("tensorboard", "log", "log.tensorboard", True,
+          "TensorBoard event files in the output folder's `logs/` (the default)."),
+    _flag("no tensorboard", "log", "log.tensorboard", False, "No TensorBoard event files."),
 )
 
 UNITS = {"steps": "steps", "step": "steps", "epochs": "epochs", "epoch": "epochs"}

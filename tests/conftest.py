@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from sdxlc.datasets import DATASET_DEFAULTS
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
@@ -40,7 +42,9 @@ def _base_plan(out: Path) -> dict[str, Any]:
         "data": {
             "datasets": [{"path": str(QUICKSTART), "repeat": 1, "caption_ext": ".txt", "shuffle": False,
                           "keep_tokens": 0, "caption_dropout": 0.0, "flip": False, "regularization": False,
-                          "images": 0}],
+                          "images": 0, **{k: v for k, v in DATASET_DEFAULTS.items() if k not in (
+                              "repeat", "caption_ext", "shuffle", "keep_tokens", "caption_dropout", "flip",
+                              "regularization")}, "source": "folder", "samples": 0}],
             "resolution": 64, "buckets": {"enabled": True, "min": 32, "max": 128, "step": 16, "table": []},
             "cache": {"text_encoder": False, "latents": False, "to_disk": False, "dir": str(out / "cache")},
             "images": 0, "samples_per_epoch": 0,
@@ -50,12 +54,14 @@ def _base_plan(out: Path) -> dict[str, Any]:
         "training": {"batch_size": 2, "accumulate": 1, "effective_batch": 2, "batches_per_epoch": 1,
                      "steps_per_epoch": 1, "epochs": 1, "total_steps": 4, "gradient_checkpointing": False,
                      "seed": 42, "noise_offset": 0.0, "snr_gamma": None, "timestep_min": 0,
-                     "timestep_max": 1000},
+                     "timestep_max": 1000, "multires_iterations": 0, "multires_discount": 0.3,
+                     "input_perturbation": 0.0, "debiased": False, "zero_terminal_snr": False, "loss": "l2",
+                     "huber_c": 0.1},
         "save": {"every_steps": None, "keep": 2, "dtype": "fp32"},
         "sample": {"prompts": ["a red circle on a blue background"], "every_steps": None, "width": 64,
                    "height": 64, "steps": 4, "cfg": 5.0, "seed": 1},
         "output": {"dir": str(out), "name": "tinylora"},
-        "log": {"every_steps": 10},
+        "log": {"every_steps": 10, "tensorboard": False},
         "estimate": {"vram_bytes": 0, "vram_breakdown": {}, "budget_bytes": 0, "fits": True,
                      "verdict": "fits", "step_flops": 0.0, "seconds_per_step": 0.0, "total_seconds": 0.0},
         "provenance": {},
@@ -92,6 +98,7 @@ def _derive(plan: dict[str, Any]) -> None:
     for index, dataset in enumerate(data["datasets"]):
         items = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], index).items
         dataset["images"] = len(items)
+        dataset["samples"] = len(items) * dataset["repeat"]
         for item in items:
             bucket = bk.assign(item.width, item.height, table)
             images[bucket] = images.get(bucket, 0) + 1

@@ -14,7 +14,7 @@ from runtime import RunError
 from runtime.data import make_batch, process_caption, setup_data, time_ids
 from runtime.run import run_plan
 from sdxlc import buckets as bk
-from sdxlc.datasets import ImageItem
+from sdxlc.datasets import DATASET_DEFAULTS, ImageItem
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "data" / "quickstart"
 
@@ -78,7 +78,7 @@ def test_the_unet_receives_the_crop_offsets(make_plan, tmp_path: Path, monkeypat
 
 
 def test_captions_drop_out_and_shuffle_after_kept_tokens() -> None:
-    settings = {"caption_dropout": 0.0, "shuffle": True, "keep_tokens": 1}
+    settings = {**DATASET_DEFAULTS, "caption_dropout": 0.0, "shuffle": True, "keep_tokens": 1}
     caption = "sks person, red, blue, green, yellow"
     shuffled = {process_caption(caption, settings, random.Random(seed)) for seed in range(20)}
     assert all(c.startswith("sks person, ") for c in shuffled) and len(shuffled) > 1

@@ -1,0 +1,155 @@
+"""`sdxlc gen` on the tiny model: LoRAs with weights, embeddings, seeds, samplers, PNG metadata."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+from safetensors.torch import save_file
+
+from runtime import generate as gen
+from runtime.run import execute
+from runtime.tiny import TE1_HIDDEN, TE2_HIDDEN, build_tiny_pipeline
+from sdxlc.cli_gen import SAMPLERS, gen_command, parse_embedding, parse_lora
+
+FAST = ["--model", "tiny", "--steps", "3", "--quiet"]
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(gen_command, [*FAST, *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+
+
+def meta(path: Path) -> tuple[dict[str, str], dict[str, object]]:
+    with Image.open(path) as image:
+        text = dict(image.text)
+    return text, json.loads(text["parameters"])
+
+
+def one(folder: Path) -> Path:
+    (file,) = sorted(folder.glob("*.png"))
+    return file
+
+
+@pytest.fixture(scope="module")
+def lora_file(make_plan, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A LoRA trained on the quickstart images, saved by the runtime in kohya format."""
+    out = tmp_path_factory.mktemp("gen-lora")
+    plan = make_plan(out, training__total_steps=6, optimizer__lr=2e-2, sample__prompts=[])
+    return execute(plan, progress=False).lora_path
+
+
+def test_lora_weight_zero_is_the_base_model_and_one_is_not(lora_file: Path, tmp_path: Path) -> None:
+    prompt = ["--prompt", "a red circle on a blue background", "--seed", "7"]
+    invoke(*prompt, "--out", str(tmp_path / "base"))
+    invoke(*prompt, "--lora", f"{lora_file}:0", "--out", str(tmp_path / "zero"))
+    invoke(*prompt, "--lora", f"{lora_file}:1.0", "--out", str(tmp_path / "full"))
+    base, zero, full = (pixels(one(tmp_path / name)) for name in ("base", "zero", "full"))
+    np.testing.assert_allclose(zero, base, atol=1e-4)
+    assert np.abs(full - base).mean() > 1e-3
+    _, parameters = meta(one(tmp_path / "full"))
+    assert parameters["loras"] == [{"file": str(lora_file), "weight": 1.0}]
+
+
+def test_seeds_count_and_metadata(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\na red circle\n\na blue square\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = invoke("--prompts", str(prompts), "--seed", "5", "--count", "2", "--batch", "3", "--negative",
+                    "blurry", "--sampler", "euler_a", "--cfg", "4.5", "--width", "64", "--height", "48",
+                    "--out", str(out))
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["00000-p00-s5.png", "00001-p00-s6.png", "00002-p01-s5.png",
+                                       "00003-p01-s6.png"]
+    assert result.output.split() == [str(f) for f in files]
+    images = [pixels(f) for f in files]
+    assert all(image.shape == (48, 64, 3) for image in images)
+    assert all(np.abs(a - b).mean() > 1e-3 for i, a in enumerate(images) for b in images[i + 1:])
+    expected = [("a red circle", 5), ("a red circle", 6), ("a blue square", 5), ("a blue square", 6)]
+    for file, (prompt, seed) in zip(files, expected, strict=True):
+        text, parameters = meta(file)
+        assert text["prompt"] == prompt and text["negative"] == "blurry"
+        assert parameters == {"seed": seed, "steps": 3, "cfg": 4.5, "sampler": "euler_a", "width": 64,
+                              "height": 48, "model": "tiny", "vae": None, "loras": [], "embeddings": []}
+    # the same seed gives the same image whatever the batch, and a rerun adds files instead of replacing
+    invoke("--prompt", "a blue square", "--seed", "6", "--negative", "blurry", "--sampler", "euler_a",
+           "--cfg", "4.5", "--width", "64", "--height", "48", "--out", str(out))
+    rerun = out / "00004-p00-s6.png"
+    assert np.abs(pixels(rerun) - images[3]).max() <= 2 / 255
+
+
+def test_embedding_token_changes_the_output(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    vectors = {"clip_l": torch.randn(2, TE1_HIDDEN, generator=generator),
+               "clip_g": torch.randn(2, TE2_HIDDEN, generator=generator)}
+    save_file(vectors, str(tmp_path / "style.safetensors"))
+    prompt = ["--prompt", "a photo in <style> style", "--seed", "1"]
+    invoke(*prompt, "--out", str(tmp_path / "plain"))
+    invoke(*prompt, "--embedding", f"{tmp_path / 'style.safetensors'}:<style>", "--out", str(tmp_path / "ti"))
+    plain, styled = pixels(one(tmp_path / "plain")), pixels(one(tmp_path / "ti"))
+    assert np.abs(plain - styled).mean() > 1e-3
+    _, parameters = meta(one(tmp_path / "ti"))
+    assert parameters["embeddings"] == [{"file": str(tmp_path / "style.safetensors"), "token": "<style>"}]
+
+    pipe = build_tiny_pipeline(0)
+    assert gen.load_embedding(pipe, tmp_path / "style.safetensors", "<style>") == 2
+    for tokenizer, encoder, key in ((pipe.tokenizer, pipe.text_encoder, "clip_l"),
+                                    (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g")):
+        ids = tokenizer.convert_tokens_to_ids(["<style>", "<style>_1"])
+        torch.testing.assert_close(encoder.get_input_embeddings().weight[ids].detach(), vectors[key])
+
+
+def test_samplers(tmp_path: Path) -> None:
+    assert set(SAMPLERS) == set(gen.SAMPLERS)
+    request = gen.GenRequest(model="tiny", prompts=["a cat"], out=tmp_path, steps=3)
+    pipe, _ = gen.prepare(request)
+    outputs = {}
+    for name in SAMPLERS:
+        gen.set_sampler(pipe, name)
+        assert isinstance(pipe.scheduler, gen.SAMPLERS[name][0])
+        (file,) = gen.generate(gen.GenRequest(model="tiny", prompts=["a cat"], out=tmp_path / name, steps=3,
+                                              sampler=name), pipe=pipe)
+        outputs[name] = pixels(file)
+        assert np.isfinite(outputs[name]).all()
+    assert np.abs(outputs["euler"] - outputs["euler_a"]).mean() > 1e-4
+
+
+def test_usage_and_load_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    no_prompt = runner.invoke(gen_command, ["--out", str(tmp_path)])
+    assert no_prompt.exit_code == 2 and "no prompt" in no_prompt.output
+    odd = runner.invoke(gen_command, ["-p", "x", "--width", "60"])
+    assert odd.exit_code == 2 and "multiple of 8" in odd.output
+    missing = runner.invoke(gen_command, ["-p", "x", "--lora", str(tmp_path / "none.safetensors:0.5")])
+    assert missing.exit_code == 3 and "does not exist" in missing.output
+    save_file({"clip_l": torch.zeros(1, 768)}, str(tmp_path / "sd15.safetensors"))
+    wrong = runner.invoke(gen_command, [*FAST, "-p", "x", "--embedding", str(tmp_path / "sd15.safetensors")])
+    assert wrong.exit_code == 3 and "clip_l and clip_g" in wrong.output
+
+
+def test_option_parsing() -> None:
+    assert parse_lora("a/b.safetensors:0.8") == (Path("a/b.safetensors"), 0.8)
+    assert parse_lora("a/b.safetensors") == (Path("a/b.safetensors"), 1.0)
+    assert parse_lora("C:/x.safetensors") == (Path("C:/x.safetensors"), 1.0)
+    assert parse_embedding("emb/sks.safetensors:<sks>") == (Path("emb/sks.safetensors"), "<sks>")
+    assert parse_embedding("emb/sks.safetensors") == (Path("emb/sks.safetensors"), "sks")
+    assert gen.model_spec("tiny")["kind"] == "tiny" and gen.model_spec("org/model")["kind"] == "hub"
+
+
+def test_importing_the_command_does_not_import_torch() -> None:
+    code = "import sys, sdxlc.cli_gen; print('torch' in sys.modules or 'runtime' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

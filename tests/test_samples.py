@@ -1,0 +1,54 @@
+"""Samples during training: a PNG per prompt with its settings, and a grid per sampling step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.run import execute
+from runtime.sample import grid
+
+
+def test_grid_puts_images_side_by_side() -> None:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    images = [Image.new("RGB", (32, 16), colour) for colour in colours]
+    sheet = grid(images)
+    assert sheet.size == (96, 16)
+    assert [sheet.getpixel((x, 8)) for x in (0, 40, 95)] == colours
+    assert grid(images, columns=2).size == (64, 32)
+    with pytest.raises(ValueError):
+        grid([])
+
+
+def test_samples_every_n_steps_and_at_the_end(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    prompts = ["a red circle on a blue background", "a blue square"]
+    settings = {"prompts": prompts, "every_steps": 2, "steps": 2, "width": 64, "height": 48, "seed": 3}
+    plan = make_plan(tmp_path, training__total_steps=3, sample=settings)
+    result = execute(plan, progress=False)
+    folder = tmp_path / "samples"
+    names = [f"tinylora-step{step:06d}-{i:02d}.png" for step in (2, 3) for i in (0, 1)]
+    assert [p.name for p in result.samples] == names
+    assert [p.name for p in result.grids] == ["tinylora-step000002-grid.png", "tinylora-step000003-grid.png"]
+    assert all(p.parent == folder for p in [*result.samples, *result.grids])
+    for path in result.samples:
+        with Image.open(path) as image:
+            assert image.size == (64, 48)
+            parameters = json.loads(image.text["parameters"])
+            assert image.text["prompt"] == prompts[parameters["prompt_index"]]
+        assert parameters["step"] == int(path.name.split("-step")[1][:6])
+        assert {k: parameters[k] for k in ("width", "height", "steps", "cfg", "seed")} == {
+            "width": 64, "height": 48, "steps": 2, "cfg": plan["sample"]["cfg"], "seed": 3}
+        assert parameters["sampler"] == "EulerDiscreteScheduler" and parameters["model"] == "tiny"
+        assert parameters["lora"] == "tinylora" and parameters["plan_hash"] == plan["plan_hash"]
+    with Image.open(result.grids[-1]) as sheet:
+        assert sheet.size == (2 * 64, 48)
+        assert json.loads(sheet.text["parameters"])["prompts"] == prompts
+        pixels = np.asarray(sheet.convert("RGB"))
+    for index, path in enumerate(result.samples[2:]):
+        with Image.open(path) as image:
+            own = np.asarray(image.convert("RGB"))
+        np.testing.assert_array_equal(pixels[:, 64 * index:64 * (index + 1)], own)

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from runtime import RunError
-
-STATE_FILE = "state.json"
-_PREFIX = "step-"
+from sdxlc import resume
+from sdxlc.resume import PREFIX as _PREFIX
+from sdxlc.resume import STATE_FILE
 
 
 @dataclass
@@ -72,8 +72,10 @@ def save_state(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
-                  str(tmp / "trainable.safetensors"))
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
+            str(tmp / "trainable.safetensors"),
+        )
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
@@ -106,24 +108,15 @@ def prune(out: Path, keep: int) -> None:
 
 def complete(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return resume.complete(out)
 
 
 def find(out: Path, which: str) -> Path:
     """`latest` (the newest complete checkpoint under out) or an explicit checkpoint folder."""
-    if which == "latest":
-        found = complete(out)
-        if not found:
-            raise RunError(f"no checkpoint to resume under {out / 'checkpoints'}")
-        return found[-1]
-    folder = Path(which)
-    if not (folder / STATE_FILE).is_file():
-        raise RunError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
-    return folder
+    try:
+        return resume.find(out, which)
+    except resume.ResumeError as exc:
+        raise RunError(str(exc)) from exc
 
 
 def load_state(folder: Path) -> Saved:
@@ -157,8 +150,11 @@ def restore_rng(rng: dict[str, Any], data_rng: random.Random) -> None:
 def _save_rng(folder: Path, data_rng: random.Random) -> None:
     """RNG states without pickle: python and numpy states as JSON, torch states as byte tensors."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"python": _py_state(random.getstate()), "data": _py_state(data_rng.getstate()),
-              "numpy": [kind, [int(k) for k in keys], pos, has_gauss, gauss]}
+    states = {
+        "python": _py_state(random.getstate()),
+        "data": _py_state(data_rng.getstate()),
+        "numpy": [kind, [int(k) for k in keys], pos, has_gauss, gauss],
+    }
     (folder / "rng.json").write_text(json.dumps(states), encoding="utf-8")
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -171,9 +167,13 @@ def _load_rng(folder: Path) -> dict[str, Any]:
     tensors = load_file(str(folder / "rng.safetensors"))
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1)]
-    return {"python": _py_unstate(states["python"]), "data": _py_unstate(states["data"]),
-            "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss),
-            "torch": tensors["torch"], "cuda": cuda}
+    return {
+        "python": _py_unstate(states["python"]),
+        "data": _py_unstate(states["data"]),
+        "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss),
+        "torch": tensors["torch"],
+        "cuda": cuda,
+    }
 
 
 def _py_state(state: tuple[Any, ...]) -> list[Any]:

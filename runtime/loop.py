@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from runtime import RunError
+from runtime import RunError, checkpoint
 from runtime.cache import (
     Counts,
     DiskCache,
@@ -42,6 +43,13 @@ class TrainStats:
     steps: int = 0
     epoch: int = 0
     losses: list[float] = field(default_factory=list)  # mean batch loss of each optimizer step
+    # where the next batch comes from: (0-based epoch, index of the batch within it)
+    next_epoch: int = 0
+    next_batch: int = 0
+    # the live objects a checkpoint saves (set by `train`)
+    optimizer: Any = None
+    schedule: Any = None
+    data_rng: random.Random | None = None
 
     @property
     def final_loss(self) -> float:
@@ -54,14 +62,20 @@ class TrainStats:
 
 # ---- conditioning -----------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def encode_text(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Both encoders' penultimate hidden states side by side, and TE2's pooled projection."""
     pipe = models.pipe
     states, pooled = [], None
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         out = encoder(ids.to(encoder.device), output_hidden_states=True)
         states.append(out.hidden_states[-2])
         pooled = out.text_embeds if hasattr(out, "text_embeds") else None
@@ -127,21 +141,23 @@ class Conditioning:
         self._flush()
 
     def _flush(self) -> None:
-        for warning in self.data.warnings[self.shown:]:
+        for warning in self.data.warnings[self.shown :]:
             self.say(f"warning: {warning}")
         self.shown = len(self.data.warnings)
 
     def _text_identity(self) -> tuple[str, str]:
         pipe = self.models.pipe
         tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
-        encoders = (fingerprint(pipe.text_encoder, pipe.text_encoder.config)
-                    + fingerprint(pipe.text_encoder_2, pipe.text_encoder_2.config))
+        encoders = fingerprint(pipe.text_encoder, pipe.text_encoder.config) + fingerprint(
+            pipe.text_encoder_2, pipe.text_encoder_2.config
+        )
         return tokenizers, encoders
 
     def _cache_text(self) -> None:
         if any(d["shuffle"] or setting(d, "tag_dropout") > 0 for d in self.data.datasets):
-            raise RunError("shuffled captions (or tag dropout) change every step: "
-                           "they cannot use the text-encoder cache")
+            raise RunError(
+                "shuffled captions (or tag dropout) change every step: they cannot use the text-encoder cache"
+            )
         self.text = {}
         identity = self._text_identity() if self.disk is not None else None
         for caption in all_captions(self.data):
@@ -217,30 +233,99 @@ class Conditioning:
 
 # ---- the loop ---------------------------------------------------------------------------------
 
-def batch_stream(data: TrainData) -> Iterator[tuple[int, list[int]]]:
-    """Batches in training order, epoch after epoch, with the epoch (0-based) each belongs to."""
-    epoch = 0
+
+def batch_stream(data: TrainData, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, int, list[int]]]:
+    """Batches in training order from (epoch, start) on: (epoch, index within the epoch, sample indices)."""
     while True:
-        for indices in data.epoch(epoch):
-            yield epoch, indices
-        epoch += 1
+        for index, indices in enumerate(data.epoch(epoch)):
+            if index >= start:
+                yield epoch, index, indices
+        epoch, start = epoch + 1, 0
 
 
-def train(plan: dict[str, Any], models: Models, data: TrainData, on_step: StepHook | None = None,
-          on_loss: Callable[[int, float, float], None] | None = None,
-          on_message: Say | None = None, on_metrics: MetricsHook | None = None) -> TrainStats:
-    """Run exactly training.total_steps optimizer steps of training.accumulate batches each."""
+@dataclass
+class Resume:
+    """A checkpoint to continue from; `rebuild_schedule` rebuilds the lr schedule from the current step."""
+
+    saved: checkpoint.Saved
+    rebuild_schedule: bool = False
+
+
+def trainable_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name: what a checkpoint stores."""
+    return {name: p for name, p in unet.named_parameters() if p.requires_grad}
+
+
+def _restore(resume: Resume, plan: dict[str, Any], unet: torch.nn.Module, stats: TrainStats) -> None:
+    saved, live = resume.saved, trainable_state(unet)
+    if set(saved.trainable) != set(live):
+        raise RunError(f"checkpoint {saved.folder} holds other trainable parameters than this plan")
+    with torch.no_grad():
+        for name, parameter in live.items():
+            parameter.copy_(saved.trainable[name].to(parameter.device, parameter.dtype))
+    position = saved.position
+    stats.steps, stats.losses = position.step, list(position.losses)
+    stats.epoch = position.epoch + (1 if position.batch_index else 0)
+    stats.next_epoch, stats.next_batch = position.epoch, position.batch_index
+    if stats.steps >= plan["training"]["total_steps"]:
+        raise RunError(
+            f"the checkpoint is at step {stats.steps}; the plan ends at step "
+            f"{plan['training']['total_steps']}: nothing left to train"
+        )
+
+
+def _restore_state(resume: Resume, plan: dict[str, Any], stats: TrainStats, acc: Any) -> None:
+    """Optimizer, schedule, grad scaler and RNG states, right before the first resumed batch."""
+    saved = resume.saved
+    stats.optimizer.load_state_dict(saved.optimizer)
+    if resume.rebuild_schedule:
+        stats.schedule = make_schedule(plan, stats.optimizer)
+        with warnings.catch_warnings():  # stepping a fresh schedule forward warns about the order
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(stats.steps):
+                stats.schedule.step()
+    else:
+        stats.schedule.load_state_dict(saved.scheduler)
+    if saved.scaler is not None and acc.scaler is not None:
+        acc.scaler.load_state_dict(saved.scaler)
+    assert stats.data_rng is not None
+    checkpoint.restore_rng(saved.rng, stats.data_rng)
+
+
+def train(
+    plan: dict[str, Any],
+    models: Models,
+    data: TrainData,
+    on_step: StepHook | None = None,
+    on_loss: Callable[[int, float, float], None] | None = None,
+    on_message: Say | None = None,
+    on_metrics: MetricsHook | None = None,
+    resume: Resume | None = None,
+    stats: TrainStats | None = None,
+) -> TrainStats:
+    """Run exactly training.total_steps optimizer steps of training.accumulate batches each.
+
+    With `resume`, the trainable weights, optimizer, schedule and RNG states and the data position
+    come from the checkpoint, so the run continues exactly where the checkpointed run stood.
+    `stats` (optional) is filled in as training goes, for hooks that save checkpoints.
+    """
     training, acc = plan["training"], models.accelerator
+    stats = stats if stats is not None else TrainStats()
     unet = models.pipe.unet
+    if resume is not None:
+        _restore(resume, plan, unet, stats)
     optimizer = make_optimizer(plan["optimizer"], param_groups(unet, plan["method"], plan["optimizer"]["lr"]))
     schedule = make_schedule(plan, optimizer)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     conditioning = Conditioning(models, data, plan["data"]["cache"], on_message)
     model, optimizer = acc.prepare(unet, optimizer)
     model.train()
-    rng, stats, pending = random.Random(training["seed"]), TrainStats(), []
-    for epoch, indices in batch_stream(data):
-        latents, states, pooled = conditioning.encode(batch := conditioning.batch(indices, rng))
+    stats.optimizer, stats.schedule, stats.data_rng = optimizer, schedule, random.Random(training["seed"])
+    if resume is not None:
+        _restore_state(resume, plan, stats, acc)
+    pending: list[float] = []
+    for epoch, index, indices in batch_stream(data, stats.next_epoch, stats.next_batch):
+        latents, states, pooled = conditioning.encode(batch := conditioning.batch(indices, stats.data_rng))
         norm: Any = None
         with acc.accumulate(model):
             loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids)
@@ -252,20 +337,31 @@ def train(plan: dict[str, Any], models: Models, data: TrainData, on_step: StepHo
             optimizer.zero_grad(set_to_none=True)
         pending.append(loss.detach().item())
         if not math.isfinite(pending[-1]):
-            raise RunError(f"the loss became {pending[-1]} at step {stats.steps + 1}: training diverged")
+            raise RunError(diverged(pending[-1], stats.steps + 1, epoch, index, batch))
         if not acc.sync_gradients:
             continue
         stats.steps, stats.epoch = stats.steps + 1, epoch + 1
+        stats.next_epoch, stats.next_batch = epoch, index + 1
         stats.losses.append(sum(pending) / len(pending))
         pending = []
         if on_loss:
-            on_loss(stats.steps, stats.losses[-1], schedule.get_last_lr()[0])
+            on_loss(stats.steps, stats.losses[-1], stats.schedule.get_last_lr()[0])
         if on_metrics:
             on_metrics(stats.steps, None if norm is None else float(norm), optimizer.param_groups)
-        schedule.step()
+        stats.schedule.step()
         if on_step:
             on_step(stats.steps, stats.epoch)
         if stats.steps >= training["total_steps"]:
             break
     model.eval()
     return stats
+
+
+def diverged(loss: float, step: int, epoch: int, index: int, batch: Batch) -> str:
+    """What to say when the loss stops being a number."""
+    return (
+        f"the loss became {loss} at step {step} (epoch {epoch + 1}, batch {index + 1}: "
+        f"{', '.join(batch.captions[:2])}{'…' if len(batch.captions) > 2 else ''}); training stopped and "
+        "the last checkpoint is intact. Usual causes: the stock SDXL VAE in fp16 (use an fp16-fix VAE "
+        "or `vae fp32`), or a learning rate too high for the optimizer."
+    )

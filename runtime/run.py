@@ -13,7 +13,7 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from runtime import RunError, loop, lora, models, sample
+from runtime import RunError, checkpoint, loop, lora, models, sample
 from runtime import data as datamod
 from runtime.progress import Progress
 from runtime.tblog import TensorBoardLog, open_log
@@ -67,13 +67,20 @@ def setup_data(plan: dict[str, Any]) -> datamod.TrainData:
 class Run:
     """The state shared by the step hooks: where to save, when to sample, what was written."""
 
-    def __init__(self, plan: dict[str, Any], loaded: models.Models, progress: Progress,
-                 log: TensorBoardLog | None = None) -> None:
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        loaded: models.Models,
+        progress: Progress,
+        log: TensorBoardLog | None = None,
+    ) -> None:
         self.plan, self.models, self.progress, self.log = plan, loaded, progress, log
+        self.stats = loop.TrainStats()  # filled in by the loop; what a checkpoint saves
         self.started = time.time()
         self.out = Path(plan["output"]["dir"])
         self.result = RunResult(
-            lora_path=self.out / f"{plan['output']['name']}.safetensors", plan_path=self.out / "plan.json",
+            lora_path=self.out / f"{plan['output']['name']}.safetensors",
+            plan_path=self.out / "plan.json",
             logs=log.folder if log is not None else None,
         )
 
@@ -94,12 +101,32 @@ class Run:
         every = self.plan["save"]["every_steps"]
         if every and step % every == 0 and step < total:
             path = self.save(self.out / f"{name}-step{step:06d}.safetensors", step, epoch)
+            state = self.save_state()
             lora.prune_checkpoints(self.out, name, self.plan["save"]["keep"])
             self.result.checkpoints = [p for p in [*self.result.checkpoints, path] if p.exists()]
-            self.progress.message(f"saved {path}")
+            self.progress.message(f"saved {path} and the training state {state.name}")
         every = self.plan["sample"]["every_steps"]
         if every and step % every == 0 and step < total:
             self.write_samples(step)
+
+    def save_state(self) -> Path:
+        """The whole training state at the current step, atomically; older states pruned after."""
+        stats = self.stats
+        assert stats.data_rng is not None
+        unet = self.models.accelerator.unwrap_model(self.models.pipe.unet)
+        position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses))
+        folder = checkpoint.save_state(
+            self.out,
+            position,
+            self.plan,
+            loop.trainable_state(unet),
+            stats.optimizer,
+            stats.schedule,
+            self.models.accelerator.scaler,
+            stats.data_rng,
+        )
+        checkpoint.prune(self.out, self.plan["save"]["keep"])
+        return folder
 
     def write_samples(self, step: int) -> None:
         files = sample.write_samples(self.models, self.plan, step, self.quiet, self.log)
@@ -120,12 +147,26 @@ class Run:
         return not self.progress.interactive
 
 
-def train(plan: dict[str, Any], loaded: models.Models, data: datamod.TrainData, run: Run) -> loop.TrainStats:
+def train(
+    plan: dict[str, Any],
+    loaded: models.Models,
+    data: datamod.TrainData,
+    run: Run,
+    resume: loop.Resume | None = None,
+) -> loop.TrainStats:
     try:
-        return loop.train(plan, loaded, data, on_step=run.on_step, on_loss=run.on_loss,
-                          on_message=run.progress.message,
-                          # on every process alike: measuring the norm may be a collective operation
-                          on_metrics=run.on_metrics if plan["log"]["tensorboard"] else None)
+        return loop.train(
+            plan,
+            loaded,
+            data,
+            on_step=run.on_step,
+            on_loss=run.on_loss,
+            resume=resume,
+            stats=run.stats,
+            on_message=run.progress.message,
+            # on every process alike: measuring the norm may be a collective operation
+            on_metrics=run.on_metrics if plan["log"]["tensorboard"] else None,
+        )
     finally:
         run.progress.close()
 
@@ -136,6 +177,7 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
     run.models.accelerator.wait_for_everyone()
     if run.main:
         run.save(result.lora_path, stats.steps, stats.epoch)
+        run.save_state()
         run.progress.message(f"saved {result.lora_path}")
         run.write_samples(stats.steps)
     result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
@@ -143,14 +185,24 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
     return result
 
 
-def execute(plan: dict[str, Any], *, progress: bool = True) -> RunResult:
-    """Run the plan and write its artifacts under output.dir."""
-    return run_plan(plan, progress=progress)[0]
+def execute(
+    plan: dict[str, Any], *, progress: bool = True, resume: Path | None = None, rebuild_schedule: bool = False
+) -> RunResult:
+    """Run the plan and write its artifacts under output.dir.
+
+    `resume`: a checkpoint folder (`<output.dir>/checkpoints/step-NNNNNN`) to continue from exactly;
+    `rebuild_schedule` builds the plan's lr schedule anew from the checkpoint's step instead of
+    restoring the old one (for a resume whose schedule changed).
+    """
+    return run_plan(plan, progress=progress, resume=resume, rebuild_schedule=rebuild_schedule)[0]
 
 
-def run_plan(plan: dict[str, Any], *, progress: bool = True) -> tuple[RunResult, models.Models]:
+def run_plan(
+    plan: dict[str, Any], *, progress: bool = True, resume: Path | None = None, rebuild_schedule: bool = False
+) -> tuple[RunResult, models.Models]:
     """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
     check_plan(plan)
+    restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
     if main:
         write_plan(plan)
@@ -160,10 +212,14 @@ def run_plan(plan: dict[str, Any], *, progress: bool = True) -> tuple[RunResult,
         loaded = setup_model(plan)
         data = setup_data(plan)
         training = plan["training"]
-        reporter = Progress(training["total_steps"], plan["log"]["every_steps"], enabled=progress and main,
-                            device=loaded.device.type)
+        reporter = Progress(
+            training["total_steps"],
+            plan["log"]["every_steps"],
+            enabled=progress and main,
+            device=loaded.device.type,
+        )
         run = Run(plan, loaded, reporter, log)
-        stats = train(plan, loaded, data, run)
+        stats = train(plan, loaded, data, run, restart)
         return finish(run, stats), loaded
     finally:
         if log is not None:

@@ -6,6 +6,7 @@ clauses is the vocabulary's business (see sdxlc/vocabulary.py and sdxlc/lower.py
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,13 +153,20 @@ def _elem(node: Tree[Token], file: str) -> Value:
     if len(tokens) == 1:
         return value
     count = int(str(tokens[1])[1:])
+    if count > MAX_REPEAT:
+        return Bad(f"{tokens[0]} {tokens[1]}", _tree_span(node, file))
     return Repeat(value, count, _tree_span(node, file))
+
+
+MAX_REPEAT = 10_000  # `x` repetitions: far above any real list (block_lr has 23 values)
 
 
 def _scalar(token: Token, file: str) -> Value:
     span = _token_span(token, file)
     text = str(token)
     kind = token.type
+    if kind in ("NUMBER", "PERCENT", "SIZE", "RANGE") and not _finite(text):
+        return Bad(text, span)
     if kind == "NUMBER":
         return Number(number(text), text, span)
     if kind == "PERCENT":
@@ -192,6 +200,13 @@ def skip_arguments(items: Sequence[Item], pos: int) -> int:
     while pos < len(items) and not isinstance(items[pos], Word):
         pos += 1
     return pos
+
+
+def _finite(text: str) -> bool:
+    """Whether every number in a literal is finite (`1e999` is not)."""
+    return all(
+        math.isfinite(float(part)) for part in re.findall(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", text)
+    )
 
 
 def number(text: str) -> int | float:

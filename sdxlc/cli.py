@@ -136,17 +136,23 @@ def _print_exact(plan_: dict[str, Any]) -> None:
     analytic = sum(v for k, v in est["vram_breakdown"].items() if k not in skip)
     peak = result["peak_bytes"]
     unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
-    click.echo(f"\nexact training-step peak (fake tensors, {result['seconds']:.1f} s, "
-               f"peak in {result['peak_phase']}):")
+    click.echo(
+        f"\nexact training-step peak (fake tensors, {result['seconds']:.1f} s, "
+        f"peak in {result['peak_phase']}):"
+    )
     click.echo(f"  measured  {peak / scale:8.2f} {unit}")
-    click.echo(f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
-               "without allocator overhead and CUDA context, which fake tensors cannot see)")
+    click.echo(
+        f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
+        "without allocator overhead and CUDA context, which fake tensors cannot see)"
+    )
     for name, size in sorted(result["breakdown"].items(), key=lambda kv: -kv[1]):
         click.echo(f"    {name:<24} {size / scale:8.2f} {unit}")
     flops, want = result["step_flops"], est["step_flops"]
     fu, fs = ("TFLOP", 1e12) if flops >= 1e12 else ("GFLOP", 1e9)
-    click.echo(f"  FLOPs per step: measured {flops / fs:.2f} {fu}, estimate {want / fs:.2f} {fu} "
-               f"({(want - flops) / flops * 100:+.1f}%)")
+    click.echo(
+        f"  FLOPs per step: measured {flops / fs:.2f} {fu}, estimate {want / fs:.2f} {fu} "
+        f"({(want - flops) / flops * 100:+.1f}%)"
+    )
     for note in result.get("notes", []):
         click.echo(f"  note: {note}")
 
@@ -155,13 +161,32 @@ def _print_exact(plan_: dict[str, Any]) -> None:
 @_recipe_arg
 @_set_opt
 @_profile_opt
-def run(recipe: Path, sets: tuple[str, ...], profile: str | None) -> None:
-    """Compile RECIPE and train it."""
+@click.option(
+    "--resume",
+    "resume_from",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[latest|DIR]",
+    help="Continue from the newest checkpoint under the output folder, or from DIR.",
+)
+@click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    type=click.Choice(["schedule", "numerics", "data"]),
+    help="Accept these kinds of recipe changes when resuming (repeatable).",
+)
+def run(
+    recipe: Path, sets: tuple[str, ...], profile: str | None, resume_from: str | None, allow: tuple[str, ...]
+) -> None:
+    """Compile RECIPE and train it (or resume it with --resume)."""
     compiled = _compile(recipe, sets, profile)
     _print_diagnostics(compiled)
     if compiled.plan is None:
         sys.exit(EXIT_RECIPE)
     plan_ = compiled.plan
+    folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
     _print_run_header(plan_)
     started = time.monotonic()
     try:
@@ -170,7 +195,7 @@ def run(recipe: Path, sets: tuple[str, ...], profile: str | None) -> None:
         click.echo(f"error: cannot start the runtime: {exc}", err=True)
         sys.exit(EXIT_RUN)
     try:
-        result = execute(plan_)
+        result = execute(plan_, resume=folder, rebuild_schedule=rebuild)
     except RunError as exc:
         click.echo(f"error: the run failed: {exc}", err=True)
         sys.exit(EXIT_RUN)
@@ -186,6 +211,33 @@ def run(recipe: Path, sets: tuple[str, ...], profile: str | None) -> None:
         click.echo(f"  grid:    {grid}")
     if result.logs is not None:
         click.echo(f"  logs:    {result.logs}  (tensorboard --logdir {result.logs})")
+
+
+def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[Path, bool]:
+    """The checkpoint to continue from, after judging what changed since it was written."""
+    from sdxlc import resume
+
+    try:
+        folder = resume.find(Path(plan_["output"]["dir"]), which)
+        old = resume.checkpoint_plan(folder)
+    except resume.ResumeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    verdict = resume.judge(old, plan_, allow)
+    if not verdict.ok:
+        click.echo(
+            f"error: cannot resume from {folder}\n{verdict.explain(resume.last_artifact(folder, old))}",
+            err=True,
+        )
+        sys.exit(EXIT_RECIPE)
+    click.echo(
+        f"resuming from {folder}"
+        + (" with the schedule rebuilt from its step" if verdict.rebuild_schedule else "")
+    )
+    for change in verdict.accepted + verdict.allowed:
+        if change.kind not in ("cosmetic", "estimate"):
+            click.echo(f"  accepted change: {change.path}: {change.old!r} → {change.new!r} ({change.kind})")
+    return folder, verdict.rebuild_schedule
 
 
 @main.command()

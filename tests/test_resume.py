@@ -1,0 +1,149 @@
+"""Checkpoints and exact resume: a resumed run ends with the very weights of one never stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from runtime import RunError, checkpoint
+from runtime.run import execute
+from sdxlc.pipeline import compile_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = """model tiny
+profile cpu
+data "data" shuffle dropout 0.2 flip
+resolution 64 buckets 64..128 step 32
+lora rank 4 alpha 4 on unet dropout 0.1
+lr 2e-3 adamw; schedule cosine warmup 2
+batch 2 accumulate 2
+steps {steps}
+save every 3 steps keep 10 fp32
+log every 1 no tensorboard
+seed 7
+"""
+
+
+def _plan(folder: Path, steps: int = 9, extra: str = "") -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "data"
+    if not data.exists():
+        data.symlink_to(ROOT / "recipes" / "data" / "quickstart", target_is_directory=True)
+    recipe = folder / "r.sdx"
+    recipe.write_text(RECIPE.format(steps=steps) + extra, encoding="utf-8")
+    compiled = compile_recipe(recipe)
+    assert compiled.plan is not None, [d.message for d in compiled.diagnostics]
+    return compiled.plan
+
+
+def _weights(plan: dict) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(plan["output"]["dir"]) / "r.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    plan = _plan(tmp_path_factory.mktemp("whole"))
+    execute(plan, progress=False)
+    return plan
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_checkpoints_hold_the_whole_state(uninterrupted: dict) -> None:
+    out = Path(uninterrupted["output"]["dir"])
+    names = [p.name for p in checkpoint.complete(out)]
+    assert names == ["step-000003", "step-000006", "step-000009"]
+    saved = checkpoint.load_state(out / "checkpoints" / "step-000003")
+    assert saved.position.step == 3 and len(saved.position.losses) == 3
+    assert saved.plan["plan_hash"] == uninterrupted["plan_hash"]
+    assert saved.optimizer["state"] and saved.scheduler["last_epoch"] == 3
+    assert {"python", "numpy", "torch", "data"} <= set(saved.rng)
+
+
+@pytest.mark.parametrize("at", [3, 6])
+def test_resume_from_a_checkpoint_is_bit_exact(uninterrupted: dict, tmp_path: Path, at: int) -> None:
+    plan = _plan(tmp_path)
+    out = Path(plan["output"]["dir"])
+    source = Path(uninterrupted["output"]["dir"]) / "checkpoints" / f"step-{at:06d}"
+    shutil.copytree(source, out / "checkpoints" / source.name)
+    execute(plan, progress=False, resume=checkpoint.find(out, "latest"))
+    _same(_weights(uninterrupted), _weights(plan))
+
+
+def test_more_steps_with_a_rebuilt_schedule_continues_from_the_checkpoint(
+    uninterrupted: dict, tmp_path: Path
+) -> None:
+    plan = _plan(tmp_path, steps=12)
+    out = Path(plan["output"]["dir"])
+    source = Path(uninterrupted["output"]["dir"]) / "checkpoints" / "step-000009"
+    shutil.copytree(source, out / "checkpoints" / source.name)
+    result = execute(plan, progress=False, resume=out / "checkpoints" / source.name, rebuild_schedule=True)
+    assert result.steps == 12
+    assert [p.name for p in checkpoint.complete(out)][-1] == "step-000012"
+
+
+def test_resume_past_the_end_is_an_error(uninterrupted: dict, tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    source = Path(uninterrupted["output"]["dir"]) / "checkpoints" / "step-000009"
+    with pytest.raises(RunError, match="nothing left to train"):
+        execute(plan, progress=False, resume=source)
+
+
+def test_a_torn_save_leaves_the_previous_checkpoint_intact(uninterrupted: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    source = Path(uninterrupted["output"]["dir"]) / "checkpoints"
+    shutil.copytree(source / "step-000003", out / "checkpoints" / "step-000003")
+    # a save killed half-way leaves only a temporary folder behind
+    torn = out / "checkpoints" / ".step-000006.tmp-999"
+    shutil.copytree(source / "step-000006", torn)
+    (torn / "state.json").unlink()
+    assert checkpoint.find(out, "latest").name == "step-000003"
+    checkpoint.prune(out, 3)
+    assert not torn.exists() and checkpoint.load_state(out / "checkpoints" / "step-000003").position.step == 3
+
+
+def _run_cli(recipe: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sdxlc.cli", "run", str(recipe), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _kill_after(proc: subprocess.Popen[str], folder: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (folder / "state.json").exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkill_then_resume_through_the_cli_is_bit_exact(uninterrupted: dict, tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    recipe, out = tmp_path / "r.sdx", Path(plan["output"]["dir"])
+    _kill_after(_run_cli(recipe), out / "checkpoints" / "step-000003")
+    resumed = _run_cli(recipe, "--resume")
+    _kill_after(resumed, out / "checkpoints" / "step-000006")
+    final = _run_cli(recipe, "--resume", "latest")
+    output = final.communicate(timeout=300)[0]
+    assert final.returncode == 0, output
+    assert "resuming from" in output and "step-000006" in output
+    _same(_weights(uninterrupted), _weights(plan))

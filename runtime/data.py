@@ -51,10 +51,44 @@ class TrainData:
     seed: int
     bad: set[int] = field(default_factory=set)  # image indices that failed to decode during the run
     warnings: list[str] = field(default_factory=list)
+    rank: int = 0  # this process among `world` training processes (docs/SCALE.md)
+    world: int = 1
+
+    def all_batches(self, epoch: int) -> list[list[int]]:
+        """Every batch (list of sample indices) of one epoch over all ranks, in training order."""
+        return bk.epoch_batches([s.bucket for s in self.samples], self.batch_size, self.seed, epoch)
 
     def epoch(self, epoch: int) -> list[list[int]]:
-        """The batches (lists of sample indices) of one epoch, in training order."""
-        return bk.epoch_batches([s.bucket for s in self.samples], self.batch_size, self.seed, epoch)
+        """The batches THIS rank trains in one epoch, in its training order (see `rank_batches`)."""
+        return rank_batches(self.all_batches(epoch), self.rank, self.world)
+
+
+def rank_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Rank r's share of an epoch: batches r, r+N, r+2N, … (N = world).
+
+    Micro-step m of every rank trains batch m·N + r, so the N ranks' m-th micro-steps together cover
+    batches m·N … m·N+N-1, in the epoch's order: N processes with accumulation A consume the epoch
+    exactly as one process with accumulation N·A would. When the batch count is not a multiple of N,
+    the last round is padded with the epoch's first batches, so every rank runs the same number of
+    micro-steps (a rank that ran one fewer would leave the others waiting in the gradient all-reduce).
+    """
+    if world <= 1:
+        return batches
+    if not batches:
+        return []
+    padded = batches + [batches[i % len(batches)] for i in range(-len(batches) % world)]
+    return padded[rank::world]
+
+
+def topology() -> tuple[int, int]:
+    """(rank, world size) of this process, from accelerate's state once an Accelerator (or PartialState)
+    exists; (0, 1) before."""
+    from accelerate import PartialState
+
+    if not PartialState._shared_state:
+        return 0, 1
+    state = PartialState()
+    return int(state.process_index), int(state.num_processes)
 
 
 def plan_buckets(data: dict[str, Any]) -> list[bk.Bucket]:
@@ -102,10 +136,15 @@ def setup_data(plan: dict[str, Any]) -> TrainData:
                     continue
                 bucket = bk.assign(images[i].width, images[i].height, buckets)
                 samples.append(Sample(i, bucket, bk.cover_crop(images[i].width, images[i].height, bucket)))
+    rank, world = topology()
     result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"],
-                       warnings=warnings)
-    if len(result.epoch(0)) != training["batches_per_epoch"]:
-        raise RunError(f"the data gives {len(result.epoch(0))} batches per epoch, the plan counted "
+                       warnings=warnings, rank=rank, world=world)
+    expected = (plan.get("launch") or {}).get("world_size", 1)
+    if world != expected:
+        raise RunError(f"{world} process(es) are running, the plan is for {expected}: "
+                       "start it with `sdxlc run` (it launches the processes) or the command it prints")
+    if len(result.all_batches(0)) != training["batches_per_epoch"]:
+        raise RunError(f"the data gives {len(result.all_batches(0))} batches per epoch, the plan counted "
                        f"{training['batches_per_epoch']}: make the plan again")
     return result
 

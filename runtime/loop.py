@@ -4,6 +4,7 @@ The step's objective is in runtime/loss.py, the optimizer and schedule in runtim
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import warnings
@@ -324,7 +325,11 @@ def train(
     if resume is not None:
         _restore_state(resume, plan, stats, acc)
     pending: list[float] = []
+    rank, world = acc.process_index, acc.num_processes
     for epoch, index, indices in batch_stream(data, stats.next_epoch, stats.next_batch):
+        # noise, timesteps and dropout of a batch are seeded by its place in the global order: the ranks
+        # draw different noise, and N processes reproduce one process with N× the accumulation
+        torch.manual_seed(batch_seed(training["seed"], epoch, index * world + rank))
         latents, states, pooled = conditioning.encode(batch := conditioning.batch(indices, stats.data_rng))
         norm: Any = None
         with acc.accumulate(model):
@@ -355,6 +360,12 @@ def train(
             break
     model.eval()
     return stats
+
+
+def batch_seed(seed: int, epoch: int, position: int) -> int:
+    """A seed for one batch from the run's seed and the batch's global position (stable across runs)."""
+    digest = hashlib.sha256(f"{seed}:{epoch}:{position}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def diverged(loss: float, step: int, epoch: int, index: int, batch: Batch) -> str:

@@ -38,12 +38,28 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def accelerator_options(plan: dict[str, Any]) -> dict[str, Any]:
+    """Accelerator's arguments from the plan: precision, accumulation, the CPU (gloo when several
+    processes run there), and the DeepSpeed or FSDP plugin of `launch.strategy` (docs/SCALE.md)."""
+    launch = plan.get("launch") or {}
+    options: dict[str, Any] = {
+        "mixed_precision": MIXED[plan["precision"]["mixed"]],
+        "gradient_accumulation_steps": plan["training"]["accumulate"],
+        "cpu": plan["hardware"]["device"] == "cpu",
+    }
+    if launch.get("deepspeed") is not None:
+        from accelerate.utils import DeepSpeedPlugin
+
+        options["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=dict(launch["deepspeed"]))
+    if launch.get("fsdp") is not None:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        options["fsdp_plugin"] = FullyShardedDataParallelPlugin(**launch["fsdp"])
+    return options
+
+
 def make_accelerator(plan: dict[str, Any]) -> Accelerator:
-    return Accelerator(
-        mixed_precision=MIXED[plan["precision"]["mixed"]],
-        gradient_accumulation_steps=plan["training"]["accumulate"],
-        cpu=plan["hardware"]["device"] == "cpu",
-    )
+    return Accelerator(**accelerator_options(plan))
 
 
 def training_noise_scheduler(prediction: str) -> DDPMScheduler:

@@ -6,6 +6,8 @@ The plan is the whole truth: every setting used here is read from it, none is de
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,16 @@ def check_plan(plan: dict[str, Any]) -> None:
 
 
 def write_plan(plan: dict[str, Any]) -> Path:
-    path = Path(plan["output"]["dir"]) / "plan.json"
+    """The plan that runs, and beside it (in `recipe/`) the recipe files it was compiled from."""
+    out = Path(plan["output"]["dir"])
+    path = out / "plan.json"
     lora.write_atomic(path, plans.to_text(plan).encode("utf-8"))
+    for source in plan["sources"]:
+        file = Path(source["file"])
+        git = source.get("git")
+        name = Path(git["path"]) if git else Path(file.name)
+        if file.is_file():
+            lora.write_atomic(out / "recipe" / name, file.read_bytes())
     return path
 
 
@@ -62,6 +72,16 @@ def setup_model(plan: dict[str, Any]) -> models.Models:
 
 def setup_data(plan: dict[str, Any]) -> datamod.TrainData:
     return datamod.setup_data(plan)
+
+
+@contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """A save that fails (a full disk, a lost mount) stops the run cleanly: the previous save is intact."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RunError(f"could not write {path}: {reason}; the previous save is intact") from exc
 
 
 class Run:
@@ -87,7 +107,8 @@ class Run:
     def save(self, path: Path, step: int, epoch: int) -> Path:
         unet = self.models.accelerator.unwrap_model(self.models.pipe.unet)
         meta = lora.metadata(self.plan, step, epoch, self.started)
-        return lora.save_lora(path, unet, models.DTYPES[self.plan["save"]["dtype"]], meta)
+        with saving(path):
+            return lora.save_lora(path, unet, models.DTYPES[self.plan["save"]["dtype"]], meta)
 
     @property
     def main(self) -> bool:
@@ -115,16 +136,11 @@ class Run:
         assert stats.data_rng is not None
         unet = self.models.accelerator.unwrap_model(self.models.pipe.unet)
         position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses))
-        folder = checkpoint.save_state(
-            self.out,
-            position,
-            self.plan,
-            loop.trainable_state(unet),
-            stats.optimizer,
-            stats.schedule,
-            self.models.accelerator.scaler,
-            stats.data_rng,
-        )
+        with saving(checkpoint.folder_for(self.out, stats.steps)):
+            folder = checkpoint.save_state(
+                self.out, position, self.plan, loop.trainable_state(unet), stats.optimizer, stats.schedule,
+                self.models.accelerator.scaler, stats.data_rng,
+            )
         checkpoint.prune(self.out, self.plan["save"]["keep"])
         return folder
 

@@ -267,6 +267,41 @@ def zero_terminal_snr_needs_v_prediction(plan: dict[str, Any], layers: Layers) -
     ]
 
 
+def launch_combination(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Processes, machines and strategy against the hardware and the method (docs/SCALE.md)."""
+    launch, training = plan["launch"], plan["training"]
+    world, strategy = launch["world_size"], launch["strategy"]
+    cpu = plan["hardware"]["device"] == "cpu"
+    strategy_span = layers.span("launch.strategy")
+    where = layers.span("launch.processes") or layers.span("launch.machines") or strategy_span
+    found: list[Diagnostic] = []
+    if strategy != "ddp" and cpu:
+        found.append(make("SDX0562", f"`strategy {strategy}` needs CUDA GPUs; the `cpu` profile has none",
+                          strategy_span, help="use `strategy ddp` (gloo) on the CPU"))
+    elif strategy != "ddp" and plan["method"]["kind"] == "lora":
+        what = "weights, gradients and state" if strategy == "fsdp" else "optimizer state and gradients"
+        found.append(make(
+            "SDX0560", f"`strategy {strategy}` shards {what}, which a LoRA keeps small anyway", strategy_span,
+            help="`strategy ddp` is simpler and usually faster for a LoRA; sharding pays off for "
+            "full fine-tuning",
+        ))
+    if world > 1 and cpu:
+        found.append(make("SDX0561", f"{world} processes on the CPU (gloo): this tests the multi-process "
+                          "path; it is not faster", where,
+                          help="plan for a GPU profile to train on several GPUs"))
+    if launch["machines"] > 1 and cpu:
+        found.append(make("SDX0563", "several machines on the `cpu` profile", layers.span("launch.machines"),
+                          help="multi-machine runs are for GPU clusters: name the GPUs' profile"))
+    if world > 1 and training["batches_per_epoch"] < launch["batches_per_step"]:
+        found.append(make(
+            "SDX0564",
+            f"an epoch has {training['batches_per_epoch']} batches; one step over {world} processes takes "
+            f"{launch['batches_per_step']}: batches repeat within every step",
+            where, help="add images or repeats, or lower `batch`, `accumulate` or the process count",
+        ))
+    return found
+
+
 CHECKS: tuple[Check, ...] = (
     cached_te_with_caption_changes,
     cached_te_with_te_training,
@@ -283,6 +318,7 @@ CHECKS: tuple[Check, ...] = (
     adafactor_warmup_init,
     prodigy_learning_rate,
     zero_terminal_snr_needs_v_prediction,
+    launch_combination,
 )
 
 

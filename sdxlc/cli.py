@@ -1,6 +1,6 @@
 """The `sdxlc` command line.
 
-Exit codes: 0 success, 1 recipe errors, 2 usage errors, 3 the run failed.
+Exit codes: 0 success, 1 recipe errors, 2 usage errors, 3 the run failed, 70 an internal error.
 Only `run` imports the training runtime (torch and friends), and only after the plan is resolved.
 """
 
@@ -186,6 +186,11 @@ def run(
     if compiled.plan is None:
         sys.exit(EXIT_RECIPE)
     plan_ = compiled.plan
+    from sdxlc.launch import relaunch
+
+    launched = relaunch(plan_, sys.argv[1:])  # several processes: run this command under accelerate
+    if launched is not None:
+        sys.exit(launched)
     folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
     _print_run_header(plan_)
     started = time.monotonic()
@@ -294,5 +299,24 @@ def _register_language_tools() -> None:
 
 _register_language_tools()
 
+EXIT_INTERNAL = 70
+
+
+def entry() -> None:
+    """The console script: `main`, with any internal error turned into a one-line bug report."""
+    try:
+        main(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug in sdxlc, never a recipe problem: those are diagnostics
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        place = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else ""
+        click.echo(f"sdxlc {__version__}: internal error: {type(exc).__name__}: {exc}{place} — "
+                   "please report it with the recipe", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "log.every": 10,
     "log.tensorboard": True,
     "fit": "strict",
+    "launch.processes": 1,
+    "launch.machines": 1,
+    "launch.strategy": "ddp",
 }
 
 # Per base-model family: what an SDXL trainer expects for that model.

@@ -103,6 +103,11 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0545": ("warning", "Prodigy with a learning rate far from 1"),
     "SDX0546": ("error", "Adafactor's warmup_init without relative_step"),
     "SDX0550": ("error", "zero terminal SNR without v-prediction"),
+    "SDX0560": ("warning", "a sharding strategy for a LoRA"),
+    "SDX0561": ("warning", "several processes on the CPU"),
+    "SDX0562": ("error", "a sharding strategy without CUDA"),
+    "SDX0563": ("error", "several machines on the CPU profile"),
+    "SDX0564": ("warning", "one optimizer step needs more batches than an epoch has"),
     # SDX06xx hardware and estimate
     "SDX0601": ("warning", "`profile auto` found no GPU"),
     "SDX0602": ("error", "unknown hardware profile"),

@@ -85,6 +85,8 @@ KINDS: dict[str, Kind] = {
     "save": "logging",
     "sample": "logging",
     "log": "logging",
+    "launch": "numerics",
+    "launch.main_process_port": "cosmetic",
 }
 
 IGNORED = {"plan_hash"}

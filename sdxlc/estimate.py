@@ -20,6 +20,10 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
 TIGHT_HEADROOM = 0.10
 SAMPLE_KEY = "sample_peak"
+# Gradient traffic between processes (docs/SCALE.md): PCIe 4.0 x16 as measured by all-reduce benchmarks
+# (NVLink is several times faster: the estimate errs slow), gloo over shared memory, a 100 Gbit/s network.
+LINK_BYTES_PER_S = {"cuda": 20e9, "cpu": 2e9}
+NETWORK_BYTES_PER_S = 12.5e9
 
 
 class EstimateError(ValueError):
@@ -150,6 +154,8 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         encode = int(vae_transient["encode"] * max_image_px * batch * vae_bytes)
         if encode > activations:
             terms["vae_encode_extra"] = encode - activations
+    full = dict(terms)
+    terms = shard_terms(plan, terms)
     overhead = profile.allocator_overhead
     terms["allocator_overhead"] = int(sum(terms.values()) * overhead)
     terms["cuda_context"] = profile.context_bytes if profile.device == "cuda" else 0
@@ -160,13 +166,13 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         sw, sh = int(_get(plan, "sample.width")), int(_get(plan, "sample.height"))
         cfg_batch = 2 if float(_get(plan, "sample.cfg")) > 1.0 else 1
         static = (
-            terms["unet_weights"]
-            + terms.get("te1_weights", 0)
-            + terms.get("te2_weights", 0)
+            full["unet_weights"]
+            + full.get("te1_weights", 0)
+            + full.get("te2_weights", 0)
             + int(params["vae_decoder"]) * vae_bytes
             + (int(params["vae_encoder"]) * vae_bytes if resident["vae"] else 0)
-            + terms["trainable_params"]
-            + terms["optimizer_state"]
+            + full["trainable_params"]
+            + sum(v for k, v in terms.items() if k.startswith("optimizer_state"))
         )
         inference = acts_facts["inference_bytes_per_latent_px_per_sample"]
         unet_inf = inference * _latent_px(sw, sh, model) * cfg_batch
@@ -174,6 +180,50 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         transient = max(unet_inf * act_scale, decode)
         sample_peak = int((static + transient) * (1.0 + overhead)) + terms["cuda_context"]
     return {k: v for k, v in terms.items() if v > 0}, sample_peak
+
+
+def _launch(plan: dict[str, Any]) -> tuple[int, int, str]:
+    """(world size, machines, strategy); one process when the plan predates `launch`."""
+    launch = plan.get("launch") or {}
+    machines, strategy = int(launch.get("machines", 1)), str(launch.get("strategy", "ddp"))
+    return int(launch.get("world_size", 1)), machines, strategy
+
+
+def shard_terms(plan: dict[str, Any], terms: dict[str, int]) -> dict[str, int]:
+    """The training terms of ONE process of a multi-process run (docs/SCALE.md).
+
+    ddp: every process holds everything, plus DDP's gradient buckets (a flat copy of the gradients).
+    deepspeed-zero2: optimizer state and gradients are split over the processes (`*_zero2_shard`).
+    fsdp: the weights too (`*_fsdp_shard`); the all-gathered unit in flight is not counted.
+    """
+    world, _, strategy = _launch(plan)
+    if world <= 1:
+        return terms
+    out = dict(terms)
+    if strategy == "ddp":
+        out["ddp_gradient_buckets"] = terms["gradients"]
+        return out
+    sharded = ["gradients", "optimizer_state"]
+    if strategy == "fsdp":
+        sharded += ["unet_weights", "trainable_params"]
+    suffix = "_zero2_shard" if strategy == "deepspeed-zero2" else "_fsdp_shard"
+    for key in sharded:
+        out[key + suffix] = -(-out.pop(key) // world)
+    return out
+
+
+def _communication_seconds(plan: dict[str, Any], model: dict[str, Any], device: str) -> float:
+    """Seconds per optimizer step spent averaging gradients (ring all-reduce: 2(N-1)/N of their bytes),
+    plus FSDP's weight all-gathers (forward and backward); not overlapped with compute."""
+    world, machines, strategy = _launch(plan)
+    if world <= 1:
+        return 0.0
+    share = (world - 1) / world
+    moved = 2 * share * lora_param_count(plan, model) * LORA_DTYPE_BYTES
+    if strategy == "fsdp":
+        moved += 2 * share * int(model["params"]["unet"]) * DTYPE_BYTES[str(_get(plan, "precision.mixed"))]
+    bandwidth = NETWORK_BYTES_PER_S if machines > 1 else LINK_BYTES_PER_S[device]
+    return moved / bandwidth
 
 
 def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, float]:
@@ -211,7 +261,11 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, floa
         overhead *= float(model["checkpointing_overhead_factor"])
     if resident["vae"] or not cache_te:
         overhead += float(model["encode_overhead_seconds"][device])
+    world, machines, _ = _launch(plan)
+    if device == "cpu" and machines == 1:
+        throughput /= world  # the processes share the machine's cores
     seconds_per_step = step_flops / throughput + overhead * accumulate
+    seconds_per_step += _communication_seconds(plan, model, device)
     total = seconds_per_step * int(_get(plan, "training.total_steps"))
 
     prompts = _get(plan, "sample.prompts") or []
@@ -224,7 +278,7 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, floa
         image = steps * cfg_batch * _unet_forward_flops(model, _latent_px(sw, sh, model))
         image += float(flops["vae_decode_per_image_px"]) * sw * sh
         total += events * len(prompts) * image / throughput
-    images = int(_get(plan, "data.images"))
+    images = int(_get(plan, "data.images")) / world  # caching is split over the processes
     if not resident["vae"]:
         total += images * float(flops["vae_encode_per_image_px"]) * mean_image_px / throughput
     if cache_te:
@@ -237,7 +291,8 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
 
     ``vram_breakdown`` holds the training-peak terms, which add up to the training peak, plus
     ``sample_peak`` (whole sampling peak, compared rather than added) when the plan samples.
-    ``vram_bytes`` is the larger of the two peaks.
+    ``vram_bytes`` is the larger of the two peaks. With several processes every number is per process
+    (per GPU): the memory of one rank, its FLOPs and seconds per optimizer step.
     """
     terms, sample_peak = _memory(plan, profile)
     train_peak = sum(terms.values())

@@ -91,6 +91,22 @@ DETAILS: dict[str, str] = {
     "without `relative_step=true`.",
     "SDX0550": "Zero terminal SNR makes the last timestep pure noise. A model that predicts the noise has "
     "nothing to learn there and cannot denoise from it; it needs v-prediction (`v_prediction`).",
+    "SDX0560": "DeepSpeed ZeRO-2 shards optimizer state and gradients over the processes, FSDP the weights "
+    "too. "
+    "A LoRA trains a few million parameters, so there is little to shard and the extra communication costs "
+    "time; FSDP also wants one dtype per sharded unit, which a LoRA in fp32 over frozen bf16 weights breaks. "
+    "`strategy ddp` is the usual choice for a LoRA (docs/SCALE.md).",
+    "SDX0561": "Several processes on the CPU train over gloo with `Accelerator(cpu=True)`. That exercises "
+    "the "
+    "multi-process path (data split, gradient averaging, main-process writes) but shares the same cores, "
+    "so it is not faster than one process.",
+    "SDX0562": "DeepSpeed and FSDP run on CUDA GPUs only; on the CPU only `strategy ddp` (gloo) works.",
+    "SDX0563": "A run over several machines needs GPUs and a network between them (nccl); the `cpu` profile "
+    "is for a single machine. Name the GPUs' profile and see docs/SCALE.md for the launch.",
+    "SDX0564": "Every optimizer step consumes accumulate × processes batches (one per process per "
+    "micro-step). "
+    "When an epoch has fewer, the ranks' share of the epoch is padded by repeating batches, so a step sees "
+    "some images twice.",
     "SDX0601": "`profile auto` could not find a GPU with nvidia-smi, so the plan is made for the CPU.",
     "SDX0602": "The hardware profile named is unknown or unreadable; `sdxlc profiles` lists them.",
     "SDX0610": "The estimated peak memory of the run is over the profile's budget. The help lists the "

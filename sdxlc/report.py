@@ -19,6 +19,7 @@ _SECTIONS = (
     "sample",
     "output",
     "log",
+    "launch",
 )
 
 
@@ -67,10 +68,19 @@ def _steps(plan: dict[str, Any]) -> str:
         f"  {data['samples_per_epoch']} samples per epoch in {len(data['buckets']['table'])} bucket(s), "
         f"batch {t['batch_size']} → {t['batches_per_epoch']} batches per epoch"
     )
-    lines.append(
-        f"  {t['batches_per_epoch']} batches ÷ accumulate {t['accumulate']} → "
-        f"{t['steps_per_epoch']} optimizer steps per epoch (effective batch {t['effective_batch']})"
-    )
+    launch = plan["launch"]
+    if launch["world_size"] > 1:
+        lines.append(
+            f"  {t['batches_per_epoch']} batches ÷ (accumulate {t['accumulate']} × {launch['world_size']} "
+            f"processes) → {t['steps_per_epoch']} optimizer steps per epoch (batch {t['batch_size']} per "
+            f"process, global batch {launch['global_batch']}; "
+            f"rank r takes batches r, r+{launch['world_size']}, …)"
+        )
+    else:
+        lines.append(
+            f"  {t['batches_per_epoch']} batches ÷ accumulate {t['accumulate']} → "
+            f"{t['steps_per_epoch']} optimizer steps per epoch (effective batch {t['effective_batch']})"
+        )
     lines.append(
         f"  {t['total_steps']} steps = {t['total_steps'] / t['steps_per_epoch']:.2f} epochs "
         f"(training runs {t['epochs']} epoch pass(es)); warmup {plan['schedule']['warmup_steps']} steps"
@@ -96,13 +106,15 @@ def _estimate(plan: dict[str, Any]) -> str:
         "does_not_fit": "does NOT fit",
     }
     memory = "VRAM" if hw["device"] == "cuda" else "memory"
+    world = plan["launch"]["world_size"]
+    each = f" per process ({world} × {plan['launch']['strategy']})" if world > 1 else ""
     lines = [
-        f"{memory} estimate on {hw['name']} ({hw['profile']}): {_gib(est['vram_bytes'])} of "
+        f"{memory} estimate{each} on {hw['name']} ({hw['profile']}): {_gib(est['vram_bytes'])} of "
         f"{_gib(est['budget_bytes'])} usable → {verdict[est['verdict']]}"
     ]
     for name, size in sorted(est["vram_breakdown"].items(), key=lambda kv: -kv[1]):
         if size:
-            lines.append(f"  {name:<24} {_gib(size):>10}")
+            lines.append(f"  {name:<28} {_gib(size):>10}")
     lines.append(
         f"time estimate: {est['seconds_per_step']:.3f} s/step × {plan['training']['total_steps']} steps "
         f"≈ {_duration(est['total_seconds'])} ({est['step_flops'] / 1e12:.2f} TFLOP per step)"
@@ -115,6 +127,8 @@ def _value(value: Any) -> str:
         return f"[{', '.join(_value(v) for v in value[:3])}, … {len(value)} values]"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, dict) and len(value) > 3:
+        return f"{{{len(value)} settings}}"
     if value is None:
         return "—"
     return str(value)

@@ -6,14 +6,13 @@ without its estimate and hash, plus diagnostics. It never changes the document.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxlc import __version__
+from sdxlc import __version__, sources
 from sdxlc.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS, UNET_LORA_MODULES
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.layers import Layers, Provenance
@@ -21,6 +20,7 @@ from sdxlc.lower import Lowered
 from sdxlc.optimizers import accepted_args, normalise_arg
 from sdxlc.profiles import Profile, ProfileError, load_profile, probe_auto
 from sdxlc.resolve_data import resolve_data
+from sdxlc.resolve_launch import resolve_launch
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -75,21 +75,20 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     diags.extend(data.diagnostics)
     b.provenance.update(data.provenance)
     training = _training(b, data.section, diags)
+    precision, optimizer = _precision(b, profile), _optimizer(b)
+    launch = resolve_launch(b, training, precision, optimizer, profile)  # steps per rank for N processes
     warnings = list(data.warnings)
     plan: dict[str, Any] = {
         "plan_version": 1,
         "sdxlc_version": __version__,
         "plan_hash": "0" * 64,
-        "sources": [
-            {"file": name, "sha256": hashlib.sha256(text.encode()).hexdigest()}
-            for name, text in lowered.sources.items()
-        ],
+        "sources": sources.describe(lowered.sources),
         "model": model,
         "hardware": hardware,
         "method": _method(b),
-        "precision": _precision(b, profile),
+        "precision": precision,
         "data": data.section,
-        "optimizer": _optimizer(b),
+        "optimizer": optimizer,
         "schedule": _schedule(b, training["total_steps"], diags),
         "training": training,
         "save": _save(b, training["steps_per_epoch"]),
@@ -97,6 +96,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "output": _output(b, recipe, recipe_dir),
         "log": {"every_steps": b.take("log.every", "log.every_steps"),
                 "tensorboard": b.take("log.tensorboard", "log.tensorboard")},
+        "launch": launch,
         "estimate": {},
         "provenance": {},
         "warnings": warnings,

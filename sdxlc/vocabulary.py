@@ -102,6 +102,12 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("name", S, "output.name", "value", "Base name of the trained artifact."),
     Entry("log", S, "log", "section", "Logging: `log every 10`."),
     Entry("fit", S, "fit", "value", "`strict`: over budget is an error; `auto`: use open memory levers."),
+    Entry("gpus", S, "launch.processes", "value", "GPUs to train on, one process each (docs/SCALE.md)."),
+    Entry("processes", S, "launch.processes", "value", "Training processes per machine (same as `gpus`)."),
+    Entry("machines", S, "launch.machines", "value", "Machines of a multi-machine run."),
+    Entry("strategy", S, "launch.strategy", "value",
+          "How processes share the model: `ddp`, `deepspeed-zero2` (shards optimizer state and gradients) "
+          "or `fsdp` (shards weights too)."),
     Entry("finetune", S, "", "unsupported", "Full fine-tuning (not in recipe schema v1)."),
     Entry("embedding", S, "", "unsupported", "Textual inversion (not in recipe schema v1)."),
     # clauses for any statement

@@ -62,6 +62,10 @@ def _base_plan(out: Path) -> dict[str, Any]:
                    "height": 64, "steps": 4, "cfg": 5.0, "seed": 1},
         "output": {"dir": str(out), "name": "tinylora"},
         "log": {"every_steps": 10, "tensorboard": False},
+        "launch": {"processes": 1, "machines": 1, "world_size": 1, "strategy": "ddp",
+                   "distributed_type": "NO",
+                   "backend": "gloo", "mixed_precision": "no", "batch_per_process": 2, "batches_per_step": 1,
+                   "global_batch": 2, "main_process_port": 29500, "deepspeed": None, "fsdp": None},
         "estimate": {"vram_bytes": 0, "vram_breakdown": {}, "budget_bytes": 0, "fits": True,
                      "verdict": "fits", "step_flops": 0.0, "seconds_per_step": 0.0, "total_seconds": 0.0},
         "provenance": {},
@@ -111,6 +115,8 @@ def _derive(plan: dict[str, Any]) -> None:
     data["samples_per_epoch"] = len(sample_buckets)
     training["batches_per_epoch"] = len(bk.epoch_batches(sample_buckets, training["batch_size"], 0, 0))
     training["effective_batch"] = training["batch_size"] * training["accumulate"]
+    plan["launch"].update(batch_per_process=training["batch_size"], batches_per_step=training["accumulate"],
+                          global_batch=training["effective_batch"])
     training["steps_per_epoch"] = max(1, training["batches_per_epoch"] // training["accumulate"])
     training["epochs"] = math.ceil(training["total_steps"] / training["steps_per_epoch"])
 

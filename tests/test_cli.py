@@ -225,3 +225,16 @@ def test_fit_auto_never_overrides_what_the_recipe_pinned(tmp_path: Path) -> None
     assert code == 1
     (diag,) = [d for d in json.loads(out) if d["code"] == "SDX0610"]
     assert "batch 2" in diag["help"]  # the lever it may not pull is offered to the user
+
+
+def test_an_internal_error_is_a_one_line_report_with_exit_70(tmp_path: Path) -> None:
+    code = (
+        "import sys, sdxlc.pipeline as p\n"
+        "def broken(*a, **k):\n    raise KeyError('boom')\n"
+        "p.compile_recipe = broken\nimport sdxlc.cli as c\nc.compile_recipe = broken\n"
+        f"sys.argv = ['sdxlc', 'check', {str(RECIPES / 'quickstart.sdx')!r}]\nc.entry()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 70
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "internal error: KeyError" in proc.stderr

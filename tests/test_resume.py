@@ -147,3 +147,35 @@ def test_sigkill_then_resume_through_the_cli_is_bit_exact(uninterrupted: dict, t
     assert final.returncode == 0, output
     assert "resuming from" in output and "step-000006" in output
     _same(_weights(uninterrupted), _weights(plan))
+
+
+def test_a_full_disk_during_a_save_is_a_clear_error_and_keeps_the_last_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from runtime import checkpoint as ckpt
+
+    plan = _plan(tmp_path)
+    real = ckpt.save_file
+    calls = {"n": 0}
+
+    def fill_up(tensors: dict, filename: str) -> None:
+        calls["n"] += 1
+        if "step-000006" in filename:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tensors, filename)
+
+    monkeypatch.setattr(ckpt, "save_file", fill_up)
+    with pytest.raises(RunError, match="No space left on device; the previous save is intact"):
+        execute(plan, progress=False)
+    out = Path(plan["output"]["dir"])
+    assert [p.name for p in checkpoint.complete(out)] == ["step-000003"]
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+    assert checkpoint.load_state(out / "checkpoints" / "step-000003").position.step == 3
+
+
+def test_run_output_holds_the_recipe_and_its_git_state(uninterrupted: dict) -> None:
+    out = Path(uninterrupted["output"]["dir"])
+    assert (out / "recipe" / "r.sdx").is_file()
+    assert uninterrupted["sources"][0]["git"] is None  # a temporary folder is in no repository

@@ -1,0 +1,115 @@
+"""Two processes on the CPU (gloo, `accelerate.debug_launcher`) train the tiny model: the ranks end with
+identical weights, equal to one process trained on the same global batch (docs/SCALE.md).
+
+The comparison needs both runs to draw the same noise for the same batch: the loop reseeds torch before
+every batch from the batch's position in the global batch order (rank r's c-th batch is global batch
+c·N + r; runtime/loop.py `batch_seed`), so the runs differ only in how the gradients are averaged:
+all-reduced over two ranks versus accumulated over two micro-steps in one. Those sums are the same
+numbers added in another order. With two ranks over gloo the order happens to be the same too
+(g0/2 + g1/2 both ways) and the weights come out bitwise equal; the tolerance, 1e-6 absolute on weights of size ~1, leaves room only
+for float32 rounding of a different reduction order, amplified over three Adam steps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import build_plan
+
+STEPS = 3  # one epoch of 6 batches: 3 steps of 2 batches
+
+
+def lora_state(models: Any) -> dict[str, torch.Tensor]:
+    unet = models.accelerator.unwrap_model(models.pipe.unet)
+    return {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
+
+
+def plan_for(out: Path, world: int) -> dict[str, Any]:
+    """Batch 2 per micro-step; global batch 4 as 2 processes × 1 or 1 process × accumulate 2."""
+    launch = {"processes": world, "world_size": world, "distributed_type": "MULTI_GPU" if world > 1 else "NO",
+              "batches_per_step": 2, "global_batch": 4}
+    plan = build_plan(out, training={"batch_size": 2, "accumulate": 2 // world, "total_steps": STEPS},
+                      sample={"prompts": []}, launch=launch)
+    plan["launch"].update(batches_per_step=2, global_batch=4)
+    return plan
+
+
+def rank_main(out: str) -> None:
+    """One rank of the two-process run (inherits the test process by fork)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from runtime.run import run_plan
+    from sdxlc.plan import plan_hash
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the parent's single-process state
+    GradientState._reset_state()
+    state = PartialState(cpu=True)
+    plan = plan_for(Path(out) / "run2", 2)
+    plan["plan_hash"] = plan_hash(plan)
+    _, models = run_plan(plan, progress=False)
+    torch.save(lora_state(models), Path(out) / f"rank{state.process_index}.pt")
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    from accelerate import debug_launcher
+    from accelerate.state import AcceleratorState, GradientState
+
+    from runtime.run import run_plan
+
+    debug_launcher(rank_main, args=(str(tmp_path),), num_processes=2)
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys() and rank0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert (tmp_path / "run2" / "tinylora.safetensors").exists()
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    from runtime import loop
+
+    original = loop.Conditioning.batch
+    try:
+        _, models = run_plan(plan_for(tmp_path / "run1", 1), progress=False)
+    finally:
+        loop.Conditioning.batch = original  # type: ignore[method-assign]
+    single = lora_state(models)
+    initial = {name: p for name, p in single.items() if "lora_B" in name}
+    assert any(p.abs().max() > 0 for p in initial.values())  # lora_B starts at zero: training moved it
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_sdxlc_run_launches_two_processes(tmp_path: Path) -> None:
+    """`relaunch` writes the accelerate config, prints the command and runs `sdxlc run` under it."""
+    quickstart = Path(__file__).resolve().parent.parent / "recipes" / "data" / "quickstart"
+    recipe = tmp_path / "two.sdx"
+    recipe.write_text(
+        f'sdx 1\nmodel tiny\nprofile cpu\ndata "{quickstart}"\nresolution 64 buckets 64..128 step 32\n'
+        f"lora rank 4\nbatch 2\nsteps 2\nprocesses 2\nlog every 1 no tensorboard\n"
+        f'output "{tmp_path / "out"}"\n', encoding="utf-8")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom sdxlc.launch import relaunch\n"
+        "from sdxlc.pipeline import compile_recipe\n"
+        f"plan = compile_recipe(Path({str(recipe)!r})).plan\n"
+        f"sys.exit(relaunch(plan, ['run', {str(recipe)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                          env={**_env(), "MAIN_PROCESS_PORT": "29517"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "accelerate.commands.launch --config_file" in done.stderr
+    assert (tmp_path / "out" / "launch" / "accelerate.json").exists()
+    assert (tmp_path / "out" / "two.safetensors").exists()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    inside = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "SDXLC_LAUNCHED")
+    return {k: v for k, v in os.environ.items() if k not in inside}

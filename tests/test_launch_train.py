@@ -2,12 +2,12 @@
 identical weights, equal to one process trained on the same global batch (docs/SCALE.md).
 
 The comparison needs both runs to draw the same noise for the same batch: the loop reseeds torch before
-every batch from the batch's position in the global batch order (rank r's c-th batch is global batch
-c·N + r; runtime/loop.py `batch_seed`), so the runs differ only in how the gradients are averaged:
-all-reduced over two ranks versus accumulated over two micro-steps in one. Those sums are the same
-numbers added in another order. With two ranks over gloo the order happens to be the same too
-(g0/2 + g1/2 both ways) and the weights come out bitwise equal; the tolerance, 1e-6 absolute on weights of size ~1, leaves room only
-for float32 rounding of a different reduction order, amplified over three Adam steps.
+every batch from the batch's position in the global batch order (rank r's c-th batch is global batch c·N
++ r; runtime/loop.py `batch_seed`), so the runs differ only in how the gradients are averaged: all-
+reduced over two ranks versus accumulated over two micro-steps in one. Those sums are the same numbers
+added in another order. With two ranks over gloo the order happens to be the same too (g0/2 + g1/2 both
+ways) and the weights come out bitwise equal; the tolerance, 1e-6 absolute on weights of size ~1, leaves
+room only for float32 rounding of a different reduction order, amplified over three Adam steps.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 from runtime import RunError
 from sdxlc import buckets as bk
@@ -163,8 +163,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> torch.Tensor:
-    """The image resized to cover the bucket, cut at the crop, maybe mirrored: (3, H, W) in [-1, 1]."""
+def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
+                jitter: tuple[float, float, float] | None = None) -> torch.Tensor:
+    """The image resized to cover the bucket, cut at the crop, maybe mirrored and colour-jittered
+    (brightness, contrast, saturation factors): (3, H, W) in [-1, 1]."""
     try:
         with Image.open(item.path) as raw:
             raw.load()
@@ -175,6 +177,10 @@ def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -
     image = image.crop((crop.left, crop.top, crop.left + bucket[0], crop.top + bucket[1]))
     if flip:
         image = ImageOps.mirror(image)
+    if jitter is not None:
+        for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
+                                    jitter, strict=True):
+            image = enhancer(image).enhance(factor)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -219,9 +225,12 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
         item = data.images[sample.image]
         dataset = data.datasets[item.dataset]
         flip = dataset["flip"] and rng.random() < 0.5
+        crop = bk.random_crop(sample.crop, sample.bucket, rng) if dataset["random_crop"] else sample.crop
+        strength = dataset["color_jitter"]
+        jitter = tuple(1.0 + rng.uniform(-strength, strength) for _ in range(3)) if strength > 0 else None
         if pixels:
             try:
-                tensor = load_pixels(item, sample.crop, sample.bucket, flip)
+                tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
             except RunError as exc:
                 if not substitute:
                     raise
@@ -229,10 +238,11 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
                 index = replacement(data, index)
                 sample, item = data.samples[index], data.images[data.samples[index].image]
                 dataset = data.datasets[item.dataset]
-                tensor = load_pixels(item, sample.crop, sample.bucket, flip)
+                crop = sample.crop
+                tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
             tensors.append(tensor)
         captions.append(process_caption(item.caption, dataset, rng))
-        ids.append(time_ids(item, sample.crop, sample.bucket, flip))
+        ids.append(time_ids(item, crop, sample.bucket, flip))
         keys.append((sample.image, flip))
     stacked = torch.stack(tensors) if tensors else torch.empty(0)
     return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys)

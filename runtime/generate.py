@@ -70,12 +70,15 @@ class Job:
 
 
 def model_spec(source: str, vae: str | None = None) -> dict[str, Any]:
-    """The `model` section runtime/models.py loads from: `tiny`, a diffusers folder, or a hub id."""
+    """The `model` section runtime/models.py loads from: `tiny`, a diffusers folder, a single-file
+    SDXL checkpoint (with the shipped SDXL configs), or a hub id."""
     if source == "tiny":
         return {"kind": "tiny", "source": "tiny", "tiny_seed": 0, "vae": vae}
     path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        return {"kind": "single_file", "source": str(path.resolve()), "config": None, "vae": vae}
     if path.is_file():
-        raise RunError(f"{source} is a single file: convert it to a diffusers folder, or name a hub id")
+        raise RunError(f"{source} is not a .safetensors checkpoint: convert it, or name a folder or hub id")
     if path.is_dir():
         return {"kind": "diffusers_folder", "source": str(path.resolve()), "vae": vae}
     if path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from runtime import RunError, checkpoint
+from runtime import RunError, checkpoint, methods
 from runtime.cache import (
     Counts,
     DiskCache,
@@ -26,7 +26,7 @@ from runtime.cache import (
     tokenizer_fingerprint,
 )
 from runtime.data import Batch, Sample, TrainData, all_captions, load_pixels, make_batch, mark_bad, setting
-from runtime.lora import param_groups
+from runtime.finetune import fuse_backward
 from runtime.loss import batch_loss
 from runtime.loss import snr_weights as snr_weights  # re-exported: the step's weights
 from runtime.models import Models
@@ -67,6 +67,11 @@ class TrainStats:
 @torch.no_grad()
 def encode_text(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Both encoders' penultimate hidden states side by side, and TE2's pooled projection."""
+    return text_states(models, captions)
+
+
+def text_states(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode_text` with gradients: for methods that train the text encoders or their embeddings."""
     pipe = models.pipe
     states, pooled = [], None
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
@@ -133,6 +138,8 @@ class Conditioning:
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.latents: dict[tuple[int, bool], torch.Tensor] | None = None
         self.shown = 0
+        self.text_grad = False  # encode captions with gradients (the method trains the text encoders)
+        self.captions: Callable[[list[str]], list[str]] | None = None  # the method's caption rewrite
         if cache["text_encoder"]:
             self._cache_text()
         if cache["latents"]:
@@ -224,7 +231,8 @@ class Conditioning:
         else:
             parameters = torch.stack([self.latents[key] for key in batch.keys])
         if self.text is None:
-            states, pooled = encode_text(self.models, batch.captions)
+            captions = self.captions(batch.captions) if self.captions else batch.captions
+            states, pooled = (text_states if self.text_grad else encode_text)(self.models, captions)
         else:
             states = torch.stack([self.text[c][0] for c in batch.captions])
             pooled = torch.stack([self.text[c][1] for c in batch.captions])
@@ -252,13 +260,13 @@ class Resume:
     rebuild_schedule: bool = False
 
 
-def trainable_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters by name: what a checkpoint stores."""
-    return {name: p for name, p in unet.named_parameters() if p.requires_grad}
+def trainable_state(pipe_or_unet: Any) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (of a pipeline, or of a UNet alone): what a checkpoint stores."""
+    return methods.trainable_state(pipe_or_unet)
 
 
-def _restore(resume: Resume, plan: dict[str, Any], unet: torch.nn.Module, stats: TrainStats) -> None:
-    saved, live = resume.saved, trainable_state(unet)
+def _restore(resume: Resume, plan: dict[str, Any], pipe: Any, stats: TrainStats) -> None:
+    saved, live = resume.saved, trainable_state(pipe)
     if set(saved.trainable) != set(live):
         raise RunError(f"checkpoint {saved.folder} holds other trainable parameters than this plan")
     with torch.no_grad():
@@ -312,20 +320,32 @@ def train(
     """
     training, acc = plan["training"], models.accelerator
     stats = stats if stats is not None else TrainStats()
-    unet = models.pipe.unet
+    unet, rank, world = models.pipe.unet, acc.process_index, acc.num_processes
     if resume is not None:
-        _restore(resume, plan, unet, stats)
-    optimizer = make_optimizer(plan["optimizer"], param_groups(unet, plan["method"], plan["optimizer"]["lr"]))
+        _restore(resume, plan, models.pipe, stats)
+    optimizer = make_optimizer(plan["optimizer"], methods.param_groups(plan, models.pipe))
     schedule = make_schedule(plan, optimizer)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    in_unet = {id(p) for p in unet.parameters()}
+    outside = [p for p in trainable if id(p) not in in_unet]  # averaged here with several processes
     conditioning = Conditioning(models, data, plan["data"]["cache"], on_message)
-    model, optimizer = acc.prepare(unet, optimizer)
-    model.train()
+    conditioning.text_grad, conditioning.captions = methods.trains_text(plan), methods.caption_map(plan)
+    if world > 1 and len(outside) == len(trainable):  # nothing of the UNet trains: DDP has nothing to do
+        model, optimizer = unet, acc.prepare(optimizer)
+    else:
+        model, optimizer = acc.prepare(unet, optimizer)
+    encoders = methods.text_encoders(plan, models.pipe)
+    for module in (model, *encoders):
+        module.train()
+    fused = plan["method"].get("fused_backward", False)
+    if fused and acc.scaler is not None:
+        raise RunError("the fused backward pass cannot step loss-scaled fp16 gradients: use bf16 or fp32")
+    hooks = fuse_backward(getattr(optimizer, "optimizer", optimizer), plan["optimizer"]["max_grad_norm"]) \
+        if fused else []
     stats.optimizer, stats.schedule, stats.data_rng = optimizer, schedule, random.Random(training["seed"])
     if resume is not None:
         _restore_state(resume, plan, stats, acc)
     pending: list[float] = []
-    rank, world = acc.process_index, acc.num_processes
     for epoch, index, indices in batch_stream(data, stats.next_epoch, stats.next_batch):
         # noise, timesteps and dropout of a batch are seeded by its place in the global order: the ranks
         # draw different noise, and N processes reproduce one process with N× the accumulation
@@ -334,12 +354,17 @@ def train(
         norm: Any = None
         with acc.accumulate(model):
             loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids)
-            acc.backward(loss)
+            acc.backward(loss)  # with the fused backward pass, every weight has stepped when it returns
+            if acc.sync_gradients and world > 1:
+                for parameter in outside:
+                    if parameter.grad is not None:
+                        parameter.grad = acc.reduce(parameter.grad, "mean")
             max_norm = plan["optimizer"]["max_grad_norm"]
-            if acc.sync_gradients and (max_norm > 0 or on_metrics):  # an infinite bound only measures
+            if not fused and acc.sync_gradients and (max_norm > 0 or on_metrics):  # inf bound only measures
                 norm = acc.clip_grad_norm_(trainable, max_norm if max_norm > 0 else math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if not fused:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         pending.append(loss.detach().item())
         if not math.isfinite(pending[-1]):
             raise RunError(diverged(pending[-1], stats.steps + 1, epoch, index, batch))
@@ -358,7 +383,10 @@ def train(
             on_step(stats.steps, stats.epoch)
         if stats.steps >= training["total_steps"]:
             break
-    model.eval()
+    for handle in hooks:
+        handle.remove()
+    for module in (model, *encoders):
+        module.eval()
     return stats
 
 

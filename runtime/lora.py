@@ -1,12 +1,15 @@
-"""LoRA on the UNet: attach it, group its parameters by kohya block, save it in kohya format.
+"""LoRA on the UNet and the text encoders: attach it, group its parameters (kohya blocks, one group per
+text encoder), save it in kohya format, and load a kohya file to continue from.
 
-Module names are mapped from diffusers to the original SDXL (SAI) layout generically from the UNet
+UNet module names are mapped from diffusers to the original SDXL (SAI) layout generically from the UNet
 config, so the same code serves the tiny model and full SDXL. The same mapping decides the block of a
-parameter for `block_lr` and the key it is saved under.
+parameter for `block_lr` and the key it is saved under. Text-encoder keys are `lora_te1_text_model_…`
+(CLIP-L) and `lora_te2_text_model_…` (bigG) whatever prefix the transformers version gives the modules.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -14,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from runtime import RunError
@@ -32,18 +37,41 @@ _TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "t
         "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
 
 
+TEXT_ENCODERS = {"te1": "text_encoder", "te2": "text_encoder_2"}  # plan target → pipeline attribute
+
+
+def _config(method: dict[str, Any], modules: list[str]) -> LoraConfig:
+    return LoraConfig(
+        r=method["rank"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
+        target_modules=modules, init_lora_weights="gaussian",
+    )
+
+
 def add_lora(unet: torch.nn.Module, method: dict[str, Any]) -> None:
     """Attach a LoRA adapter to the UNet's target modules (gaussian init: it starts as a no-op)."""
-    if set(method["targets"]) - {"unet"}:
-        raise RunError("text-encoder LoRA (targets te1/te2) is not supported by this runtime yet")
-    config = LoraConfig(
-        r=method["rank"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
-        target_modules=method["unet_modules"], init_lora_weights="gaussian",
-    )
     try:
-        unet.add_adapter(config)
+        unet.add_adapter(_config(method, method["unet_modules"]))
     except ValueError as exc:
         raise RunError(f"LoRA targets {method['unet_modules']} match no UNet module: {exc}") from exc
+
+
+def add_text_lora(encoder: torch.nn.Module, method: dict[str, Any]) -> None:
+    """Attach a LoRA adapter to a text encoder's `te_modules` (kohya: attention and MLP projections)."""
+    try:
+        encoder.add_adapter(_config(method, method["te_modules"]))
+    except ValueError as exc:
+        raise RunError(f"LoRA targets {method['te_modules']} match no text-encoder module: {exc}") from exc
+
+
+def attach(pipe: Any, method: dict[str, Any]) -> None:
+    """The LoRA of the plan on every targeted model; weights from `init_from` when the plan names one."""
+    if "unet" in method["targets"]:
+        add_lora(pipe.unet, method)
+    for target, attribute in TEXT_ENCODERS.items():
+        if target in method["targets"]:
+            add_text_lora(getattr(pipe, attribute), method)
+    if method.get("init_from"):
+        load_kohya(Path(method["init_from"]), named_layers(pipe))
 
 
 def _resnet_part(rest: str) -> str:
@@ -103,6 +131,32 @@ def lora_parameters(layer: LoraLayer) -> list[torch.nn.Parameter]:
     return [*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()]
 
 
+def text_key(target: str, name: str) -> str:
+    """kohya's key of a text-encoder module: `lora_te1_text_model_encoder_layers_0_self_attn_q_proj`."""
+    return f"lora_{target}_text_model_" + name.removeprefix("text_model.").replace(".", "_")
+
+
+def named_layers(pipe: Any) -> dict[str, LoraLayer]:
+    """Every LoRA layer of the pipeline by its kohya key (without `.lora_down.weight`)."""
+    out = {"lora_unet_" + sai_name(name, pipe.unet.config).replace(".", "_"): layer
+           for name, layer in lora_layers(pipe.unet).items()}
+    for target, attribute in TEXT_ENCODERS.items():
+        layers = lora_layers(getattr(pipe, attribute))
+        out.update({text_key(target, name): layer for name, layer in layers.items()})
+    return out
+
+
+def text_param_groups(pipe: Any, method: dict[str, Any]) -> list[dict[str, Any]]:
+    """One optimizer group per trained text encoder, at its own learning rate."""
+    groups = []
+    for target, attribute in TEXT_ENCODERS.items():
+        if target in method["targets"]:
+            layers = lora_layers(getattr(pipe, attribute)).values()
+            params = [p for layer in layers for p in lora_parameters(layer)]
+            groups.append({"params": params, "lr": method[f"lr_{target}"], "block": None, "part": target})
+    return groups
+
+
 def param_groups(unet: torch.nn.Module, method: dict[str, Any], lr: float) -> list[dict[str, Any]]:
     """Optimizer groups: one group at `lr`, or one per kohya block when block_lr is given.
 
@@ -129,30 +183,77 @@ def param_groups(unet: torch.nn.Module, method: dict[str, Any], lr: float) -> li
     return groups
 
 
-def kohya_state_dict(unet: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The LoRA as kohya keys: lora_unet_<SAI path with _>.lora_down.weight / .lora_up.weight / .alpha."""
+def kohya_state_dict(model: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The LoRA as kohya keys: lora_unet_<SAI path with _> (and lora_te1_/lora_te2_ keys for a pipeline)
+    .lora_down.weight / .lora_up.weight / .alpha. `model`: a UNet, or a pipeline for every part."""
+    if isinstance(model, torch.nn.Module):
+        layers = {"lora_unet_" + sai_name(name, model.config).replace(".", "_"): layer
+                  for name, layer in lora_layers(model).items()}
+    else:
+        layers = named_layers(model)
     state: dict[str, torch.Tensor] = {}
-    for name, layer in lora_layers(unet).items():
-        key = "lora_unet_" + sai_name(name, unet.config).replace(".", "_")
+    for key, layer in layers.items():
         state[f"{key}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
         state[f"{key}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
         state[f"{key}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]), dtype=dtype)
     return state
 
 
+def load_kohya(path: Path, layers: dict[str, LoraLayer]) -> None:
+    """Copy a kohya LoRA file's weights into the attached layers; every key must find its layer."""
+    try:
+        state = load_file(str(path))
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise RunError(f"cannot read the LoRA to continue from, {path}: {exc}") from exc
+    modules = {key.removesuffix(".lora_down.weight") for key in state if key.endswith(".lora_down.weight")}
+    if modules != set(layers):
+        missing, extra = sorted(set(layers) - modules), sorted(modules - set(layers))
+        raise RunError(f"{path} does not fit the plan's LoRA: {len(missing)} layers have no weights there "
+                       f"({', '.join(missing[:2])}), {len(extra)} of its layers have no place "
+                       f"({', '.join(extra[:2])})")
+    with torch.no_grad():
+        for key, layer in layers.items():
+            for part, weight in (("lora_down", layer.lora_A[ADAPTER].weight),
+                                 ("lora_up", layer.lora_B[ADAPTER].weight)):
+                value = state[f"{key}.{part}.weight"]
+                if value.shape != weight.shape:
+                    raise RunError(f"{path}: {key}.{part} has shape {tuple(value.shape)}, "
+                                   f"the plan's layer {tuple(weight.shape)}")
+                weight.copy_(value.to(weight.device, weight.dtype))
+
+
 def metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dict[str, str]:
-    """kohya `ss_*` and `modelspec.*` metadata, plus the plan that produced the file."""
-    method, data = plan["method"], plan["data"]
+    """kohya `ss_*` and `modelspec.*` metadata of a LoRA file, plus the plan that produced it."""
+    method = plan["method"]
+    lrs = [method[f"lr_{t}"] for t in ("te1", "te2") if method[f"lr_{t}"] is not None]
+    network_args = {"conv_dim": str(method["rank"]), "conv_alpha": str(method["alpha"])} \
+        if "conv" in method["modules"] else {}
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(method["rank"]),
         "ss_network_alpha": str(method["alpha"]),
         "ss_network_dropout": str(method["dropout"]),
+        **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
+        "ss_unet_lr": str(plan["optimizer"]["lr"]) if "unet" in method["targets"] else "None",
+        "ss_text_encoder_lr": str(lrs[0]) if lrs else "None",
+        "ss_network_train_unet_only": str(method["targets"] == ["unet"]),
+        "ss_network_weights": str(method["init_from"]) if method["init_from"] else "None",
+        **training_metadata(plan, step, epoch, started),
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+    }
+
+
+def training_metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dict[str, str]:
+    """kohya's `ss_*` keys of the training run (optimizer, schedule, noise and loss settings), the
+    `modelspec.*` keys every saved file carries, and the plan."""
+    data, training, optimizer = plan["data"], plan["training"], plan["optimizer"]
+    args = " ".join(f"{key}={value}" for key, value in sorted(optimizer["args"].items()))
+    snr = training["snr_gamma"]
+    return {
         "ss_base_model_version": plan["model"]["base_model_version"],
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
         "ss_learning_rate": str(plan["optimizer"]["lr"]),
-        "ss_optimizer": plan["optimizer"]["name"],
         "ss_lr_scheduler": plan["schedule"]["name"],
         "ss_resolution": f"({data['resolution']}, {data['resolution']})",
         "ss_batch_size_per_device": str(plan["training"]["batch_size"]),
@@ -160,8 +261,24 @@ def metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dic
         "ss_training_started_at": str(started),
         "ss_training_finished_at": str(time.time()),
         "ss_seed": str(plan["training"]["seed"]),
+        "ss_max_train_steps": str(training["total_steps"]),
+        "ss_mixed_precision": plan["precision"]["mixed"],
+        "ss_gradient_checkpointing": str(training["gradient_checkpointing"]),
+        "ss_max_grad_norm": str(optimizer["max_grad_norm"]),
+        "ss_lr_warmup_steps": str(plan["schedule"]["warmup_steps"]),
+        "ss_optimizer": f"{optimizer['name']}({args})" if args else optimizer["name"],
+        "ss_noise_offset": str(training["noise_offset"]),
+        "ss_multires_noise_iterations": str(training["multires_iterations"]),
+        "ss_multires_noise_discount": str(training["multires_discount"]),
+        "ss_ip_noise_gamma": str(training["input_perturbation"]),
+        "ss_min_snr_gamma": "None" if snr is None else str(snr),
+        "ss_debiased_estimation": str(training["debiased"]),
+        "ss_zero_terminal_snr": str(training["zero_terminal_snr"]),
+        "ss_loss_type": training["loss"],
+        "ss_huber_c": str(training["huber_c"]),
+        "ss_cache_latents": str(data["cache"]["latents"]),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec.architecture": "stable-diffusion-xl-v1-base",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": plan["output"]["name"],
         "sdxlc_plan_hash": plan["plan_hash"],
@@ -184,8 +301,9 @@ def write_atomic(path: Path, payload: bytes) -> None:
         raise
 
 
-def save_lora(path: Path, unet: torch.nn.Module, dtype: torch.dtype, meta: dict[str, str]) -> Path:
-    write_atomic(path, safetensors_bytes(kohya_state_dict(unet, dtype), metadata=meta))
+def save_lora(path: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path:
+    """The LoRA of a UNet, or of every part of a pipeline, as one kohya file."""
+    write_atomic(path, safetensors_bytes(kohya_state_dict(model, dtype), metadata=meta))
     return path
 
 

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline
 
 from runtime import RunError
+from runtime.single_file import SDXL_CONFIG_DIR, load_single_file
 from runtime.tiny import build_tiny_pipeline
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -71,17 +72,77 @@ def training_noise_scheduler(prediction: str) -> DDPMScheduler:
 
 
 def load_pipeline(model: dict[str, Any]) -> StableDiffusionXLPipeline:
-    """The base pipeline in fp32 on the CPU, with the VAE override applied."""
+    """The base pipeline in fp32 on the CPU, with the VAE override, the prediction type and
+    `init normal` applied (docs/MODELS.md)."""
     kind, source = model["kind"], model["source"]
     if kind == "tiny":
-        pipe = build_tiny_pipeline(model["tiny_seed"])
+        pipe = build_tiny_pipeline(model.get("tiny_seed", 0))
     elif kind == "diffusers_folder" and not Path(source).is_dir():
         raise RunError(f"model folder {source} does not exist")
+    elif kind in ("single_file", "pickle"):
+        pipe = _from_single_file(model)
     else:
         pipe = _from_pretrained(source)
-    if model["vae"]:
+    if model.get("vae"):
         pipe.vae = load_vae(model["vae"])
+    prediction = model.get("prediction")
+    if prediction and pipe.scheduler.config.get("prediction_type") != prediction:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
+    if model.get("init_std") is not None:
+        init_normal(pipe.unet, float(model["init_std"]), model.get("tiny_seed", 0))
     return pipe
+
+
+def _from_single_file(model: dict[str, Any]) -> StableDiffusionXLPipeline:
+    """A single .safetensors file, or a pickle the plan allows, with the configs of `model.config`;
+    never reaches the Hub."""
+    path, config = Path(model["source"]), model.get("config") or str(SDXL_CONFIG_DIR)
+    if not path.is_file():
+        raise RunError(f"model file {path} does not exist")
+    if model["kind"] == "pickle":
+        if not model.get("allow_pickle"):
+            raise RunError(f"{path.name} is a pickle checkpoint and the plan does not allow pickle files")
+        check_pickle(path)
+    try:
+        return load_single_file(path, config)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise RunError(f"cannot load the single-file model {path}: {exc}") from exc
+
+
+def check_pickle(path: Path) -> None:
+    """Open a pickle checkpoint with `torch.load(weights_only=True)` (only tensors and plain containers
+    can be unpickled: no code runs) and check it holds an SDXL model. diffusers then reads the same file
+    with `weights_only=True` too."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling raises many types; all of them mean "refused"
+        raise RunError(f"cannot read {path.name} with torch.load(weights_only=True): {exc}") from exc
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    keys = list(state) if isinstance(state, dict) else []
+    for marker in ("model.diffusion_model.", "conditioner.embedders.1.model."):
+        if not any(isinstance(k, str) and k.startswith(marker) for k in keys):
+            raise RunError(f"{path.name} is not an SDXL checkpoint: it has no `{marker}*` tensors")
+
+
+def init_normal(unet: torch.nn.Module, std: float, seed: int) -> None:
+    """Re-initialise the UNet for training from scratch: linear and convolution weights from N(0, std),
+    their biases 0, normalisation layers to identity (weight 1, bias 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                if module.weight is not None:
+                    module.weight.fill_(1.0)
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def _from_pretrained(source: str) -> StableDiffusionXLPipeline:
@@ -98,7 +159,9 @@ def load_vae(source: str) -> AutoencoderKL:
     path = Path(source)
     try:
         if path.is_file():
-            return AutoencoderKL.from_single_file(source, local_files_only=offline())
+            return AutoencoderKL.from_single_file(  # SDXL's VAE config, shipped: no Hub access
+                source, config=str(SDXL_CONFIG_DIR), subfolder="vae", local_files_only=True
+            )
         if path.is_dir() and not (path / "config.json").is_file() and (path / "vae").is_dir():
             return AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=offline())
         return AutoencoderKL.from_pretrained(source, local_files_only=offline())

@@ -15,7 +15,7 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from runtime import RunError, checkpoint, loop, lora, models, sample
+from runtime import RunError, checkpoint, finetune, loop, lora, methods, models, sample
 from runtime import data as datamod
 from runtime.progress import Progress
 from runtime.tblog import TensorBoardLog, open_log
@@ -26,8 +26,9 @@ from sdxlc import plan as plans
 class RunResult:
     """What a run produced, and how its loss ended."""
 
-    lora_path: Path
+    lora_path: Path  # the trained artifact: a LoRA, a single-file checkpoint or an embedding
     plan_path: Path
+    diffusers_path: Path | None = None  # a fine-tune's diffusers folder, when the plan asks for one
     samples: list[Path] = field(default_factory=list)
     grids: list[Path] = field(default_factory=list)  # one per sampling step: all prompts side by side
     logs: Path | None = None  # the TensorBoard folder, when the plan turns it on
@@ -46,6 +47,18 @@ def check_plan(plan: dict[str, Any]) -> None:
         raise RunError(str(exc)) from exc
 
 
+def check_device(plan: dict[str, Any]) -> None:
+    """A plan for a CUDA profile needs CUDA here (8-bit and paged optimizers, bf16, the memory budget)."""
+    import torch
+
+    if plan["hardware"]["device"] == "cuda" and not torch.cuda.is_available():
+        raise RunError(
+            f"this plan is for {plan['hardware']['name']} (CUDA) but this machine has no CUDA device "
+            f"(torch {torch.__version__}): plan it with `--profile cpu` or `profile auto`, or install a CUDA "
+            "build of torch"
+        )
+
+
 def write_plan(plan: dict[str, Any]) -> Path:
     """The plan that runs, and beside it (in `recipe/`) the recipe files it was compiled from."""
     out = Path(plan["output"]["dir"])
@@ -61,12 +74,9 @@ def write_plan(plan: dict[str, Any]) -> Path:
 
 
 def setup_model(plan: dict[str, Any]) -> models.Models:
-    """Load and place the base model, then attach the LoRA (trainable parameters kept in fp32)."""
+    """Load and place the base model, then make the method's parameters trainable (runtime/methods.py)."""
     loaded = models.setup_model(plan)
-    lora.add_lora(loaded.pipe.unet, plan["method"])
-    for parameter in loaded.pipe.unet.parameters():
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
+    methods.attach(plan, loaded)
     return loaded
 
 
@@ -105,10 +115,8 @@ class Run:
         )
 
     def save(self, path: Path, step: int, epoch: int) -> Path:
-        unet = self.models.accelerator.unwrap_model(self.models.pipe.unet)
-        meta = lora.metadata(self.plan, step, epoch, self.started)
         with saving(path):
-            return lora.save_lora(path, unet, models.DTYPES[self.plan["save"]["dtype"]], meta)
+            return methods.save(path, self.plan, self.models.pipe, step, epoch, self.started)
 
     @property
     def main(self) -> bool:
@@ -134,11 +142,11 @@ class Run:
         """The whole training state at the current step, atomically; older states pruned after."""
         stats = self.stats
         assert stats.data_rng is not None
-        unet = self.models.accelerator.unwrap_model(self.models.pipe.unet)
         position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses))
         with saving(checkpoint.folder_for(self.out, stats.steps)):
             folder = checkpoint.save_state(
-                self.out, position, self.plan, loop.trainable_state(unet), stats.optimizer, stats.schedule,
+                self.out, position, self.plan, loop.trainable_state(self.models.pipe), stats.optimizer,
+                stats.schedule,
                 self.models.accelerator.scaler, stats.data_rng,
             )
         checkpoint.prune(self.out, self.plan["save"]["keep"])
@@ -195,6 +203,12 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
         run.save(result.lora_path, stats.steps, stats.epoch)
         run.save_state()
         run.progress.message(f"saved {result.lora_path}")
+        if run.plan["method"].get("save_diffusers"):
+            folder = result.lora_path.with_suffix("")
+            with saving(folder):
+                finetune.save_diffusers(folder, run.models.pipe, models.DTYPES[run.plan["save"]["dtype"]])
+            result.diffusers_path = folder
+            run.progress.message(f"saved {folder}")
         run.write_samples(stats.steps)
     result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
     result.seconds = time.time() - run.started
@@ -218,6 +232,7 @@ def run_plan(
 ) -> tuple[RunResult, models.Models]:
     """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
     check_plan(plan)
+    check_device(plan)
     restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
     if main:

@@ -67,6 +67,13 @@ def cover_crop(width: int, height: int, bucket: Bucket) -> Crop:
     return Crop(scaled_w=sw, scaled_h=sh, top=(sh - bh) // 2, left=(sw - bw) // 2)
 
 
+def random_crop(crop: Crop, bucket: Bucket, rng: random.Random) -> Crop:
+    """The same resize as `crop`, cut out at a random place instead of the centre."""
+    top = rng.randint(0, crop.scaled_h - bucket[1])
+    left = rng.randint(0, crop.scaled_w - bucket[0])
+    return Crop(crop.scaled_w, crop.scaled_h, top, left)
+
+
 def cropped_fraction(width: int, height: int, bucket: Bucket) -> float:
     """Share of the resized image's pixels that the crop throws away."""
     crop = cover_crop(width, height, bucket)

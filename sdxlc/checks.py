@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sdxlc.checks_method import METHOD_CHECKS, cached_te_message
 from sdxlc.diagnostics import Diagnostic, Span, make, suggestion
 from sdxlc.layers import Layers
 from sdxlc.optimizers import accepted_args, arg_problem, optimizer_table
@@ -41,32 +42,36 @@ def cached_te_with_caption_changes(plan: dict[str, Any], layers: Layers) -> list
     return found
 
 
+def cached_latents_with_pixel_augmentation(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """Cached latents are encoded once: a random crop or colour jitter would never change again."""
+    if not plan["data"]["cache"]["latents"]:
+        return []
+    found = []
+    for index, dataset in enumerate(plan["data"]["datasets"]):
+        for key, what, word in (("random_crop", "a random crop", "random crop"),
+                                ("color_jitter", "colour jitter", "color jitter")):
+            if dataset[key]:
+                found.append(make(
+                    "SDX0525", f"cached latents cannot follow {what}",
+                    layers.span(f"data.{index}.{key}") or layers.span(f"data.{index}.path"),
+                    help=f"remove `{word}` or drop `cache latents` (flip is fine: both sides are cached)",
+                    related=_related(layers, "cache.latents", "latent caching set here")))
+    return found
+
+
 def cached_te_with_te_training(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
     """A text encoder that is being trained cannot have its outputs cached."""
-    trained = [t for t in plan["method"]["targets"] if t in ("te1", "te2")]
-    if not (trained and plan["data"]["cache"]["text_encoder"]):
+    message = cached_te_message(plan)
+    if message is None or not plan["data"]["cache"]["text_encoder"]:
         return []
+    kind = plan["method"]["kind"]
     return [
         make(
             "SDX0521",
-            f"`cache te` with LoRA on {'+'.join(trained)}: their outputs change every step",
+            message,
             layers.span("cache.text_encoder"),
-            help="drop `cache te` or train `on unet` only",
-            related=_related(layers, "lora.targets", "text-encoder training set here"),
-        )
-    ]
-
-
-def text_encoder_lora_unsupported(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
-    trained = [t for t in plan["method"]["targets"] if t in ("te1", "te2")]
-    if not trained:
-        return []
-    return [
-        make(
-            "SDX0526",
-            f"LoRA on the text encoders ({'+'.join(trained)}) is not supported yet",
-            layers.span("lora.targets"),
-            help="train `on unet`",
+            help=f"drop `cache te` or train {'`on unet`' if kind == 'lora' else '`finetune unet`'} only",
+            related=_related(layers, f"{kind}.targets", "text-encoder training set here"),
         )
     ]
 
@@ -142,7 +147,7 @@ def timestep_range(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
 
 def something_to_train(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
     block_lr = plan["method"]["block_lr"]
-    if block_lr is None or any(block_lr):
+    if block_lr is None or any(block_lr) or set(plan["method"]["targets"]) - {"unet"}:
         return []
     return [
         make(
@@ -152,6 +157,15 @@ def something_to_train(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]
             help="give at least one block a learning rate",
         )
     ]
+
+
+def init_normal_with_lora(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """`init normal` re-initialises the UNet: a LoRA on top of random weights learns little."""
+    if plan["model"].get("init_std") is None or plan["method"]["kind"] != "lora":
+        return []
+    return [make("SDX0515", "`init normal` with a LoRA: the LoRA would train on top of a random UNet",
+                 layers.span("model.init_std"),
+                 help="train from scratch with `finetune unet`, or drop `init normal`")]
 
 
 def optimizer_args_known(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
@@ -303,14 +317,15 @@ def launch_combination(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]
 
 
 CHECKS: tuple[Check, ...] = (
+    cached_latents_with_pixel_augmentation,
     cached_te_with_caption_changes,
     cached_te_with_te_training,
-    text_encoder_lora_unsupported,
     bucket_step_multiple_of_32,
     fp16_with_stock_vae,
     precision_supported,
     timestep_range,
     something_to_train,
+    init_normal_with_lora,
     optimizer_args_known,
     optimizer_on_device,
     adafactor_with_clipping,
@@ -319,6 +334,7 @@ CHECKS: tuple[Check, ...] = (
     prodigy_learning_rate,
     zero_terminal_snr_needs_v_prediction,
     launch_combination,
+    *METHOD_CHECKS,
 )
 
 

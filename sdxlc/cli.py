@@ -208,7 +208,10 @@ def run(
         click.echo("\ninterrupted: the last completed save is intact", err=True)
         sys.exit(EXIT_RUN)
     click.echo(f"done in {time.monotonic() - started:.1f} s")
-    click.echo(f"  LoRA:    {result.lora_path}")
+    label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:"}[plan_["method"]["kind"]]
+    click.echo(f"  {label:<8} {result.lora_path}")
+    if result.diffusers_path is not None:
+        click.echo(f"  folder:  {result.diffusers_path}")
     click.echo(f"  plan:    {result.plan_path}")
     for sample in result.samples:
         click.echo(f"  sample:  {sample}")
@@ -275,10 +278,19 @@ def _print_diagnostics(compiled: Compiled) -> None:
         click.echo(render_text(compiled.ordered(), compiled.sources, color=sys.stderr.isatty()), err=True)
 
 
+def _method_text(method: dict[str, Any]) -> str:
+    targets = "+".join(method["targets"])
+    if method["kind"] == "finetune":
+        return f"full fine-tune of {targets}"
+    if method["kind"] == "embedding":
+        return f"embedding {method['token']} ({method['vectors']} vectors)"
+    return f"LoRA rank {method['rank']} ({targets})"
+
+
 def _print_run_header(plan_: dict[str, Any]) -> None:
     est, t = plan_["estimate"], plan_["training"]
     click.echo(
-        f"plan {plan_['plan_hash'][:12]}: LoRA rank {plan_['method']['rank']} on {plan_['model']['source']}, "
+        f"plan {plan_['plan_hash'][:12]}: {_method_text(plan_['method'])} on {plan_['model']['source']}, "
         f"{t['total_steps']} steps × batch {t['batch_size']}, {plan_['data']['images']} images"
     )
     click.echo(

@@ -45,6 +45,8 @@ DATASET_DEFAULTS: dict[str, Any] = {
     "suffix": "",
     "default_caption": "",
     "flip": False,
+    "random_crop": False,
+    "color_jitter": 0.0,
     "regularization": False,
     "bad_image": "skip",
 }

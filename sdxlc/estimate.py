@@ -18,6 +18,7 @@ MODELS_DIR = SCHEMA_DIR / "models"
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
+FINETUNE_FACTORED_SIDE = 640.0
 TIGHT_HEADROOM = 0.10
 SAMPLE_KEY = "sample_peak"
 # Gradient traffic between processes (docs/SCALE.md): PCIe 4.0 x16 as measured by all-reduce benchmarks
@@ -63,11 +64,25 @@ def _set(plan: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def trainable_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
+    """Parameters the optimizer trains: the LoRA, every weight of the fine-tuned models, or the new
+    embedding rows (vectors × both encoders' widths). block_lr zeros are not subtracted."""
+    kind = plan["method"].get("kind", "lora")
+    if kind == "finetune":
+        return sum(int(model["params"][t]) for t in _get(plan, "method.targets"))
+    if kind == "embedding":
+        context = model["context"]
+        return int(_get(plan, "method.vectors")) * (int(context["te1_width"]) + int(context["te2_width"]))
+    return lora_param_count(plan, model)
+
+
 def lora_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
     """Trainable LoRA parameters: rank x per-rank sizes of the targeted modules."""
     rank = int(_get(plan, "method.rank"))
     targets = set(_get(plan, "method.targets"))
-    table: dict[str, dict[str, int]] = model["lora_params_per_rank"]
+    table: dict[str, dict[str, int]] = copy.deepcopy(model["lora_params_per_rank"])
+    if "conv" in plan["method"].get("modules", []):  # conv layers count when the plan asks for them
+        table["unet"].update(model["lora_conv_params_per_rank"]["unet"])
     per_rank = 0
     if "unet" in targets:
         for module in _get(plan, "method.unet_modules"):
@@ -77,7 +92,8 @@ def lora_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
             per_rank += table["unet"][module]
     for te in ("te1", "te2"):
         if te in targets:
-            per_rank += sum(table[te][m] for m in model["te_lora_modules"])
+            te_modules = plan["method"].get("te_modules") or model["te_lora_modules"]
+            per_rank += sum(table[te][m] for m in te_modules)
     return rank * per_rank
 
 
@@ -128,17 +144,23 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     resident = _resident(plan)
     state_bytes = _state_bytes_per_param(plan)
 
-    lora = lora_param_count(plan, model)
+    trained = trainable_param_count(plan, model)
     vae_params = int(params["vae_encoder"]) + int(params["vae_decoder"])
-    terms: dict[str, int] = {"unet_weights": int(params["unet"]) * wbytes}
-    for te in ("te1", "te2"):
-        if resident[te]:
-            terms[f"{te}_weights"] = int(params[te]) * wbytes
+    method = plan["method"]
+    whole = set(targets) if method.get("kind") == "finetune" else set()
+    master = 2 if method.get("full_bf16") else LORA_DTYPE_BYTES  # fine-tuned weights: fp32 unless full bf16
+    terms: dict[str, int] = {}
+    for part, resident_part in (("unet", True), ("te1", resident["te1"]), ("te2", resident["te2"])):
+        if resident_part:
+            terms[f"{part}_weights"] = int(params[part]) * (master if part in whole else wbytes)
     if resident["vae"]:
         terms["vae_weights"] = vae_params * vae_bytes
-    terms["trainable_params"] = lora * LORA_DTYPE_BYTES
-    terms["gradients"] = lora * LORA_DTYPE_BYTES
-    terms["optimizer_state"] = int(lora * state_bytes)
+    grad_bytes = master if whole else LORA_DTYPE_BYTES
+    terms["trainable_params"] = 0 if whole else trained * LORA_DTYPE_BYTES  # else inside *_weights
+    terms["gradients"] = trained * grad_bytes
+    if method.get("fused_backward"):  # each gradient is freed by its own step: about one tensor at a time
+        terms["gradients"] = int(model["largest_tensor_params"]) * grad_bytes
+    terms["optimizer_state"] = int(trained * state_bytes)
 
     sizes = _bucket_sizes(plan)
     max_px = max(_latent_px(w, h, model) for w, h, _ in sizes)
@@ -219,7 +241,7 @@ def _communication_seconds(plan: dict[str, Any], model: dict[str, Any], device: 
     if world <= 1:
         return 0.0
     share = (world - 1) / world
-    moved = 2 * share * lora_param_count(plan, model) * LORA_DTYPE_BYTES
+    moved = 2 * share * trainable_param_count(plan, model) * LORA_DTYPE_BYTES
     if strategy == "fsdp":
         moved += 2 * share * int(model["params"]["unet"]) * DTYPE_BYTES[str(_get(plan, "precision.mixed"))]
     bandwidth = NETWORK_BYTES_PER_S if machines > 1 else LINK_BYTES_PER_S[device]
@@ -337,6 +359,11 @@ def _lever_candidates(plan: dict[str, Any], profile: Profile) -> list[tuple[str,
         out.append(("gradient_checkpointing", {"training.gradient_checkpointing": True},
                     "turn on gradient checkpointing (about 20-30% slower steps)"))
     optimizer = str(_get(plan, "optimizer.name"))
+    method = plan["method"]
+    if (method.get("kind") == "finetune" and optimizer == "adafactor" and not method.get("fused_backward")
+            and int(_get(plan, "training.accumulate")) == 1 and _launch(plan)[0] == 1):
+        out.append(("fused_backward", {"method.fused_backward": True},
+                    "Adafactor's fused backward pass: each weight steps as its gradient is ready"))
     if optimizer in ("adamw", "lion"):
         out.append(("optimizer_8bit", {"optimizer.name": optimizer + "8bit"},
                     f"use the 8-bit {optimizer} optimizer (bitsandbytes; 8-bit optimizer state)"))
@@ -366,12 +393,23 @@ def _state_bytes_per_param(plan: dict[str, Any]) -> float:
     state = table[optimizer]["state"]
     args = _get(plan, "optimizer.args") or {}
     if state.get("factored"):
-        # a row and a column vector per LoRA matrix: 4 × (rows + cols) over rows × cols ≈ 4 / rank
-        per_param = 4.0 / max(1, int(_get(plan, "method.rank")))
+        # a row and a column vector per matrix: 4 × (rows + cols) over rows × cols ≈ 4 / (short side)
+        per_param = 4.0 / _factored_side(plan)
         return per_param + (4.0 if args.get("beta1") is not None else 0.0)
     if optimizer == "sgd" and float(args.get("momentum", 1.0)) == 0.0:
         return 0.0
     return float(state["bytes_per_param"])
+
+
+def _factored_side(plan: dict[str, Any]) -> float:
+    """The short side of a typical trained matrix: the LoRA rank, the vector count of an embedding,
+    and for a fine-tune half the typical SDXL width (rows + cols ≈ 2 × 1280 over rows × cols)."""
+    kind = plan["method"].get("kind", "lora")
+    if kind == "finetune":
+        return FINETUNE_FACTORED_SIDE
+    if kind == "embedding":
+        return float(_get(plan, "method.vectors"))
+    return float(max(1, int(_get(plan, "method.rank"))))
 
 
 def levers(plan: dict[str, Any], profile: Profile) -> list[dict[str, Any]]:

@@ -56,8 +56,24 @@ DETAILS: dict[str, str] = {
     "SDX0505": "`steps` and `epochs` both fix the length of the run; give one of them.",
     "SDX0506": "The `constant` schedule ignores warmup; use `constant_with_warmup` or drop `warmup`.",
     "SDX0507": "The warmup is as long as the whole run or longer, so the learning rate never peaks.",
-    "SDX0510": "Single-file checkpoints (.safetensors, .ckpt) are not loaded yet; use a diffusers folder.",
+    "SDX0510": "The model names a .safetensors file that does not exist, or whose header (read without "
+    "loading any weight) has no SDXL UNet (`model.diffusion_model.*`) or no OpenCLIP bigG text encoder "
+    "(`conditioner.embedders.1.model.*`): a LoRA, a lone VAE, a diffusers component or an SD 1.x file.",
+    "SDX0512": "Pickle checkpoints (.ckpt, .pt) can run arbitrary code when loaded. Add `allow pickle` to "
+    "the model line only for files you trust (they are then read with torch.load(weights_only=True)), or "
+    "convert the file to .safetensors.",
+    "SDX0513": "A single file holds weights only; the model's shapes come from a diffusers config folder "
+    "(model_index.json and each component's config.json, no weights needed). The named folder is missing "
+    "or lacks one of those files. Leave `config` out to use the SDXL base configs shipped with sdxlc.",
+    "SDX0514": "`config` describes the architecture of a single-file checkpoint; a diffusers folder, a hub "
+    "id or the tiny model carries its own configs, so the setting is ignored.",
+    "SDX0515": "`init normal` throws the UNet's weights away and starts from noise. A LoRA trains a small "
+    "update on top of frozen base weights, so on a random UNet it learns little; train from scratch with "
+    "`finetune unet`.",
     "SDX0511": "The model source is neither an existing folder nor a hub id of the form `owner/name`.",
+    "SDX0525": "With `cache latents` every image is encoded once, at its crop, before training, so a random "
+    "crop or a colour jitter would be drawn once and then frozen. Drop the augmentation or the latent cache; "
+    "`flip` works with cached latents (both orientations are cached).",
     "SDX0520": "With `cache te` the text encoders run once per caption before training and their outputs "
     "are reused, so shuffled tags and caption dropout would never be seen. Drop one of the two.",
     "SDX0521": "A text encoder that is trained changes its outputs every step, so they cannot be cached.",
@@ -66,7 +82,6 @@ DETAILS: dict[str, str] = {
     "SDX0523": "The stock SDXL VAE overflows in float16 and produces NaN latents. Use the fp16-fix VAE, "
     "`vae fp32`, or bf16.",
     "SDX0524": "The hardware profile cannot compute in this mixed-precision dtype.",
-    "SDX0526": "Training LoRA layers on the text encoders is not supported by the runtime yet.",
     "SDX0528": "The timestep range is empty: its low bound is not below its high bound.",
     "SDX0529": "Every per-block learning rate is 0, so no LoRA layer would change.",
     "SDX0530": "A dataset with `on bad image fail` holds files that cannot be trained on: corrupt, truncated "
@@ -107,6 +122,27 @@ DETAILS: dict[str, str] = {
     "micro-step). "
     "When an epoch has fewer, the ranks' share of the epoch is padded by repeating batches, so a step sees "
     "some images twice.",
+    "SDX0570": "A recipe trains one thing: a LoRA (`lora`, also the default), the whole model (`finetune`) "
+    "or a new token (`embedding`). Two of these sections, in the recipe or in a file it uses, conflict; "
+    "keep one (docs/METHODS.md).",
+    "SDX0571": "`lora from` names a file the compiler reads the header of (rank, alpha, models, layers). "
+    "It must exist and be a kohya-format LoRA .safetensors file with `*.lora_down.weight` keys.",
+    "SDX0572": "A LoRA continued from a file keeps the file's rank, alpha, models and layer kinds, so the "
+    "weights fit. Leave those out of the recipe (they are read from the file), or start a new LoRA.",
+    "SDX0573": "Textual inversion trains input rows of both text encoders, so their outputs change every "
+    "step and cannot be computed once before training.",
+    "SDX0574": "The fused backward pass steps each weight inside the backward pass with Adafactor's "
+    "per-weight update; sdxlc implements it for Adafactor only, as kohya does.",
+    "SDX0575": "With the fused backward pass each weight steps as soon as its gradient is ready, so "
+    "gradients are never kept to be summed over micro-batches: gradient accumulation is impossible.",
+    "SDX0576": "With several processes a weight's gradient is averaged over them after the backward pass; "
+    "the fused step would happen before that, on each process's own gradient.",
+    "SDX0577": "`full bf16` keeps the trained weights in bfloat16, which needs bf16 mixed precision (and a "
+    "card that supports it).",
+    "SDX0578": "`save … diffusers` writes the trained model as a diffusers folder; only `finetune` trains a "
+    "model. A LoRA or an embedding is one small file.",
+    "SDX0579": "The chosen method ignores this setting: `block_lr` sets the UNet blocks' rates, `te1 lr` "
+    "and `te2 lr` the rates of encoders that are trained.",
     "SDX0601": "`profile auto` could not find a GPU with nvidia-smi, so the plan is made for the CPU.",
     "SDX0602": "The hardware profile named is unknown or unreadable; `sdxlc profiles` lists them.",
     "SDX0610": "The estimated peak memory of the run is over the profile's budget. The help lists the "

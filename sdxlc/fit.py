@@ -19,6 +19,7 @@ RECIPE_PATH = {
     "precision.mixed": "precision.mixed",
     "training.batch_size": "training.batch_size",
     "training.accumulate": "training.accumulate",
+    "method.fused_backward": "finetune.fused_backward",
 }
 
 

@@ -13,14 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc import __version__, sources
-from sdxlc.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS, UNET_LORA_MODULES
+from sdxlc.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.layers import Layers, Provenance
 from sdxlc.lower import Lowered
+from sdxlc.model_source import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    SHIPPED_CONFIG,
+    config_problem,
+    sdxl_problem,
+)
 from sdxlc.optimizers import accepted_args, normalise_arg
 from sdxlc.profiles import Profile, ProfileError, load_profile, probe_auto
 from sdxlc.resolve_data import resolve_data
 from sdxlc.resolve_launch import resolve_launch
+from sdxlc.resolve_method import resolve_method
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -85,7 +93,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "sources": sources.describe(lowered.sources),
         "model": model,
         "hardware": hardware,
-        "method": _method(b),
+        "method": _method(b, recipe_dir, optimizer["lr"], diags),
         "precision": precision,
         "data": data.section,
         "optimizer": optimizer,
@@ -107,39 +115,56 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
 
 def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, Any]:
     source = b.take("model.source", "model.source", "tiny")
+    config = b.take("model.config", "model.config")
+    allow_pickle = bool(b.take("model.allow_pickle", "model.allow_pickle", False))
+    span = b.layers.span("model.source")
     kind = "tiny"
     if source != "tiny":
-        folder = (b.layers.base_dir("model.source", recipe_dir) / source).resolve()
-        if folder.is_dir():
-            kind, source = "diffusers_folder", str(folder)
-        elif source.endswith((".safetensors", ".ckpt", ".pt")):
-            diags.append(
-                make(
-                    "SDX0510",
-                    f"single-file checkpoints are not supported yet: `{source}`",
-                    b.layers.span("model.source"),
-                    help="convert it to a diffusers folder, or name a hub id",
-                )
-            )
+        path = (b.layers.base_dir("model.source", recipe_dir) / source).resolve()
+        if path.is_dir():
+            kind, source = "diffusers_folder", str(path)
+        elif source.lower().endswith(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES):
+            kind = "pickle" if source.lower().endswith(PICKLE_SUFFIXES) else "single_file"
+            source = str(path)
+            if not path.is_file():
+                diags.append(make("SDX0510", f"the model file {path} does not exist", span,
+                                  help="paths are relative to the recipe that names them"))
+            elif kind == "single_file" and (problem := sdxl_problem(path)):
+                diags.append(make("SDX0510", problem, span,
+                                  help="name an SDXL checkpoint, a diffusers folder or a hub id"))
+            elif kind == "pickle" and not allow_pickle:
+                diags.append(make(
+                    "SDX0512", f"`{path.name}` is a pickle checkpoint: loading one can run code hidden in it",
+                    span, help="add `allow pickle` to the model line if you trust the file (it is read with "
+                    "torch.load(weights_only=True)), or convert it to .safetensors"))
         elif _HUB_ID.match(source):
             kind = "hub"
         else:
-            diags.append(
-                make(
-                    "SDX0511",
-                    f"model `{source}` is neither a folder nor a hub id",
-                    b.layers.span("model.source"),
-                    help=f"looked for the folder {folder}",
-                )
-            )
+            diags.append(make("SDX0511", f"model `{source}` is neither a folder nor a hub id", span,
+                              help=f"looked for the folder {path}"))
+    if kind in ("single_file", "pickle"):
+        if config is None:
+            config = b.derived("model.config", str(SHIPPED_CONFIG))
+        else:
+            config = str((b.layers.base_dir("model.config", recipe_dir) / config).resolve())
+            if problem := config_problem(Path(config)):
+                diags.append(make("SDX0513", problem, b.layers.span("model.config"),
+                                  help="a diffusers folder (no weights needed); leave `config` out for SDXL"))
+    elif config is not None:
+        diags.append(make("SDX0514", "`config` only applies to a single-file model; ignored",
+                          b.layers.span("model.config"), help=f"the `{kind}` model brings its own configs"))
+        config = None
     vae = b.take("model.vae", "model.vae")
     if vae is not None:
         folder = (b.layers.base_dir("model.vae", recipe_dir) / vae).resolve()
-        vae = str(folder) if folder.is_dir() else vae
+        vae = str(folder) if folder.is_dir() or folder.is_file() else vae
     b.derived("model.kind", None)
     return {
         "source": source,
         "kind": kind,
+        "config": config,
+        "allow_pickle": allow_pickle,
+        "init_std": b.take("model.init_std", "model.init_std"),
         "vae": vae,
         "prediction": b.take("model.prediction", "model.prediction"),
         "tiny_seed": b.take("model.tiny_seed", "model.tiny_seed"),
@@ -177,17 +202,9 @@ def _profile(b: _Builder, family: str, override: str | None, diags: list[Diagnos
         return None
 
 
-def _method(b: _Builder) -> dict[str, Any]:
-    rank = b.take("lora.rank", "method.rank")
-    return {
-        "kind": b.derived("method.kind", "lora", "default"),
-        "rank": rank,
-        "alpha": b.take("lora.alpha", "method.alpha", rank),
-        "targets": b.take("lora.targets", "method.targets"),
-        "unet_modules": b.derived("method.unet_modules", list(UNET_LORA_MODULES), "default"),
-        "dropout": b.take("lora.dropout", "method.dropout"),
-        "block_lr": b.take("block_lr", "method.block_lr"),
-    }
+def _method(b: _Builder, recipe_dir: Path, lr: float, diags: list[Diagnostic]) -> dict[str, Any]:
+    """What is trained and how (sdxlc/resolve_method.py, docs/METHODS.md)."""
+    return resolve_method(b, recipe_dir, lr, diags)
 
 
 def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:

@@ -36,8 +36,10 @@ def _base_plan(out: Path) -> dict[str, Any]:
                   "base_model_version": "sdxl_base_v1-0"},
         "hardware": {"profile": "cpu", "device": "cpu", "name": "CPU", "vram_bytes": 0, "bf16": False,
                      "fp16": False},
-        "method": {"kind": "lora", "rank": 4, "alpha": 4, "targets": ["unet"],
-                   "unet_modules": ["to_q", "to_k", "to_v", "to_out.0"], "dropout": 0.0, "block_lr": None},
+        "method": {"kind": "lora", "targets": ["unet"], "block_lr": None, "lr_te1": None, "lr_te2": None,
+                   "rank": 4, "alpha": 4, "modules": ["attention"],
+                   "unet_modules": ["to_q", "to_k", "to_v", "to_out.0"], "te_modules": [], "dropout": 0.0,
+                   "init_from": None},
         "precision": {"mixed": "fp32", "vae_fp32": True},
         "data": {
             "datasets": [{"path": str(QUICKSTART), "repeat": 1, "caption_ext": ".txt", "shuffle": False,

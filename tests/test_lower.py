@@ -182,6 +182,9 @@ CLAUSES: list[tuple[str, str, Any]] = [
     ("epsilon", "model.prediction", "epsilon"),
     ("no buckets", "resolution.buckets", False),
     ("model tiny seed 3", "model.tiny_seed", 3),
+    ('model "m.safetensors" config "cfg"', "model.config", "cfg"),
+    ('model "m.ckpt" allow pickle', "model.allow_pickle", True),
+    ("model tiny init normal 0.02", "model.init_std", 0.02),
     ('data "d" repeat 4', "data.0.repeat", 4),
     ('data "d" caption .caption', "data.0.caption_ext", ".caption"),
     ('data "d" shuffle', "data.0.shuffle", True),
@@ -191,6 +194,8 @@ CLAUSES: list[tuple[str, str, Any]] = [
     ('data "d" as regularization', "data.0.regularization", True),
     ('data "d" separator ";"', "data.0.separator", ";"),
     ('data "d" tag dropout 0.1', "data.0.tag_dropout", 0.1),
+    ('data "d" random crop', "data.0.random_crop", True),
+    ('data "d" color jitter 0.1', "data.0.color_jitter", 0.1),
     ('data "d" prefix "a photo of"', "data.0.prefix", "a photo of"),
     ('data "d" suffix "hd"', "data.0.suffix", "hd"),
     ('data "d" default caption "sks"', "data.0.default_caption", "sks"),
@@ -202,6 +207,21 @@ CLAUSES: list[tuple[str, str, Any]] = [
     ("lora alpha 16", "lora.alpha", 16.0),
     ("lora on unet+te1+te2", "lora.targets", ["unet", "te1", "te2"]),
     ("lora dropout 0.05", "lora.dropout", 0.05),
+    ("lora modules attention+ff+conv", "lora.modules", ["attention", "ff", "conv"]),
+    ("lora on unet+te1 te1 lr 5e-5", "lora.lr_te1", 5e-5),
+    ("lora on unet+te2 te2 lr 4e-5", "lora.lr_te2", 4e-5),
+    ('lora from "old.safetensors"', "lora.from", "old.safetensors"),
+    ("finetune", "finetune", {}),
+    ("finetune unet+te1+te2", "finetune.targets", ["unet", "te1", "te2"]),
+    ("finetune unet+te1 te1 lr 1e-6", "finetune.lr_te1", 1e-6),
+    ("finetune unet+te2 te2 lr 2e-6", "finetune.lr_te2", 2e-6),
+    ("finetune unet full bf16", "finetune.full_bf16", True),
+    ("finetune unet fused backward", "finetune.fused_backward", True),
+    ('embedding "<sks>"', "embedding.token", "<sks>"),
+    ('embedding "<sks>" init "dog"', "embedding.init", "dog"),
+    ('embedding "<sks>" vectors 4', "embedding.vectors", 4),
+    ('embedding "<sks>" template style', "embedding.template", "style"),
+    ("save every 100 steps diffusers", "save.diffusers", True),
     ("lr 1e-4 adamw", "optimizer.name", "adamw"),
     ("optimizer lion lr 3e-5", "optimizer.lr", 3e-5),
     (
@@ -431,10 +451,11 @@ def test_all_errors_of_a_file_in_one_run(tmp_path: Path) -> None:
     assert low.doc["training"] == {"seed": 7}
 
 
-def test_unsupported_words_warn(tmp_path: Path) -> None:
+def test_method_words_once_unsupported_now_lower(tmp_path: Path) -> None:
     low = lower(tmp_path, 'log every 5\nfinetune unet\nlora from "old.safetensors" rank 4\n')
-    assert [(d.code, d.severity) for d in low.diagnostics] == [("SDX0208", "warning")] * 2
-    assert low.doc["log"] == {"every": 5} and low.doc["lora"] == {"rank": 4}
+    assert low.diagnostics == []
+    assert low.doc["finetune"] == {"targets": ["unet"]}
+    assert low.doc["lora"] == {"from": "old.safetensors", "rank": 4}
 
 
 def test_never_raises_on_garbage(tmp_path: Path) -> None:

@@ -179,3 +179,15 @@ def test_run_output_holds_the_recipe_and_its_git_state(uninterrupted: dict) -> N
     out = Path(uninterrupted["output"]["dir"])
     assert (out / "recipe" / "r.sdx").is_file()
     assert uninterrupted["sources"][0]["git"] is None  # a temporary folder is in no repository
+
+
+def test_a_gpu_plan_on_a_machine_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    plan = _plan(tmp_path)
+    plan["hardware"].update(device="cuda", profile="rtx4090-24gb", name="RTX 4090")
+    from sdxlc.plan import plan_hash
+
+    plan["plan_hash"] = plan_hash(plan)
+    with pytest.raises(RunError, match="no CUDA device"):
+        execute(plan, progress=False)

@@ -115,9 +115,8 @@ def test_kohya_state_dict_and_atomic_save(tmp_path: Path) -> None:
 
 def test_unknown_targets_are_errors() -> None:
     pipe = build_tiny_pipeline(0)
-    with pytest.raises(RunError, match="text-encoder"):
-        lora.add_lora(pipe.unet, {"targets": ["unet", "te1"], "rank": 4, "alpha": 4, "dropout": 0.0,
-                                  "unet_modules": ["to_q"]})
+    with pytest.raises(RunError, match="match no text-encoder module"):
+        lora.add_text_lora(pipe.text_encoder, {"rank": 4, "alpha": 4, "dropout": 0.0, "te_modules": ["to_q"]})
     with pytest.raises(RunError, match="match no UNet module"):
         lora.add_lora(pipe.unet, {"targets": ["unet"], "rank": 4, "alpha": 4, "dropout": 0.0,
                                   "unet_modules": ["no_such_layer"]})

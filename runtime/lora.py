@@ -24,18 +24,11 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from runtime import RunError
+from runtime import RunError, sai_names
 from sdxlc.plan import canonical
 
 ADAPTER = "default"
 BLOCKS = 23  # 0 time/label embed, 1-9 input 0-8, 10-12 middle 0-2, 13-21 output 0-8, 22 out
-
-_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-           ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
-_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-        "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-        "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-
 
 TEXT_ENCODERS = {"te1": "text_encoder", "te2": "text_encoder_2"}  # plan target → pipeline attribute
 
@@ -74,38 +67,12 @@ def attach(pipe: Any, method: dict[str, Any]) -> None:
         load_kohya(Path(method["init_from"]), named_layers(pipe))
 
 
-def _resnet_part(rest: str) -> str:
-    for old, new in _RESNET:
-        if rest == old or rest.startswith(old + "."):
-            return new + rest[len(old):]
-    return rest
-
-
 def sai_name(name: str, config: Any) -> str:
     """The original SDXL (SAI) module path of a diffusers UNet module path."""
-    per_level = config.layers_per_block + 1
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
-        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        inner = f"0.{_resnet_part(rest)}" if kind == "resnets" else f"1.{rest}"
-        return f"input_blocks.{1 + level * per_level + j}.{inner}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", name):
-        return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", name):
-        return f"middle_block.{2 * int(m[1])}.{_resnet_part(m[2])}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
-        return f"middle_block.1.{m[1]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
-        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        inner = f"0.{_resnet_part(rest)}" if kind == "resnets" else f"1.{rest}"
-        return f"output_blocks.{level * per_level + j}.{inner}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", name):
-        level = int(m[1])
-        slot = 2 if "CrossAttn" in config.up_block_types[level] else 1
-        return f"output_blocks.{level * per_level + config.layers_per_block}.{slot}.{m[2]}"
-    for prefix, new in _TOP.items():
-        if name == prefix or name.startswith(prefix + "."):
-            return new + name[len(prefix):]
-    raise RunError(f"UNet module {name} has no place in the SDXL block layout")
+    try:
+        return sai_names.unet_original(name, config.layers_per_block, config.up_block_types)
+    except ValueError as exc:
+        raise RunError(str(exc)) from exc
 
 
 def block_index(sai: str) -> int:

@@ -46,6 +46,8 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 
+from runtime.sai_names import unet_original
+
 SDXL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "sdxlc" / "data" / "sdxl_config"
 
 UNET_PREFIX = "model.diffusion_model."
@@ -53,13 +55,6 @@ VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 BIGG_PREFIX = "conditioner.embedders.1.model."
 
-_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-           ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
-_UNET_TOP = {
-    "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-}
 _VAE_ATTN = (("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
              ("to_out.0.", "proj_out."))
 _BIGG_LAYER = (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
@@ -68,44 +63,10 @@ _BIGG_LAYER = (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
 State = dict[str, torch.Tensor]
 
 
-def _resnet(rest: str) -> str:
-    for old, new in _RESNET:
-        if rest.startswith(old + "."):
-            return new + rest[len(old):]
-    return rest
-
-
-def _unet_key(key: str, per_level: int, up_attention: list[bool]) -> str:
-    """One UNet key: diffusers naming → LDM `input_blocks/middle_block/output_blocks` naming."""
-    step = per_level + 1
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"input_blocks.{int(m[1]) * step + int(m[2]) + 1}.0.{_resnet(m[3])}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-        return f"input_blocks.{int(m[1]) * step + int(m[2]) + 1}.1.{m[3]}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"input_blocks.{(int(m[1]) + 1) * step}.0.op.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.*)", key):
-        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.*)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"output_blocks.{int(m[1]) * step + int(m[2])}.0.{_resnet(m[3])}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-        return f"output_blocks.{int(m[1]) * step + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
-        level = int(m[1])
-        return f"output_blocks.{level * step + per_level}.{2 if up_attention[level] else 1}.{m[2]}"
-    base, _, tail = key.rpartition(".")
-    if base not in _UNET_TOP:
-        raise ValueError(f"no original name for the UNet key {key}")
-    return f"{_UNET_TOP[base]}.{tail}"
-
-
 def unet_to_original(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> State:
     """A diffusers `UNet2DConditionModel` state dict in original naming (`model.diffusion_model.*`)."""
-    per_level = int(config["layers_per_block"])
-    up_attention = ["CrossAttn" in t for t in config["up_block_types"]]
-    return {UNET_PREFIX + _unet_key(k, per_level, up_attention): v for k, v in state.items()}
+    per_level, up_types = int(config["layers_per_block"]), list(config["up_block_types"])
+    return {UNET_PREFIX + unet_original(k, per_level, up_types): v for k, v in state.items()}
 
 
 def _vae_key(key: str, levels: int) -> str:

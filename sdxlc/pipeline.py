@@ -12,6 +12,7 @@ from sdxlc.estimate import estimate, levers
 from sdxlc.fit import Applied, mark, next_lever
 from sdxlc.layers import Layers
 from sdxlc.lower import Lowered, load_recipe
+from sdxlc.migrate import migrate
 from sdxlc.plan import seal
 from sdxlc.profiles import Profile
 from sdxlc.resolve import resolve
@@ -78,6 +79,7 @@ def _compile_once(
 ) -> tuple[Compiled, dict[str, Any] | None, Layers | None]:
     """One pass through the stages; the plan comes back estimated but not sealed (None on errors)."""
     lowered = load_recipe(path, sets)
+    lowered.doc, migrated = migrate(lowered.doc)
     result = Compiled(None, list(lowered.diagnostics), dict(lowered.sources))
     structural = _structural(lowered, result.diagnostics)
     result.diagnostics.extend(structural)
@@ -91,6 +93,7 @@ def _compile_once(
     plan = resolution.plan
     if plan is None or resolution.profile is None:
         return result, None, None
+    plan["warnings"] += migrated
     family = "tiny" if plan["model"]["kind"] == "tiny" else "sdxl"
     layers = Layers(lowered, family)
     result.diagnostics.extend(run_checks(plan, layers))

@@ -91,12 +91,6 @@ def topology() -> tuple[int, int]:
     return int(state.process_index), int(state.num_processes)
 
 
-def plan_buckets(data: dict[str, Any]) -> list[bk.Bucket]:
-    if not data["buckets"]["enabled"]:
-        return [(data["resolution"], data["resolution"])]
-    return [(row["width"], row["height"]) for row in data["buckets"]["table"]]
-
-
 def setting(dataset: dict[str, Any], key: str) -> Any:
     """A dataset setting of the plan (every one is resolved by the compiler)."""
     return dataset[key]
@@ -126,7 +120,7 @@ def setup_data(plan: dict[str, Any]) -> TrainData:
     data, training = plan["data"], plan["training"]
     warnings: list[str] = []
     images = scan_images(data, warnings)
-    buckets = plan_buckets(data)
+    placement = bk.plan_placement(data)
     samples: list[Sample] = []
     for dataset_index, dataset in enumerate(data["datasets"]):
         members = [i for i, item in enumerate(images) if item.dataset == dataset_index]
@@ -134,7 +128,7 @@ def setup_data(plan: dict[str, Any]) -> TrainData:
             for i in members:
                 if round_ >= dataset["repeat"] * images[i].repeat:
                     continue
-                bucket = bk.assign(images[i].width, images[i].height, buckets)
+                bucket = placement(images[i].width, images[i].height)
                 samples.append(Sample(i, bucket, bk.cover_crop(images[i].width, images[i].height, bucket)))
     rank, world = topology()
     result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"],

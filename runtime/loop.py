@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from runtime import RunError, checkpoint, methods
@@ -126,6 +127,11 @@ class Conditioning:
 
     Without `to_disk` the caches live in memory for this run; with it, every entry is looked up in the
     content-addressed disk cache (runtime/cache.py) first and stored there when it had to be encoded.
+
+    With N processes, rank r encodes only images and captions r, r+N, r+2N, … and the ranks then
+    exchange their shares: through the disk cache with `to_disk` (each rank writes its share, all wait,
+    every rank loads the rest), otherwise by gathering the tensors (on the CPU) from every rank. Every
+    rank ends with the whole cache; the counts are totals over the ranks, printed by the main process.
     """
 
     def __init__(
@@ -134,6 +140,8 @@ class Conditioning:
         self.models, self.data = models, data
         self.say: Say = say or (lambda text: None)
         self.disk = DiskCache(cache["dir"]) if cache["to_disk"] else None
+        acc = models.accelerator
+        self.rank, self.world = int(acc.process_index), int(acc.num_processes)
         self.latent_counts, self.text_counts = Counts(), Counts()
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.latents: dict[tuple[int, bool], torch.Tensor] | None = None
@@ -144,7 +152,7 @@ class Conditioning:
             self._cache_text()
         if cache["latents"]:
             self._cache_latents()
-        if self.disk is not None:
+        if self.disk is not None and acc.is_main_process:
             self.say(f"latent cache: {self.latent_counts}; text-encoder cache: {self.text_counts}")
         self._flush()
 
@@ -161,26 +169,54 @@ class Conditioning:
         )
         return tokenizers, encoders
 
+    def _gather(self, mine: list[Any]) -> list[Any]:
+        """Every rank's list, concatenated in rank order (this rank's own with one process)."""
+        if self.world <= 1:
+            return mine
+        return list(gather_object(mine))
+
+    def _total(self, counts: Counts) -> Counts:
+        """The counts summed over the ranks."""
+        pairs = self._gather([(counts.encoded, counts.reused)])
+        return Counts(sum(e for e, _ in pairs), sum(r for _, r in pairs))
+
     def _cache_text(self) -> None:
         if any(d["shuffle"] or setting(d, "tag_dropout") > 0 for d in self.data.datasets):
             raise RunError(
                 "shuffled captions (or tag dropout) change every step: they cannot use the text-encoder cache"
             )
         self.text = {}
+        device = self.models.device
         identity = self._text_identity() if self.disk is not None else None
-        for caption in all_captions(self.data):
-            key = text_key(caption, *identity) if identity is not None else ""
-            entry = self.disk.load("text", key) if self.disk is not None else None
+        captions = all_captions(self.data)
+        keys = {c: text_key(c, *identity) if identity is not None else "" for c in captions}
+        counts = Counts()
+        for caption in captions[self.rank :: self.world]:
+            entry = self.disk.load("text", keys[caption]) if self.disk is not None else None
             if entry is not None:
-                device = self.models.device
                 self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
-                self.text_counts.reused += 1
+                counts.reused += 1
                 continue
             states, pooled = encode_text(self.models, [caption])
             self.text[caption] = (states[0], pooled[0])
-            self.text_counts.encoded += 1
+            counts.encoded += 1
             if self.disk is not None:
-                self.disk.store("text", key, {"states": states[0], "pooled": pooled[0]})
+                self.disk.store("text", keys[caption], {"states": states[0], "pooled": pooled[0]})
+        if self.world > 1:
+            if self.disk is not None:
+                self.models.accelerator.wait_for_everyone()  # every share is on disk
+                for caption in captions:
+                    if caption not in self.text:
+                        entry = self.disk.load("text", keys[caption])
+                        if entry is None:
+                            raise RunError(f"text-encoder cache: another process's entry for {caption!r} "
+                                           f"is missing from {self.disk.root}")
+                        self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
+            else:
+                mine = [(c, s.cpu(), p.cpu()) for c, (s, p) in self.text.items()]
+                for caption, states, pooled in self._gather(mine):
+                    self.text.setdefault(caption, (states.to(device), pooled.to(device)))
+        self.text_counts = self._total(counts)
         if self.models.device.type != "cpu":
             self.models.pipe.text_encoder.to("cpu")
             self.models.pipe.text_encoder_2.to("cpu")
@@ -192,7 +228,11 @@ class Conditioning:
             first.setdefault(sample.image, sample)
         vae = fingerprint(self.models.pipe.vae, self.models.pipe.vae.config) if self.disk is not None else ""
         dtype = str(self.models.vae_dtype).removeprefix("torch.")
-        for image, sample in first.items():
+        device = self.models.device
+        counts = Counts()
+        keys: dict[tuple[int, bool], str] = {}  # the disk keys of this rank's share
+        bad: list[tuple[int, str]] = []  # images of this rank's share that could not be read
+        for image, sample in list(first.items())[self.rank :: self.world]:
             item = self.data.images[image]
             for flip in (False, True) if self.data.datasets[item.dataset]["flip"] else (False,):
                 key = ""
@@ -200,24 +240,43 @@ class Conditioning:
                     try:
                         digest = file_hash(item.path)
                     except OSError as exc:
-                        mark_bad(self.data, image, f"{item.path}: cannot be read ({exc.strerror})")
+                        bad.append((image, f"{item.path}: cannot be read ({exc.strerror})"))
                         break
                     key = latent_key(digest, sample.bucket, sample.crop, flip, vae, dtype)
+                    keys[(image, flip)] = key
                     entry = self.disk.load("latents", key)
                     if entry is not None:
-                        self.latents[(image, flip)] = entry["parameters"].to(self.models.device)
-                        self.latent_counts.reused += 1
+                        self.latents[(image, flip)] = entry["parameters"].to(device)
+                        counts.reused += 1
                         continue
                 try:
                     pixels = load_pixels(item, sample.crop, sample.bucket, flip)
                 except RunError as exc:
-                    mark_bad(self.data, image, str(exc))
+                    bad.append((image, str(exc)))
                     break
                 parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0]
                 self.latents[(image, flip)] = parameters
-                self.latent_counts.encoded += 1
+                counts.encoded += 1
                 if self.disk is not None:
                     self.disk.store("latents", key, {"parameters": parameters})
+        if self.world > 1:
+            bad = self._gather(bad)
+            if self.disk is not None:
+                self.models.accelerator.wait_for_everyone()  # every share is on disk
+                for (image, flip), key in self._gather([(k, keys[k]) for k in self.latents]):
+                    if (image, flip) not in self.latents:
+                        entry = self.disk.load("latents", key)
+                        if entry is None:
+                            raise RunError(f"latent cache: another process's entry for "
+                                           f"{self.data.images[image].path} is missing from {self.disk.root}")
+                        self.latents[(image, flip)] = entry["parameters"].to(device)
+            else:
+                mine = [(k, v.cpu()) for k, v in self.latents.items()]
+                for (image, flip), parameters in self._gather(mine):
+                    self.latents.setdefault((image, flip), parameters.to(device))
+        for image, reason in sorted(bad):
+            mark_bad(self.data, image, reason)
+        self.latent_counts = self._total(counts)
 
     def batch(self, indices: list[int], rng: random.Random) -> Batch:
         batch = make_batch(self.data, indices, rng, pixels=self.latents is None, substitute=True)

@@ -172,7 +172,8 @@ def load_vae(source: str) -> AutoencoderKL:
 def place(
     pipe: StableDiffusionXLPipeline, plan: dict[str, Any], device: torch.device
 ) -> tuple[torch.dtype, torch.dtype]:
-    """Freeze the base weights and move them to the device in their run dtypes; returns (weights, vae)."""
+    """Freeze the base weights and move them to the device in their run dtypes, the convolutional models
+    (UNet, VAE) in channels-last memory format when the plan asks for it; returns (weights, vae)."""
     weight_dtype = DTYPES[plan["precision"]["mixed"]]
     vae_dtype = torch.float32 if plan["precision"]["vae_fp32"] else weight_dtype
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
@@ -180,6 +181,9 @@ def place(
     for module, dtype in ((pipe.unet, weight_dtype), (pipe.text_encoder, weight_dtype),
                           (pipe.text_encoder_2, weight_dtype), (pipe.vae, vae_dtype)):
         _move(module, device, dtype)
+    if plan["training"]["channels_last"]:
+        for module in (pipe.unet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
     pipe.vae.eval()
     pipe.text_encoder.eval()
     pipe.text_encoder_2.eval()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Bucket = tuple[int, int]  # (width, height)
 
@@ -51,6 +52,56 @@ def assign(width: int, height: int, buckets: Sequence[Bucket]) -> Bucket:
         raise ValueError("no buckets to assign to")
     aspect = math.log(width / height)
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
+
+
+def fitted_bucket(width: int, height: int, resolution: int, step: int, max_side: int | None = None) -> Bucket:
+    """A bucket of the image's own aspect that never exceeds it (kohya's `bucket_no_upscale`).
+
+    An image of at most resolution² pixels keeps its size; a larger one is scaled down to resolution²
+    pixels. Each side is then rounded down to a multiple of step (capped at max_side); a side shorter
+    than one step gets one step, the only case where the bucket is larger than the image.
+    """
+    scale = min(1.0, math.sqrt(resolution * resolution / (width * height)))
+    top = max_side // step * step if max_side is not None else None
+
+    def side(length: int) -> int:
+        rounded = max(step, math.floor(length * scale + 1e-9) // step * step)
+        return min(rounded, top) if top is not None and top >= step else rounded
+
+    return side(width), side(height)
+
+
+def place(
+    width: int, height: int, buckets: Sequence[Bucket], no_upscale: bool = False,
+    resolution: int = 0, step: int = 1, max_side: int | None = None,
+) -> Bucket:
+    """The bucket an image trains in: `assign`, or with `no_upscale` a bucket that fits inside it.
+
+    With `no_upscale`, an image of at most resolution² pixels gets its own `fitted_bucket`; a larger
+    one keeps the nearest-aspect bucket of the list when that fits inside it, else its `fitted_bucket`.
+    """
+    if not no_upscale:
+        return assign(width, height, buckets)
+    if width * height > resolution * resolution:
+        bucket = assign(width, height, buckets)
+        if bucket[0] <= width and bucket[1] <= height:
+            return bucket
+    return fitted_bucket(width, height, resolution, step, max_side)
+
+
+def plan_placement(data: dict[str, Any]) -> Callable[[int, int], Bucket]:
+    """(width, height) -> bucket, as a plan's data section places images (the runtime's placement).
+
+    Without no-upscale the nearest of the table's buckets; with it, `place` over every bucket the
+    settings make, so images land exactly where the compiler put them.
+    """
+    b, size = data["buckets"], data["resolution"]
+    if not b.get("no_upscale"):
+        table = [(row["width"], row["height"]) for row in b["table"]] if b["enabled"] else [(size, size)]
+        return lambda width, height: assign(width, height, table)
+    full = make_buckets(size, b["min"], b["max"], b["step"]) if b["enabled"] else [(size, size)]
+    top = b["max"] if b["enabled"] else size
+    return lambda width, height: place(width, height, full, True, size, b["step"], top)
 
 
 def aspect_error(width: int, height: int, bucket: Bucket) -> float:

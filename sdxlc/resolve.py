@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc import __version__, sources
-from sdxlc.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
+from sdxlc.defaults import DEVICE_DEFAULTS, OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.layers import Layers, Provenance
 from sdxlc.lower import Lowered
@@ -82,7 +82,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     data = resolve_data(layers, recipe_dir, batch_size)
     diags.extend(data.diagnostics)
     b.provenance.update(data.provenance)
-    training = _training(b, data.section, diags)
+    training = _training(b, data.section, diags, profile.device)
     precision, optimizer = _precision(b, profile), _optimizer(b)
     launch = resolve_launch(b, training, precision, optimizer, profile)  # steps per rank for N processes
     warnings = list(data.warnings)
@@ -241,7 +241,15 @@ def _per_optimizer(b: _Builder, name: str, recipe_path: str, plan_path: str) -> 
     return b.take(recipe_path, plan_path)
 
 
-def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dict[str, Any]:
+def _per_device(b: _Builder, device: str, recipe_path: str, plan_path: str) -> Any:
+    """A recipe value, or when the recipe leaves it out, the profile device's default if it has one."""
+    defaults = DEVICE_DEFAULTS.get(device, {})
+    if recipe_path in defaults and not b.layers.given(recipe_path):
+        return b.derived(plan_path, defaults[recipe_path], "profile")
+    return b.take(recipe_path, plan_path)
+
+
+def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic], device: str) -> dict[str, Any]:
     batch = b.take("training.batch_size", "training.batch_size")
     accumulate = b.take("training.accumulate", "training.accumulate")
     batches = max(1, sum(row["batches"] for row in data["buckets"]["table"]))
@@ -273,6 +281,7 @@ def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic]) -> dic
         "gradient_checkpointing": b.take(
             "training.gradient_checkpointing", "training.gradient_checkpointing"
         ),
+        "channels_last": _per_device(b, device, "training.channels_last", "training.channels_last"),
         "seed": b.take("training.seed", "training.seed"),
         "noise_offset": b.take("noise.offset", "training.noise_offset"),
         "snr_gamma": b.take("noise.snr_gamma", "training.snr_gamma"),

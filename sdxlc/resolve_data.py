@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from sdxlc.layers import Layers, Provenance
 
 LISTED = 20  # bad inputs named one by one in a warning or an error; the rest are counted
 CACHE_DIR = ".sdxlc-cache"
+Placement = Callable[[int, int], bk.Bucket]  # (width, height) -> the image's bucket
 
 
 @dataclass
@@ -38,6 +41,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     lo, lo_from = layers.get("resolution.min")
     hi, hi_from = layers.get("resolution.max")
     step, step_from = layers.get("resolution.step")
+    no_upscale, no_upscale_from = layers.get("resolution.no_upscale")
     res.provenance.update(
         {
             "data.images": {"source": "derived", "at": None},
@@ -47,6 +51,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
             "data.buckets.min": lo_from,
             "data.buckets.max": hi_from,
             "data.buckets.step": step_from,
+            "data.buckets.no_upscale": no_upscale_from,
         }
     )
     bucket_list = bk.make_buckets(size, lo, hi, step) if enabled else [(size, size)]
@@ -60,8 +65,11 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
             )
         )
         bucket_list = [(size, size)]
-    table = _bucket_table(datasets, items, bucket_list, batch_size)
-    res.warnings.extend(_upscaled(items, bucket_list))
+    top = hi if enabled else size
+    placement = partial(bk.place, buckets=bucket_list, no_upscale=bool(no_upscale), resolution=size,
+                        step=step, max_side=top)
+    table = _bucket_table(datasets, items, placement, batch_size)
+    res.warnings.extend(_upscaled(items, placement))
     res.bucket_sizes = [row["samples"] for row in table]
     samples = sum(res.bucket_sizes)
     res.section = {
@@ -72,6 +80,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
             "min": lo,
             "max": hi,
             "step": step,
+            "no_upscale": bool(no_upscale),
             "table": [{k: row[k] for k in ("width", "height", "images", "batches")} for row in table],
         },
         "cache": cache,
@@ -83,12 +92,15 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
 
 def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-bucket report for `sdxlc plan`: images, mean aspect error and share of pixels cropped."""
-    buckets = [(row["width"], row["height"]) for row in plan["data"]["buckets"]["table"]]
-    rows: dict[tuple[int, int], dict[str, Any]] = {b: {"errors": [], "cropped": []} for b in buckets}
+    placement = bk.plan_placement(plan["data"])
+    rows: dict[tuple[int, int], dict[str, Any]] = {
+        (row["width"], row["height"]): {"errors": [], "cropped": []}
+        for row in plan["data"]["buckets"]["table"]
+    }
     index = Index.in_dir(plan["data"]["cache"]["dir"])
     for number, dataset in enumerate(plan["data"]["datasets"]):
         for item in scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index).items:
-            bucket = bk.assign(item.width, item.height, buckets)
+            bucket = placement(item.width, item.height)
             rows[bucket]["errors"].append(bk.aspect_error(item.width, item.height, bucket))
             rows[bucket]["cropped"].append(bk.cropped_fraction(item.width, item.height, bucket))
     details = []
@@ -191,11 +203,11 @@ def _listing(problems: list[Problem]) -> str:
     return shown + (f"; … and {more} more" if more > 0 else "")
 
 
-def _upscaled(items: list[ImageItem], buckets: list[bk.Bucket]) -> list[str]:
+def _upscaled(items: list[ImageItem], placement: Placement) -> list[str]:
     """Images smaller than their bucket: trained upscaled, with one warning naming them."""
     small = []
     for item in items:
-        bucket = bk.assign(item.width, item.height, buckets)
+        bucket = placement(item.width, item.height)
         if item.width < bucket[0] or item.height < bucket[1]:
             small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
     if not small:
@@ -206,15 +218,17 @@ def _upscaled(items: list[ImageItem], buckets: list[bk.Bucket]) -> list[str]:
 
 
 def _bucket_table(
-    datasets: list[dict[str, Any]], items: list[ImageItem], buckets: list[bk.Bucket], batch_size: int
+    datasets: list[dict[str, Any]], items: list[ImageItem], placement: Placement, batch_size: int
 ) -> list[dict[str, Any]]:
-    counts: dict[bk.Bucket, list[int]] = {b: [0, 0] for b in buckets}
+    """Images, samples and batches per bucket, in aspect order (the order `make_buckets` gives)."""
+    counts: dict[bk.Bucket, list[int]] = {}
     for item in items:
-        bucket = bk.assign(item.width, item.height, buckets)
-        counts[bucket][0] += 1
-        counts[bucket][1] += datasets[item.dataset]["repeat"] * item.repeat
+        bucket = placement(item.width, item.height)
+        count = counts.setdefault(bucket, [0, 0])
+        count[0] += 1
+        count[1] += datasets[item.dataset]["repeat"] * item.repeat
     table = []
-    for (width, height), (images, samples) in counts.items():
+    for (width, height), (images, samples) in sorted(counts.items(), key=_aspect_order):
         if images:
             table.append(
                 {
@@ -226,6 +240,11 @@ def _bucket_table(
                 }
             )
     return table
+
+
+def _aspect_order(entry: tuple[bk.Bucket, list[int]]) -> tuple[float, int]:
+    (width, height), _ = entry
+    return width / height, width
 
 
 def _cache(layers: Layers, recipe_dir: Path, provenance: dict[str, Provenance]) -> dict[str, Any]:

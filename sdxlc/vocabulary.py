@@ -123,6 +123,8 @@ VOCABULARY: tuple[Entry, ...] = (
     _flag("cache latents", A, "cache.latents", True, "Encode images once and free the VAE."),
     _flag("to disk", A, "cache.to_disk", True, "Keep caches on disk between runs."),
     _flag("checkpointing", A, "training.gradient_checkpointing", True, "Gradient checkpointing."),
+    _flag("channels last", A, "training.channels_last", True,
+          "UNet and VAE in channels-last memory format (the default on CUDA profiles)."),
     _flag("v_prediction", A, "model.prediction", "v_prediction", "The model predicts v."),
     _flag("vpred", A, "model.prediction", "v_prediction", "Same as `v_prediction`."),
     _flag("epsilon", A, "model.prediction", "epsilon", "The model predicts the noise."),
@@ -162,6 +164,9 @@ VOCABULARY: tuple[Entry, ...] = (
     _flag("buckets", "resolution", "resolution.buckets", True, "Aspect-ratio bucketing on."),
     Entry("", "resolution", "resolution.min resolution.max", "range", "Smallest and largest bucket side."),
     Entry("step", "resolution", "resolution.step", "value", "Bucket side step (a multiple of 32)."),
+    _flag("no upscale", "resolution", "resolution.no_upscale", True,
+          "Never upscale: an image smaller than the bucket area gets a bucket of its own size, rounded down "
+          "to the step."),
     # lora
     Entry("rank", "lora", "lora.rank", "value", "LoRA rank (network dim)."),
     Entry("alpha", "lora", "lora.alpha", "value", "LoRA alpha; the update is scaled by alpha / rank."),

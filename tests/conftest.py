@@ -47,7 +47,8 @@ def _base_plan(out: Path) -> dict[str, Any]:
                           "images": 0, **{k: v for k, v in DATASET_DEFAULTS.items() if k not in (
                               "repeat", "caption_ext", "shuffle", "keep_tokens", "caption_dropout", "flip",
                               "regularization")}, "source": "folder", "samples": 0}],
-            "resolution": 64, "buckets": {"enabled": True, "min": 32, "max": 128, "step": 16, "table": []},
+            "resolution": 64, "buckets": {"enabled": True, "min": 32, "max": 128, "step": 16,
+                                                "no_upscale": False, "table": []},
             "cache": {"text_encoder": False, "latents": False, "to_disk": False, "dir": str(out / "cache")},
             "images": 0, "samples_per_epoch": 0,
         },
@@ -55,6 +56,7 @@ def _base_plan(out: Path) -> dict[str, Any]:
         "schedule": {"name": "constant", "warmup_steps": 0},
         "training": {"batch_size": 2, "accumulate": 1, "effective_batch": 2, "batches_per_epoch": 1,
                      "steps_per_epoch": 1, "epochs": 1, "total_steps": 4, "gradient_checkpointing": False,
+                     "channels_last": False,
                      "seed": 42, "noise_offset": 0.0, "snr_gamma": None, "timestep_min": 0,
                      "timestep_max": 1000, "multires_iterations": 0, "multires_discount": 0.3,
                      "input_perturbation": 0.0, "debiased": False, "zero_terminal_snr": False, "loss": "l2",
@@ -99,6 +101,7 @@ def _derive(plan: dict[str, Any]) -> None:
     b = data["buckets"]
     table = bk.make_buckets(data["resolution"], b["min"], b["max"], b["step"]) if b["enabled"] else [
         (data["resolution"], data["resolution"])]
+    top = b["max"] if b["enabled"] else data["resolution"]
     sample_buckets: list[tuple[int, int]] = []
     images: dict[tuple[int, int], int] = {}
     for index, dataset in enumerate(data["datasets"]):
@@ -106,13 +109,14 @@ def _derive(plan: dict[str, Any]) -> None:
         dataset["images"] = len(items)
         dataset["samples"] = len(items) * dataset["repeat"]
         for item in items:
-            bucket = bk.assign(item.width, item.height, table)
+            bucket = bk.place(item.width, item.height, table, b["no_upscale"], data["resolution"], b["step"],
+                              top)
             images[bucket] = images.get(bucket, 0) + 1
             sample_buckets += [bucket] * dataset["repeat"]
     counts = {bucket: sample_buckets.count(bucket) for bucket in images}
     b["table"] = [{"width": w, "height": h, "images": images[(w, h)],
                    "batches": bk.batch_count([counts[(w, h)]], training["batch_size"])}
-                  for (w, h) in table if (w, h) in images]
+                  for (w, h) in sorted(images, key=lambda wh: (wh[0] / wh[1], wh[0]))]
     data["images"] = sum(images.values())
     data["samples_per_epoch"] = len(sample_buckets)
     training["batches_per_epoch"] = len(bk.epoch_batches(sample_buckets, training["batch_size"], 0, 0))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from sdxlc import buckets as bk
 
@@ -52,3 +55,56 @@ def test_epoch_batches_one_bucket_per_batch_and_deterministic() -> None:
         assert len({items[i] for i in batch}) == 1
     assert batches == bk.epoch_batches(items, 2, seed=7, epoch=0)
     assert batches != bk.epoch_batches(items, 2, seed=7, epoch=1)
+
+
+def test_no_upscale_buckets_fit_inside_the_image() -> None:
+    """kohya's bucket_no_upscale: a small image keeps its own size rounded down to the step."""
+    table = bk.make_buckets(1024, 512, 2048, 64)
+    place = functools.partial(bk.place, buckets=table, no_upscale=True, resolution=1024, step=64,
+                              max_side=2048)
+    assert place(500, 300) == (448, 256)  # upscaled to (1280, 768) without no upscale
+    assert bk.assign(500, 300, table) == (1280, 768)
+    assert place(1000, 1000) == (960, 960)
+    assert place(1024, 1024) == (1024, 1024)
+    assert place(2000, 300) == (1984, 256)
+    assert place(1500, 1000) == bk.assign(1500, 1000, table) == (1216, 832)  # larger: the table's bucket
+    assert place(1100, 1100) == (1024, 1024)
+    assert place(3000, 400) == (2048, 320)  # (2048, 512) is too tall: scaled, capped
+    assert place(40, 700) == (64, 640)  # a side below one step gets one step
+    assert bk.place(500, 300, table) == bk.assign(500, 300, table)  # off: nearest aspect as before
+    for width in range(64, 2200, 37):
+        for height in range(64, 2200, 53):
+            w, h = place(width, height)
+            assert w <= width and h <= height and w % 64 == 0 and h % 64 == 0 and w * h <= 1024 * 1024
+
+
+def test_no_upscale_plan_and_runtime_agree(tmp_path: Path) -> None:
+    from runtime.data import setup_data
+    from sdxlc.pipeline import compile_recipe
+
+    # (100, 60) and (60, 100): the nearest-aspect (64, 64) does not fit inside them
+    sizes = {(40, 40): (32, 32), (64, 40): (64, 32), (100, 60): (64, 32), (50, 90): (32, 64),
+             (60, 100): (32, 64), (70, 70): (64, 64)}
+    (tmp_path / "d").mkdir()
+    for n, size in enumerate(sizes):
+        Image.effect_noise(size, 40 + n).convert("RGB").save(tmp_path / "d" / f"{n}.png")
+        (tmp_path / "d" / f"{n}.txt").write_text("sks", encoding="utf-8")
+    recipe = tmp_path / "r.sdx"
+    text = ('sdx 1\nmodel tiny\nprofile cpu\ndata "d"\nresolution 64 step 32{}\n'
+            'lora rank 4\nbatch 2\nsteps 2\noutput "out"\n')
+    recipe.write_text(text.format(" no upscale"), encoding="utf-8")
+    compiled = compile_recipe(recipe)
+    assert compiled.plan is not None, compiled.diagnostics
+    plan = compiled.plan
+    assert plan["data"]["buckets"]["no_upscale"] is True
+    table = {(r["width"], r["height"]): r["images"] for r in plan["data"]["buckets"]["table"]}
+    assert table == {(32, 32): 1, (64, 32): 2, (64, 64): 1, (32, 64): 2}
+    assert not any("upscaled" in w for w in plan["warnings"])
+    data = setup_data(plan)  # checks the batch count against the plan's
+    for sample in data.samples:
+        item = data.images[sample.image]
+        assert sample.bucket == sizes[(item.width, item.height)]
+    recipe.write_text(text.format(""), encoding="utf-8")
+    default = compile_recipe(recipe).plan
+    assert default is not None and default["data"]["buckets"]["no_upscale"] is False
+    assert any("upscaled" in w for w in default["warnings"])

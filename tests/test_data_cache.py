@@ -99,3 +99,48 @@ def test_a_file_corrupted_after_planning_is_skipped_and_the_run_finishes(tmp_pat
     broken.write_bytes(broken.read_bytes()[:60])
     result, _ = run_plan(compiled.plan, progress=False)
     assert result.steps == compiled.plan["training"]["total_steps"] and result.lora_path.is_file()
+
+
+def test_nan_latents_are_encoded_again_in_fp32(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The VAE gives NaN for one image in bf16: that image alone is encoded again in fp32, with a message."""
+    import torch
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from runtime import loop
+    from runtime.data import load_pixels, setup_data
+    from runtime.models import setup_model
+
+    plan = make_plan(tmp_path, data={"cache": {"text_encoder": False, "latents": True, "to_disk": False,
+                                               "dir": str(tmp_path / "cache")}})
+    models, data = setup_model(plan), setup_data(plan)
+    vae = models.pipe.vae
+    vae.to(torch.bfloat16)
+    models.vae_dtype = torch.bfloat16
+    encode, calls = vae.encode, []
+
+    def encode_nan_once(pixels: torch.Tensor, *args: object, **kwargs: object) -> AutoencoderKLOutput:
+        calls.append(pixels.dtype)
+        out = encode(pixels, *args, **kwargs)
+        if pixels.dtype == torch.bfloat16 and calls.count(torch.bfloat16) == 3:
+            nan = torch.full_like(out.latent_dist.parameters, float("nan"))
+            return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(nan))
+        return out
+
+    vae.encode = encode_nan_once  # type: ignore[method-assign]
+    said: list[str] = []
+    conditioning = loop.Conditioning(models, data, plan["data"]["cache"], said.append)
+    images = list(dict.fromkeys(s.image for s in data.samples))  # in the order they are encoded
+    third = data.images[images[2]]
+    bf16 = torch.bfloat16
+    assert calls == [bf16] * 3 + [torch.float32] + [bf16] * (len(images) - 3)  # that image, again in fp32
+    assert said == [f"{third.path}: the VAE gave NaN/inf latents in bfloat16; encoded again in fp32"]
+    assert vae.dtype == torch.bfloat16  # put back after the fp32 pass
+    assert conditioning.latents is not None
+    cached = conditioning.latents[(images[2], False)]
+    assert cached.dtype == torch.bfloat16 and torch.isfinite(cached).all()
+    sample = next(s for s in data.samples if s.image == images[2])
+    vae.to(torch.float32)
+    pixels = load_pixels(third, sample.crop, sample.bucket, False)[None]
+    expected = encode(pixels).latent_dist.parameters[0].to(torch.bfloat16)
+    assert torch.equal(cached, expected)

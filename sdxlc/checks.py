@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sdxlc.checks_method import METHOD_CHECKS, cached_te_message
-from sdxlc.diagnostics import Diagnostic, Span, make, suggestion
+from sdxlc.diagnostics import Diagnostic, make, suggestion
 from sdxlc.layers import Layers
 from sdxlc.optimizers import accepted_args, arg_problem, optimizer_table
 
@@ -36,7 +36,7 @@ def cached_te_with_caption_changes(plan: dict[str, Any], layers: Layers) -> list
                         f"cached text-encoder outputs cannot follow {what}",
                         layers.span(f"data.{index}.{key}") or layers.span(f"data.{index}.path"),
                         help=f"remove `{word}` or drop `cache te`",
-                        related=_related(layers, "cache.text_encoder", "text-encoder caching set here"),
+                        related=layers.related("cache.text_encoder", "text-encoder caching set here"),
                     )
                 )
     return found
@@ -55,7 +55,7 @@ def cached_latents_with_pixel_augmentation(plan: dict[str, Any], layers: Layers)
                     "SDX0525", f"cached latents cannot follow {what}",
                     layers.span(f"data.{index}.{key}") or layers.span(f"data.{index}.path"),
                     help=f"remove `{word}` or drop `cache latents` (flip is fine: both sides are cached)",
-                    related=_related(layers, "cache.latents", "latent caching set here")))
+                    related=layers.related("cache.latents", "latent caching set here")))
     return found
 
 
@@ -71,7 +71,7 @@ def cached_te_with_te_training(plan: dict[str, Any], layers: Layers) -> list[Dia
             message,
             layers.span("cache.text_encoder"),
             help=f"drop `cache te` or train {'`on unet`' if kind == 'lora' else '`finetune unet`'} only",
-            related=_related(layers, f"{kind}.targets", "text-encoder training set here"),
+            related=layers.related(f"{kind}.targets", "text-encoder training set here"),
         )
     ]
 
@@ -231,7 +231,7 @@ def adafactor_relative_step(plan: dict[str, Any], layers: Layers) -> list[Diagno
             f"Adafactor's relative_step computes the learning rate: `schedule {schedule}` would be ignored",
             layers.span("schedule.name"),
             help="drop the schedule (`schedule constant`), or use `args relative_step=false` with an `lr`",
-            related=_related(layers, "optimizer.args.relative_step", "relative_step set here"),
+            related=layers.related("optimizer.args.relative_step", "relative_step set here"),
         )
     ]
 
@@ -349,9 +349,6 @@ def run_checks(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
     return found
 
 
-def _related(layers: Layers, path: str, label: str) -> tuple[tuple[Span, str], ...]:
-    span = layers.span(path)
-    return ((span, label),) if span is not None else ()
 
 
 def _arg_text(value: Any) -> str:

@@ -46,7 +46,7 @@ def cached_te_with_embedding(plan: dict[str, Any], layers: Layers) -> list[Diagn
             "`cache te` with textual inversion: the new token's vectors change every step",
             layers.span("cache.text_encoder"),
             help="drop `cache te`",
-            related=_related(layers, "embedding", "textual inversion chosen here"),
+            related=layers.related("embedding", "textual inversion chosen here"),
         )
     ]
 
@@ -62,13 +62,13 @@ def fused_backward(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
     if name != "adafactor":
         found.append(make("SDX0574", f"the fused backward pass needs Adafactor, not `{name}`", span,
                           help="`optimizer adafactor`, or drop `fused backward`",
-                          related=_related(layers, "optimizer.name", "optimizer chosen here")))
+                          related=layers.related("optimizer.name", "optimizer chosen here")))
     accumulate = plan["training"]["accumulate"]
     if accumulate > 1:
         found.append(make("SDX0575", f"the fused backward pass with `accumulate {accumulate}`", span,
                           help="the step happens inside each backward pass: use `accumulate 1` "
                           "(raise `batch` instead)",
-                          related=_related(layers, "training.accumulate", "accumulation set here")))
+                          related=layers.related("training.accumulate", "accumulation set here")))
     world = plan["launch"]["world_size"]
     if world > 1:
         found.append(make("SDX0576", f"the fused backward pass with {world} processes", span,
@@ -129,9 +129,6 @@ def cached_te_message(plan: dict[str, Any]) -> str | None:
     return f"`cache te` with {_WHAT[method['kind']]} {'+'.join(trained)}: their outputs change every step"
 
 
-def _related(layers: Layers, path: str, label: str) -> tuple[tuple[Span, str], ...]:
-    span = layers.span(path)
-    return ((span, label),) if span is not None else ()
 
 
 METHOD_CHECKS = (

@@ -62,6 +62,11 @@ class Layers:
             return None
         return origin.span
 
+    def related(self, path: str, label: str) -> tuple[tuple[Span, str], ...]:
+        """A labelled secondary span for a diagnostic ("set here"), when the path was set in a file."""
+        span = self.span(path)
+        return ((span, label),) if span is not None else ()
+
     def base_dir(self, path: str, fallback: Path) -> Path:
         """The folder a path-valued setting is relative to: that of the file that set it."""
         span = self.span(path)

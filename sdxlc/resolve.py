@@ -261,7 +261,7 @@ def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic], device
                 "both `steps` and `epochs` are given",
                 b.layers.span("training.epochs"),
                 help="keep one: `steps N` or `epochs N`",
-                related=_related(b, "training.steps", "steps set here"),
+                related=b.layers.related("training.steps", "steps set here"),
             )
         )
     if b.layers.given("training.epochs"):
@@ -359,8 +359,3 @@ def _output(b: _Builder, recipe: Path, recipe_dir: Path) -> dict[str, Any]:
     given = b.take("output.dir", "output.dir", f"out/{recipe.stem}")
     folder = (b.layers.base_dir("output.dir", recipe_dir) / given).resolve()
     return {"dir": str(folder), "name": b.take("output.name", "output.name", recipe.stem)}
-
-
-def _related(b: _Builder, path: str, label: str) -> tuple[tuple[Any, str], ...]:
-    span = b.layers.span(path)
-    return ((span, label),) if span is not None else ()

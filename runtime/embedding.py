@@ -81,7 +81,7 @@ def attach(pipe: Any, method: dict[str, Any]) -> None:
         if taken or len(tokenizer) != first + len(tokens):
             first_taken = (taken or tokens)[0]
             raise RunError(f"{first_taken!r} is already a token of {tokenizer_name}: choose a new token")
-        encoder.resize_token_embeddings(len(tokenizer))
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set from init below
         table = encoder.get_input_embeddings()
         with torch.no_grad():
             for i in range(len(tokens)):

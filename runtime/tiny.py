@@ -7,6 +7,8 @@ same training, saving and loading code paths run on it as on the real model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -72,25 +74,31 @@ def _text_config(tokenizer: CLIPTokenizer, hidden: int, **extra: int) -> CLIPTex
     )
 
 
+def tiny_components() -> dict[str, Any]:
+    """The tiny pipeline's models (initialised on the current default device) and tokenizers."""
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(pad_token="!")
+    return {
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "text_encoder": CLIPTextModel(_text_config(tokenizer, TE1_HIDDEN)),
+        "text_encoder_2": CLIPTextModelWithProjection(
+            _text_config(tokenizer_2, TE2_HIDDEN, projection_dim=TE2_HIDDEN)
+        ),
+        "unet": UNet2DConditionModel(**UNET_CONFIG),
+        "vae": AutoencoderKL(**VAE_CONFIG),
+    }
+
+
 def build_tiny_pipeline(seed: int) -> StableDiffusionXLPipeline:
     """Build the tiny SDXL pipeline; the same seed always gives the same weights."""
-    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(pad_token="!")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(_text_config(tokenizer, TE1_HIDDEN))
-        text_encoder_2 = CLIPTextModelWithProjection(
-            _text_config(tokenizer_2, TE2_HIDDEN, projection_dim=TE2_HIDDEN)
-        )
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        vae = AutoencoderKL(**VAE_CONFIG)
+        components = tiny_components()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
         timestep_spacing="leading",
     )
-    return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
-    )
+    return StableDiffusionXLPipeline(**components, scheduler=scheduler, add_watermarker=False)
 
 
 def parameter_counts(pipe: StableDiffusionXLPipeline) -> dict[str, int]:

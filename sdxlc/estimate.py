@@ -18,13 +18,20 @@ MODELS_DIR = SCHEMA_DIR / "models"
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
-FINETUNE_FACTORED_SIDE = 640.0
 TIGHT_HEADROOM = 0.10
 SAMPLE_KEY = "sample_peak"
 # Gradient traffic between processes (docs/SCALE.md): PCIe 4.0 x16 as measured by all-reduce benchmarks
 # (NVLink is several times faster: the estimate errs slow), gloo over shared memory, a 100 Gbit/s network.
 LINK_BYTES_PER_S = {"cuda": 20e9, "cpu": 2e9}
 NETWORK_BYTES_PER_S = 12.5e9
+
+
+# Temporaries of an optimizer step. torch's AdamW and SGD step every tensor at once on CUDA (`foreach`):
+# AdamW's square root of the second moments and Nesterov SGD's look-ahead are one more copy of all trained
+# values. Per-parameter steps (CPU, Adafactor, Prodigy, the fused backward pass) hold about three fp32
+# temporaries of the tensor being stepped (`--exact` on Adafactor: 2-5 of the largest UNet tensor).
+FOREACH_COPIES = {"adamw": 1, "sgd": 1}
+PER_TENSOR_COPIES = 3
 
 
 class EstimateError(ValueError):
@@ -97,6 +104,71 @@ def lora_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
     return rank * per_rank
 
 
+def _step_transient(plan: dict[str, Any], model: dict[str, Any], trained: int, device: str) -> int:
+    """Bytes of temporaries while the optimizer steps (see FOREACH_COPIES)."""
+    optimizer = plan["optimizer"]
+    args = optimizer.get("args") or {}
+    method = plan["method"]
+    value_bytes = 2 if method.get("full_bf16") else LORA_DTYPE_BYTES
+    foreach = args.get("foreach") is not False and not args.get("fused")
+    if device == "cuda" and foreach and optimizer["name"] in FOREACH_COPIES:
+        return FOREACH_COPIES[optimizer["name"]] * trained * value_bytes
+    if method.get("kind") != "finetune":  # LoRA and embedding tensors are a few MB at most
+        return 0
+    return PER_TENSOR_COPIES * min(trained, int(model["largest_tensor_params"])) * 4
+
+
+def _frozen_or_full(plan: dict[str, Any]) -> str:
+    """How the UNet's backward differs from a LoRA's: `frozen` (an embedding or a text-encoder-only
+    LoRA: no UNet weight needs its inputs), `full` (a fine-tune: every weight needs them) or `lora`."""
+    method = plan["method"]
+    if method.get("kind") == "finetune":
+        return "full" if "unet" in method["targets"] else "frozen"
+    if method.get("kind") == "embedding" or "unet" not in method["targets"]:
+        return "frozen"
+    return "lora"
+
+
+def _finetune_peak(
+    plan: dict[str, Any], model: dict[str, Any], terms: dict[str, int], step: int
+) -> dict[str, int]:
+    """A fine-tune's gradients are as large as its weights, and they never coexist with all the
+    activations: the peak is the larger of the end of the forward pass (activations; under mixed
+    precision also autocast's half-precision copies of the fp32 weights, kept for backward; gradients
+    only when accumulating) and the gradient phase (all gradients + the optimizer step's temporaries,
+    at least those of one tensor). The breakdown shows the terms of the larger."""
+    method = plan["method"]
+    out = {k: v for k, v in terms.items() if k not in ("activations", "vae_encode_extra", "gradients")}
+    carry = terms["gradients"] if int(_get(plan, "training.accumulate")) > 1 else 0
+    copies = 0
+    half = _get(plan, "precision.mixed") != "fp32"
+    if "unet" in method["targets"] and half and not method.get("full_bf16"):
+        copies = int(model["params"]["unet"]) * 2
+    forward = terms["activations"] + terms.get("vae_encode_extra", 0) + copies + carry
+    per_tensor = PER_TENSOR_COPIES * int(model["largest_tensor_params"]) * 4
+    backward = terms["gradients"] + max(step, per_tensor)
+    if forward >= backward:
+        out.update(activations=terms["activations"], vae_encode_extra=terms.get("vae_encode_extra", 0),
+                   autocast_weight_copies=copies, gradients=carry)
+    else:
+        out.update(gradients=terms["gradients"], optimizer_step_transient=max(step, per_tensor))
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def _te_lora_copies(plan: dict[str, Any], model: dict[str, Any], batch: int) -> int:
+    """Text-encoder LoRA under mixed precision: peft casts each LoRA layer's input to the fp32 LoRA
+    weights, and autograd keeps that copy (layers × tokens × input width × 4 bytes per module and sample)."""
+    method = plan["method"]
+    if method.get("kind", "lora") != "lora" or _get(plan, "precision.mixed") == "fp32":
+        return 0
+    modules = method.get("te_modules") or model["te_lora_modules"]
+    total = 0
+    for te in set(_get(plan, "method.targets")) & {"te1", "te2"}:
+        widths = model["te_lora_input_width"][te]
+        total += int(model["context"]["te_layers"][te]) * sum(int(widths[m]) for m in modules)
+    return total * int(model["context"]["length"]) * LORA_DTYPE_BYTES * batch
+
+
 def _bucket_sizes(plan: dict[str, Any]) -> list[tuple[int, int, int]]:
     """(width, height, weight) of every bucket in use; one square bucket when there is no table."""
     table = _get(plan, "data.buckets.table") or []
@@ -142,7 +214,6 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     ckpt = bool(_get(plan, "training.gradient_checkpointing"))
     targets = set(_get(plan, "method.targets"))
     resident = _resident(plan)
-    state_bytes = _state_bytes_per_param(plan)
 
     trained = trainable_param_count(plan, model)
     vae_params = int(params["vae_encoder"]) + int(params["vae_decoder"])
@@ -160,7 +231,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     terms["gradients"] = trained * grad_bytes
     if method.get("fused_backward"):  # each gradient is freed by its own step: about one tensor at a time
         terms["gradients"] = int(model["largest_tensor_params"]) * grad_bytes
-    terms["optimizer_state"] = int(trained * state_bytes)
+    terms["optimizer_state"] = _optimizer_state_bytes(plan, model, trained)
 
     sizes = _bucket_sizes(plan)
     max_px = max(_latent_px(w, h, model) for w, h, _ in sizes)
@@ -169,13 +240,22 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     unet_acts = (coef["fixed_bytes_per_latent_px"] + coef["per_sample_bytes_per_latent_px"] * batch) * max_px
     te_per_sample = acts_facts["te_training_bytes_per_sample"]
     te_acts = sum(te_per_sample[te] * batch for te in ("te1", "te2") if te in targets)
-    activations = int((unet_acts + te_acts) * act_scale)
+    unet_acts *= float(acts_facts["unet_method_factor"][_frozen_or_full(plan)]["checkpointing" if ckpt
+                                                                           else "no_checkpointing"])
+    activations = int((unet_acts + te_acts) * act_scale) + _te_lora_copies(plan, model, batch)
     terms["activations"] = activations
     vae_transient = acts_facts["vae_transient_elements_per_image_px"]
     if resident["vae"]:
         encode = int(vae_transient["encode"] * max_image_px * batch * vae_bytes)
         if encode > activations:
             terms["vae_encode_extra"] = encode - activations
+    step = _step_transient(plan, model, trained, profile.device)
+    if method.get("kind") == "finetune" and not method.get("fused_backward"):
+        terms = _finetune_peak(plan, model, terms, step)
+    elif method.get("fused_backward"):  # each weight steps inside the backward pass, beside the activations
+        terms["optimizer_step_transient"] = step
+    elif step > activations + terms.get("vae_encode_extra", 0):  # the step runs once activations are freed
+        terms["optimizer_step_extra"] = step - activations - terms.get("vae_encode_extra", 0)
     full = dict(terms)
     terms = shard_terms(plan, terms)
     overhead = profile.allocator_overhead
@@ -384,8 +464,14 @@ def _lever_candidates(plan: dict[str, Any], profile: Profile) -> list[tuple[str,
     return out
 
 
-def _state_bytes_per_param(plan: dict[str, Any]) -> float:
-    """Optimizer-state bytes per trained parameter, from schema/optimizers.json (measured there)."""
+def _optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained: int) -> int:
+    """Optimizer-state bytes, from schema/optimizers.json (measured there).
+
+    A factored optimizer (Adafactor) keeps, per tensor of two or more dimensions, fp32 second moments
+    over all dimensions but the last and over all but the second to last: for a fine-tune the model facts
+    count those elements exactly (`adafactor_state_elements`; convolutions are barely factored); a LoRA or
+    an embedding trains rank × width or vectors × width matrices, about 4 / (short side) bytes per value.
+    """
     optimizer = str(_get(plan, "optimizer.name"))
     table = optimizer_table()
     if optimizer not in table:
@@ -393,21 +479,19 @@ def _state_bytes_per_param(plan: dict[str, Any]) -> float:
     state = table[optimizer]["state"]
     args = _get(plan, "optimizer.args") or {}
     if state.get("factored"):
-        # a row and a column vector per matrix: 4 × (rows + cols) over rows × cols ≈ 4 / (short side)
-        per_param = 4.0 / _factored_side(plan)
-        return per_param + (4.0 if args.get("beta1") is not None else 0.0)
+        first_moment = 4 * trained if args.get("beta1") is not None else 0
+        if plan["method"].get("kind") == "finetune":
+            elements = model["adafactor_state_elements"]
+            return 4 * sum(int(elements[t]) for t in _get(plan, "method.targets")) + first_moment
+        return int(4.0 / _factored_side(plan) * trained) + first_moment
     if optimizer == "sgd" and float(args.get("momentum", 1.0)) == 0.0:
-        return 0.0
-    return float(state["bytes_per_param"])
+        return 0
+    return int(trained * float(state["bytes_per_param"]))
 
 
 def _factored_side(plan: dict[str, Any]) -> float:
-    """The short side of a typical trained matrix: the LoRA rank, the vector count of an embedding,
-    and for a fine-tune half the typical SDXL width (rows + cols ≈ 2 × 1280 over rows × cols)."""
-    kind = plan["method"].get("kind", "lora")
-    if kind == "finetune":
-        return FINETUNE_FACTORED_SIDE
-    if kind == "embedding":
+    """The short side of a trained LoRA or embedding matrix: the rank or the vector count."""
+    if plan["method"].get("kind") == "embedding":
         return float(_get(plan, "method.vectors"))
     return float(max(1, int(_get(plan, "method.rank"))))
 

@@ -113,3 +113,83 @@ def test_full_size_sdxl_1024(tmp_path: Path) -> None:
     assert result["peak_bytes"] == pytest.approx(analytic_step_peak(plan), rel=0.10)
     assert 4.5 * (1 << 30) < result["breakdown"]["unet_weights"] < 5 * (1 << 30)
     assert result["step_flops"] > 1e13
+
+
+# ---- every method -------------------------------------------------------------------------------------
+
+METHOD_RECIPES = {
+    "lora_text": "lora rank 8 alpha 8 on unet+te1+te2 fp32 cache latents\nlr 1e-3 adamw",
+    "finetune": "finetune unet\nfp32\ncache te cache latents\nlr 1e-5 adamw",
+    "finetune_te1": "finetune unet+te1\nfp32\ncache latents\nlr 1e-5 adamw",
+    "finetune_fused": "finetune unet fused backward\nfp32\ncache te cache latents\n"
+                      "optimizer adafactor\nlr 1e-5",
+    "finetune_prodigy": "finetune unet\nfp32\ncache te cache latents\nlr 1 prodigy",
+    "embedding": 'embedding "<sks>" init "dog" vectors 2\nfp32\ncache latents\nlr 1e-3 adamw',
+}
+
+
+def method_plan(tmp_path: Path, body: str, profile: str = "cpu", batch: int = 2) -> dict[str, Any]:
+    recipe = tmp_path / "m.sdx"
+    recipe.write_text(
+        f'sdx 1\nmodel tiny\nprofile {profile}\ndata "{DATA}" caption .txt\nresolution 64 no buckets\n'
+        f'{body}\nbatch {batch}\nsteps 10\noutput "out/t"\ncheckpointing\n',
+        encoding="utf-8",
+    )
+    compiled = compile_recipe(recipe)
+    assert compiled.plan is not None, [str(d) for d in compiled.errors]
+    return compiled.plan
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_RECIPES))
+def test_every_method_is_measured_and_agrees_with_the_estimate(tmp_path: Path, name: str) -> None:
+    plan = method_plan(tmp_path, METHOD_RECIPES[name])
+    result = measure(plan)
+    assert result["peak_bytes"] == pytest.approx(analytic_step_peak(plan), rel=0.10), (name, result)
+    got, est = result["breakdown"], plan["estimate"]["vram_breakdown"]
+    assert got["unet_weights"] == pytest.approx(est["unet_weights"], rel=0.01)
+    if plan["method"]["kind"] == "finetune":  # the trained weights are the weights, and they have state
+        assert "trainable_params" not in got
+        assert got["optimizer_state"] == pytest.approx(est["optimizer_state"], rel=0.02)
+    if plan["method"]["kind"] == "embedding":  # only the new rows train: 2 vectors × (32 + 48) × fp32
+        assert got["trainable_params"] == 2 * (32 + 48) * 4
+        assert {"te1_weights", "te2_weights"} <= set(got)
+
+
+def test_fused_backward_never_holds_every_gradient(tmp_path: Path) -> None:
+    fused = measure(method_plan(tmp_path, METHOD_RECIPES["finetune_fused"]))
+    plain = measure(method_plan(tmp_path, METHOD_RECIPES["finetune"].replace("adamw", "adafactor")))
+    weights = fused["breakdown"]["unet_weights"]
+    assert fused["breakdown"].get("gradients", 0) < weights / 4
+    assert plain["breakdown"]["gradients"] > weights * 0.9
+    assert fused["peak_bytes"] < plain["peak_bytes"] - weights / 2
+
+
+def test_adafactor_state_elements_match_the_models() -> None:
+    from runtime.exact import _meta_pipeline
+    from sdxlc.estimate import load_model
+
+    def elements(module: Any) -> int:
+        total = 0
+        for p in module.parameters():
+            shape = p.shape
+            total += shape[:-1].numel() + (shape[:-2] + shape[-1:]).numel() if len(shape) >= 2 else p.numel()
+        return total
+
+    for kind in ("tiny", "sdxl"):
+        pipe = _meta_pipeline({"model": {"kind": kind}})
+        counted = {"unet": elements(pipe.unet), "te1": elements(pipe.text_encoder),
+                   "te2": elements(pipe.text_encoder_2)}
+        assert counted == load_model(kind)["adafactor_state_elements"], kind
+
+
+def test_cuda_plans_step_all_tensors_at_once(tmp_path: Path) -> None:
+    # On CUDA, torch's AdamW steps every tensor together (foreach): the square roots of all second
+    # moments exist at once, one more copy of every trained value.
+    body = METHOD_RECIPES["finetune"].replace("fp32", "bf16")
+    cuda = measure(method_plan(tmp_path, body, profile="rtx4090-24gb"))
+    cpu_body = METHOD_RECIPES["finetune"]
+    cpu = measure(method_plan(tmp_path, cpu_body))
+    trained = cuda["breakdown"]["unet_weights"]  # fp32 master weights
+    assert cuda["peak_phase"] == "optimizer"
+    assert cuda["breakdown"]["optimizer_step_transient"] >= trained
+    assert cpu["breakdown"].get("optimizer_step_transient", 0) < trained / 4

@@ -277,6 +277,8 @@ class Conditioning:
         for image, reason in sorted(bad):
             mark_bad(self.data, image, reason)
         self.latent_counts = self._total(counts)
+        if self.models.device.type != "cpu":  # cached latents free the VAE (sampling brings it back)
+            self.models.pipe.vae.to("cpu")
 
     def batch(self, indices: list[int], rng: random.Random) -> Batch:
         batch = make_batch(self.data, indices, rng, pixels=self.latents is None, substitute=True)

@@ -7,7 +7,8 @@ Each sampling step writes one PNG per prompt and a grid PNG with all prompts sid
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,11 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
     stem = f"{plan['output']['name']}-step{step:06d}"
     parameters = sample_parameters(plan, type(pipe.scheduler).__name__, step)
     pipe.set_progress_bar_config(disable=quiet)
-    moved = _text_encoders_to(pipe, models.device)
     training = pipe.unet.training
     pipe.unet.eval()
     images: list[Image.Image] = []
     try:
-        with models.accelerator.autocast():
+        with unparked(pipe, models.device), models.accelerator.autocast():
             for index, prompt in enumerate(settings["prompts"]):
                 image = render(pipe, settings, prompt)
                 path = folder / f"{stem}-{index:02d}.png"
@@ -101,8 +101,6 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
                 files.images.append(path)
     finally:
         pipe.unet.train(training)
-        if moved:
-            _text_encoders_to(pipe, torch.device("cpu"))
     sheet = grid(images)
     files.grid = folder / f"{stem}-grid.png"
     sheet.save(files.grid, pnginfo=png_text(" | ".join(settings["prompts"]),
@@ -112,10 +110,18 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
     return files
 
 
-def _text_encoders_to(pipe: StableDiffusionXLPipeline, device: torch.device) -> bool:
-    """Move the text encoders (parked on the CPU while their outputs are cached); True if they moved."""
-    if pipe.text_encoder.device == device:
-        return False
-    pipe.text_encoder.to(device)
-    pipe.text_encoder_2.to(device)
-    return True
+PARKED = ("text_encoder", "text_encoder_2", "vae")  # parked on the CPU while their outputs are cached
+
+
+@contextmanager
+def unparked(pipe: Any, device: torch.device) -> Iterator[None]:
+    """The components parked on the CPU while training (cached text encoders; the VAE when latents are
+    cached) on the run's device for the duration, and parked again after."""
+    moved = [getattr(pipe, name) for name in PARKED if getattr(pipe, name).device != device]
+    for module in moved:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in moved:
+            module.to("cpu")

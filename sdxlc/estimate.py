@@ -268,11 +268,10 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         sw, sh = int(_get(plan, "sample.width")), int(_get(plan, "sample.height"))
         cfg_batch = 2 if float(_get(plan, "sample.cfg")) > 1.0 else 1
         static = (
-            full["unet_weights"]
-            + full.get("te1_weights", 0)
-            + full.get("te2_weights", 0)
-            + int(params["vae_decoder"]) * vae_bytes
-            + (int(params["vae_encoder"]) * vae_bytes if resident["vae"] else 0)
+            full["unet_weights"]  # encoders and VAE parked on the CPU come back for sampling
+            + full.get("te1_weights", int(params["te1"]) * wbytes)
+            + full.get("te2_weights", int(params["te2"]) * wbytes)
+            + vae_params * vae_bytes
             + full["trainable_params"]
             + sum(v for k, v in terms.items() if k.startswith("optimizer_state"))
         )

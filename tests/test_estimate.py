@@ -295,3 +295,13 @@ def test_no_ml_imports() -> None:
     for name in ("estimate.py", "profiles.py"):
         text = (root / "sdxlc" / name).read_text()
         assert not re.search(r"^\s*(import|from)\s+(torch|diffusers|transformers|bitsandbytes)\b", text, re.M)
+
+
+def test_sampling_counts_the_parked_encoders_and_vae() -> None:
+    # cached encoders and VAE are parked in system RAM while training and come back to sample
+    profile = load_profile("h100-80gb")
+    cached = estimate(make_plan(prompts=("a cat",)), profile)["vram_breakdown"]
+    live_plan = make_plan(prompts=("a cat",), cache_te=False, cache_latents=False)
+    live = estimate(live_plan, profile)["vram_breakdown"]
+    assert "te1_weights" not in cached and "vae_weights" not in cached
+    assert cached[SAMPLE_KEY] == live[SAMPLE_KEY]

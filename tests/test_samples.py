@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from runtime.run import execute
@@ -52,3 +54,34 @@ def test_samples_every_n_steps_and_at_the_end(make_plan, tmp_path: Path) -> None
         with Image.open(path) as image:
             own = np.asarray(image.convert("RGB"))
         np.testing.assert_array_equal(pixels[:, 64 * index:64 * (index + 1)], own)
+
+
+class _Parked:
+    """A component that records where it is moved."""
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+        self.moves: list[str] = []
+
+    def to(self, device: Any) -> _Parked:
+        self.device = torch.device(device)
+        self.moves.append(str(device))
+        return self
+
+
+def test_parked_components_come_back_for_sampling_and_leave_after() -> None:
+    from types import SimpleNamespace
+
+    from runtime.sample import unparked
+
+    pipe = SimpleNamespace(text_encoder=_Parked("cpu"), text_encoder_2=_Parked("cpu"), vae=_Parked("meta"))
+    with unparked(pipe, torch.device("meta")):
+        assert pipe.text_encoder.device == pipe.text_encoder_2.device == torch.device("meta")
+    assert pipe.text_encoder.moves == ["meta", "cpu"] and pipe.text_encoder_2.moves == ["meta", "cpu"]
+    assert pipe.vae.moves == []  # it was not parked
+    try:
+        with unparked(pipe, torch.device("meta")):
+            raise RuntimeError("sampling failed")
+    except RuntimeError:
+        pass
+    assert pipe.text_encoder.device == torch.device("cpu")  # parked again even when sampling fails

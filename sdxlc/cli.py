@@ -145,8 +145,11 @@ def _print_exact(plan_: dict[str, Any]) -> None:
         f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
         "without allocator overhead and CUDA context, which fake tensors cannot see)"
     )
-    for name, size in sorted(result["breakdown"].items(), key=lambda kv: -kv[1]):
-        click.echo(f"    {name:<24} {size / scale:8.2f} {unit}")
+    terms = {k: v for k, v in est["vram_breakdown"].items() if k not in skip}
+    click.echo(f"    {'':<24} {'measured':>12} {'estimate':>12}")
+    for name in sorted(set(result["breakdown"]) | set(terms), key=lambda k: -result["breakdown"].get(k, 0)):
+        cells = [f"{d[name] / scale:8.2f} {unit}" if name in d else "" for d in (result["breakdown"], terms)]
+        click.echo(f"    {name:<24} {cells[0]:>12} {cells[1]:>12}")
     flops, want = result["step_flops"], est["step_flops"]
     fu, fs = ("TFLOP", 1e12) if flops >= 1e12 else ("GFLOP", 1e9)
     click.echo(

@@ -26,11 +26,11 @@ LINK_BYTES_PER_S = {"cuda": 20e9, "cpu": 2e9}
 NETWORK_BYTES_PER_S = 12.5e9
 
 
-# Temporaries of an optimizer step. torch's AdamW and SGD step every tensor at once on CUDA (`foreach`):
-# AdamW's square root of the second moments and Nesterov SGD's look-ahead are one more copy of all trained
-# values. Per-parameter steps (CPU, Adafactor, Prodigy, the fused backward pass) hold about three fp32
+# Temporaries of an optimizer step. torch's AdamW steps every tensor at once on CUDA (`foreach`): the
+# square roots of the second moments are one more copy of all trained values (SGD's foreach step works in
+# place). Per-parameter steps (CPU, Adafactor, Prodigy, the fused backward pass) hold about three fp32
 # temporaries of the tensor being stepped (`--exact` on Adafactor: 2-5 of the largest UNet tensor).
-FOREACH_COPIES = {"adamw": 1, "sgd": 1}
+FOREACH_COPIES = {"adamw": 1}
 PER_TENSOR_COPIES = 3
 
 
@@ -129,6 +129,15 @@ def _frozen_or_full(plan: dict[str, Any]) -> str:
     return "lora"
 
 
+def _autocast_copies(plan: dict[str, Any], model: dict[str, Any]) -> int:
+    """Autocast's half-precision copies of a fine-tuned UNet's fp32 weights, kept for the backward pass."""
+    method = plan["method"]
+    half = _get(plan, "precision.mixed") != "fp32" and not method.get("full_bf16")
+    if method.get("kind") == "finetune" and "unet" in method["targets"] and half:
+        return int(model["params"]["unet"]) * 2
+    return 0
+
+
 def _finetune_peak(
     plan: dict[str, Any], model: dict[str, Any], terms: dict[str, int], step: int
 ) -> dict[str, int]:
@@ -137,13 +146,9 @@ def _finetune_peak(
     precision also autocast's half-precision copies of the fp32 weights, kept for backward; gradients
     only when accumulating) and the gradient phase (all gradients + the optimizer step's temporaries,
     at least those of one tensor). The breakdown shows the terms of the larger."""
-    method = plan["method"]
     out = {k: v for k, v in terms.items() if k not in ("activations", "vae_encode_extra", "gradients")}
     carry = terms["gradients"] if int(_get(plan, "training.accumulate")) > 1 else 0
-    copies = 0
-    half = _get(plan, "precision.mixed") != "fp32"
-    if "unet" in method["targets"] and half and not method.get("full_bf16"):
-        copies = int(model["params"]["unet"]) * 2
+    copies = _autocast_copies(plan, model)
     forward = terms["activations"] + terms.get("vae_encode_extra", 0) + copies + carry
     per_tensor = PER_TENSOR_COPIES * int(model["largest_tensor_params"]) * 4
     backward = terms["gradients"] + max(step, per_tensor)
@@ -253,7 +258,12 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     if method.get("kind") == "finetune" and not method.get("fused_backward"):
         terms = _finetune_peak(plan, model, terms, step)
     elif method.get("fused_backward"):  # each weight steps inside the backward pass, beside the activations
-        terms["optimizer_step_transient"] = step
+        copies = _autocast_copies(plan, model)
+        if copies > terms["gradients"] + step:  # the end of the forward pass holds autocast's weight copies
+            terms["autocast_weight_copies"] = copies
+            del terms["gradients"]
+        else:
+            terms["optimizer_step_transient"] = step
     elif step > activations + terms.get("vae_encode_extra", 0):  # the step runs once activations are freed
         terms["optimizer_step_extra"] = step - activations - terms.get("vae_encode_extra", 0)
     full = dict(terms)
@@ -345,11 +355,15 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, floa
     mean_px = sum(_latent_px(w, h, model) * wt for w, h, wt in sizes) / total_weight
     mean_image_px = sum(w * h * wt for w, h, wt in sizes) / total_weight
 
-    per_sample = _unet_forward_flops(model, mean_px) * (4 if ckpt else 3)
+    # backward = gradients of the inputs (about one forward) + of the weights (another, for trained weights
+    # only: a LoRA's or an embedding's are negligible); checkpointing recomputes the forward
+    full = plan["method"].get("kind") == "finetune"
+    unet_backward = 2 if full and "unet" in targets else 1
+    per_sample = _unet_forward_flops(model, mean_px) * (1 + unet_backward + (1 if ckpt else 0))
     for te in ("te1", "te2"):
         te_fwd = float(flops[f"{te}_forward_per_sample"])
         if te in targets:
-            per_sample += 3 * te_fwd
+            per_sample += (3 if full else 2) * te_fwd
         elif not cache_te:
             per_sample += te_fwd
     if resident["vae"]:
@@ -485,7 +499,8 @@ def _optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained:
         return int(4.0 / _factored_side(plan) * trained) + first_moment
     if optimizer == "sgd" and float(args.get("momentum", 1.0)) == 0.0:
         return 0
-    return int(trained * float(state["bytes_per_param"]))
+    half = plan["method"].get("full_bf16") and state.get("in_param_dtype")  # bf16 state for bf16 weights
+    return int(trained * float(state["bytes_per_param"]) * (0.5 if half else 1.0))
 
 
 def _factored_side(plan: dict[str, Any]) -> float:

@@ -65,10 +65,10 @@ def test_finetune_batch1_peaks_with_all_gradients(tmp_path: Path) -> None:
 
 
 def test_adafactor_finetune_counts_factored_elements(tmp_path: Path) -> None:
-    t = terms(plan_of(tmp_path, "finetune unet fused backward\nbf16\ncache te cache latents\n"
+    t = terms(plan_of(tmp_path, "finetune unet fused backward full bf16\nbf16\ncache te cache latents\n"
                                 "optimizer adafactor\nlr 1e-5"))
     assert t["optimizer_state"] == 4 * 244_330_500  # convolutions are barely factored: 932 MiB
-    assert t["gradients"] == 29_491_200 * 4  # one tensor at a time
+    assert t["gradients"] == 29_491_200 * 2  # one bf16 tensor at a time
     assert t["optimizer_step_transient"] == 3 * 29_491_200 * 4
 
 
@@ -91,3 +91,22 @@ def test_a_frozen_unet_keeps_fewer_activations(tmp_path: Path) -> None:
     te = 4 * (27_295_000 + 121_305_000)
     assert embedding["activations"] - te == pytest.approx(0.8 * lora["activations"], rel=0.01)
     assert sum(embedding.values()) == pytest.approx(17.86 * GiB, rel=0.02)  # --exact
+
+
+def test_full_bf16_keeps_torch_optimizer_state_in_bf16(tmp_path: Path) -> None:
+    body = "finetune unet full bf16\nbf16\ncache te cache latents\nlr 1e-5 {}"
+    adamw = terms(plan_of(tmp_path, body.format("adamw"), batch=2))
+    assert adamw["optimizer_state"] == UNET * 4  # two bf16 moments
+    assert sum(adamw.values()) == pytest.approx(23.91 * GiB, rel=0.02)  # --exact
+    sgd = terms(plan_of(tmp_path, body.format("sgd"), res=768, batch=2))
+    assert sgd["optimizer_state"] == UNET * 2
+    assert sgd["optimizer_step_transient"] == 3 * 29_491_200 * 4  # SGD's foreach step works in place
+    eight = terms(plan_of(tmp_path, body.format("adamw8bit")))
+    assert eight["optimizer_state"] == UNET * 2  # bitsandbytes' 8-bit state does not follow the weights
+
+
+def test_fused_backward_under_mixed_precision_peaks_with_the_weight_copies(tmp_path: Path) -> None:
+    t = terms(plan_of(tmp_path, "finetune unet fused backward\nbf16\ncache te cache latents\n"
+                                "optimizer adafactor\nlr 1e-5"))
+    assert t["autocast_weight_copies"] == UNET * 2 and "gradients" not in t
+    assert sum(t.values()) == pytest.approx(15.83 * GiB, rel=0.02)  # --exact

@@ -193,3 +193,17 @@ def test_cuda_plans_step_all_tensors_at_once(tmp_path: Path) -> None:
     assert cuda["peak_phase"] == "optimizer"
     assert cuda["breakdown"]["optimizer_step_transient"] >= trained
     assert cpu["breakdown"].get("optimizer_step_transient", 0) < trained / 4
+
+
+def test_plan_exact_prints_measured_and_estimated_terms(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sdxlc.cli import main
+
+    method_plan(tmp_path, METHOD_RECIPES["embedding"])  # writes tmp_path/m.sdx
+    result = CliRunner().invoke(main, ["plan", str(tmp_path / "m.sdx"), "--exact"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "exact training-step peak" in out and "measured" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("    te1_weights")}
+    assert rows["te1_weights"][0] == rows["te1_weights"][2]  # same bytes measured and estimated

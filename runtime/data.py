@@ -19,6 +19,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from runtime import RunError
 from sdxlc import buckets as bk
+from sdxlc.balance import epoch_counts
 from sdxlc.datasets import ImageItem, scan_dataset
 from sdxlc.index import Index
 
@@ -40,6 +41,7 @@ class Batch:
     captions: list[str]
     time_ids: torch.Tensor  # (B, 6): original h, w; crop top, left; target h, w
     keys: list[tuple[int, bool]]  # (image index, flipped): what the latents depend on
+    weights: list[float] = field(default_factory=list)  # each sample's loss weight (its dataset's)
 
 
 @dataclass
@@ -116,17 +118,19 @@ def scan_images(data: dict[str, Any], warnings: list[str] | None = None) -> list
 
 
 def setup_data(plan: dict[str, Any]) -> TrainData:
-    """Scan every dataset and place each sample (images repeated per dataset and folder) in its bucket."""
+    """Scan every dataset and place each sample in its bucket: images repeated per dataset and folder,
+    regularization images balanced to the training samples (`sdxlc.balance`, as the plan counted)."""
     data, training = plan["data"], plan["training"]
     warnings: list[str] = []
     images = scan_images(data, warnings)
     placement = bk.plan_placement(data)
+    counts = epoch_counts(images, data["datasets"]).counts
     samples: list[Sample] = []
-    for dataset_index, dataset in enumerate(data["datasets"]):
+    for dataset_index in range(len(data["datasets"])):
         members = [i for i, item in enumerate(images) if item.dataset == dataset_index]
-        for round_ in range(dataset["repeat"] * max((images[i].repeat for i in members), default=1)):
+        for round_ in range(max((counts[i] for i in members), default=0)):
             for i in members:
-                if round_ >= dataset["repeat"] * images[i].repeat:
+                if round_ >= counts[i]:
                     continue
                 bucket = placement(images[i].width, images[i].height)
                 samples.append(Sample(i, bucket, bk.cover_crop(images[i].width, images[i].height, bucket)))
@@ -212,7 +216,7 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
     With `substitute`, a sample whose image cannot be decoded is replaced by another sample of the
     same bucket (warned once per image); without it, that is a RunError.
     """
-    captions, ids, keys, tensors = [], [], [], []
+    captions, ids, keys, tensors, weights = [], [], [], [], []
     for index in indices:
         index = replacement(data, index) if substitute and data.samples[index].image in data.bad else index
         sample = data.samples[index]
@@ -238,8 +242,9 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
         captions.append(process_caption(item.caption, dataset, rng))
         ids.append(time_ids(item, crop, sample.bucket, flip))
         keys.append((sample.image, flip))
+        weights.append(float(dataset["loss_weight"]))
     stacked = torch.stack(tensors) if tensors else torch.empty(0)
-    return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys)
+    return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys, weights)
 
 
 def mark_bad(data: TrainData, image: int, reason: str) -> None:

@@ -107,6 +107,8 @@ def _setup(plan: dict[str, Any], mode: FakeTensorMode) -> tuple[SimpleNamespace,
         quiet.setLevel(level)
     if plan["training"]["gradient_checkpointing"]:
         pipe.unet.enable_gradient_checkpointing()
+    if plan["precision"]["vae_slicing"]:
+        pipe.vae.enable_slicing()
     for module in (pipe.unet, *methods.text_encoders(plan, pipe)):
         module.train()
     parts = {name: getattr(pipe, PARTS[name]) for name, here in resident(plan).items() if here}

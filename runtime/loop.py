@@ -414,7 +414,7 @@ def train(
         latents, states, pooled = conditioning.encode(batch := conditioning.batch(indices, stats.data_rng))
         norm: Any = None
         with acc.accumulate(model):
-            loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids)
+            loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids, batch.weights)
             acc.backward(loss)  # with the fused backward pass, every weight has stepped when it returns
             if acc.sync_gradients and world > 1:
                 for parameter in outside:

@@ -244,12 +244,23 @@ def training_metadata(plan: dict[str, Any], step: int, epoch: int, started: floa
         "ss_loss_type": training["loss"],
         "ss_huber_c": str(training["huber_c"]),
         "ss_cache_latents": str(data["cache"]["latents"]),
+        **_dataset_metadata(data["datasets"]),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-xl-v1-base",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": plan["output"]["name"],
         "sdxlc_plan_hash": plan["plan_hash"],
         "sdxlc_plan": canonical(plan),
+    }
+
+
+def _dataset_metadata(datasets: list[dict[str, Any]]) -> dict[str, str]:
+    """kohya's dataset counts: training samples per epoch, regularization images, their loss weight."""
+    reg = [d for d in datasets if d["regularization"]]
+    return {
+        "ss_num_train_images": str(sum(d["samples"] for d in datasets if not d["regularization"])),
+        "ss_num_reg_images": str(sum(d["images"] for d in reg)),
+        "ss_prior_loss_weight": str(reg[0]["loss_weight"] if reg else 1.0),
     }
 
 

@@ -110,8 +110,12 @@ def debiased_weights(models: Models, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def batch_loss(unet: torch.nn.Module, models: Models, training: dict[str, Any], latents: torch.Tensor,
-               states: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
-    """Noise the latents at uniform timesteps, predict, and take the (weighted) loss to the target."""
+               states: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor,
+               weights: list[float] | None = None) -> torch.Tensor:
+    """Noise the latents at uniform timesteps, predict, and take the (weighted) loss to the target.
+
+    `weights` are the samples' dataset loss weights (a regularization set's prior-loss weight); the
+    batch mean is taken over the weighted samples, as kohya does."""
     scheduler, n = noise_schedule(models, training), latents.shape[0]
     noise = make_noise(latents, training)
     timesteps = torch.randint(training["timestep_min"], training["timestep_max"], (n,), device=latents.device)
@@ -125,4 +129,6 @@ def batch_loss(unet: torch.nn.Module, models: Models, training: dict[str, Any], 
         per_sample = per_sample * snr_weights(models, timesteps, training["snr_gamma"])
     if training["debiased"]:
         per_sample = per_sample * debiased_weights(models, timesteps)
+    if weights is not None and any(w != 1.0 for w in weights):
+        per_sample = per_sample * torch.tensor(weights, device=per_sample.device, dtype=per_sample.dtype)
     return per_sample.mean()

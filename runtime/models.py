@@ -205,6 +205,8 @@ def setup_model(plan: dict[str, Any]) -> Models:
     weight_dtype, vae_dtype = place(pipe, plan, accelerator.device)
     if plan["training"]["gradient_checkpointing"]:
         pipe.unet.enable_gradient_checkpointing()
+    if plan["precision"]["vae_slicing"]:
+        pipe.vae.enable_slicing()
     return Models(
         pipe=pipe, accelerator=accelerator, noise_scheduler=training_noise_scheduler(model["prediction"]),
         weight_dtype=weight_dtype, vae_dtype=vae_dtype,

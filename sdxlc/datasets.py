@@ -48,6 +48,7 @@ DATASET_DEFAULTS: dict[str, Any] = {
     "random_crop": False,
     "color_jitter": 0.0,
     "regularization": False,
+    "loss_weight": 1.0,
     "bad_image": "skip",
 }
 

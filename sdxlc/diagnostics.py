@@ -99,6 +99,7 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0528": ("error", "empty timestep range"),
     "SDX0529": ("error", "every block learning rate is 0"),
     "SDX0530": ("error", "bad input files with `on bad image fail`"),
+    "SDX0531": ("error", "regularization images without training images"),
     "SDX0540": ("error", "unknown optimizer argument"),
     "SDX0541": ("error", "optimizer argument of the wrong type"),
     "SDX0542": ("error", "optimizer needs CUDA"),

@@ -75,6 +75,7 @@ KINDS: dict[str, Kind] = {
     "precision": "numerics",
     "data": "cache-invalidating",
     "data.datasets.*.repeat": "schedule",
+    "data.datasets.*.loss_weight": "numerics",
     "data.samples_per_epoch": "schedule",
     "optimizer": "numerics",
     "optimizer.name": "resume-breaking",

@@ -251,7 +251,8 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     terms["activations"] = activations
     vae_transient = acts_facts["vae_transient_elements_per_image_px"]
     if resident["vae"]:
-        encode = int(vae_transient["encode"] * max_image_px * batch * vae_bytes)
+        encoded_at_once = 1 if plan["precision"].get("vae_slicing") else batch
+        encode = int(vae_transient["encode"] * max_image_px * encoded_at_once * vae_bytes)
         if encode > activations:
             terms["vae_encode_extra"] = encode - activations
     step = _step_transient(plan, model, trained, profile.device)
@@ -337,8 +338,9 @@ def _communication_seconds(plan: dict[str, Any], model: dict[str, Any], device: 
     return moved / bandwidth
 
 
-def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, float]:
-    """(FLOPs per optimizer step, seconds per step, total seconds including sampling and caching)."""
+def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, dict[str, float]]:
+    """(FLOPs per optimizer step, the time breakdown): seconds per step split into compute, dispatch
+    overhead and gradient communication, and the run's seconds of training, sampling and caching."""
     model = load_model(model_name(plan))
     flops = model["flops"]
     mixed = str(_get(plan, "precision.mixed"))
@@ -379,9 +381,17 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, floa
     world, machines, _ = _launch(plan)
     if device == "cpu" and machines == 1:
         throughput /= world  # the processes share the machine's cores
-    seconds_per_step = step_flops / throughput + overhead * accumulate
-    seconds_per_step += _communication_seconds(plan, model, device)
-    total = seconds_per_step * int(_get(plan, "training.total_steps"))
+    time = {
+        "dense_tflops": profile.tflops_for(mixed),
+        "efficiency": profile.efficiency,
+        "effective_tflops": throughput / 1e12,
+        "compute_per_step": step_flops / throughput,
+        "overhead_per_step": overhead * accumulate,
+        "communication_per_step": _communication_seconds(plan, model, device),
+    }
+    seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
+    time["training"] = seconds_per_step * int(_get(plan, "training.total_steps"))
+    sampling = caching = 0.0
 
     prompts = _get(plan, "sample.prompts") or []
     every = _get(plan, "sample.every_steps")
@@ -392,13 +402,15 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, floa
         steps = int(_get(plan, "sample.steps"))
         image = steps * cfg_batch * _unet_forward_flops(model, _latent_px(sw, sh, model))
         image += float(flops["vae_decode_per_image_px"]) * sw * sh
-        total += events * len(prompts) * image / throughput
+        sampling = events * len(prompts) * image / throughput
     images = int(_get(plan, "data.images")) / world  # caching is split over the processes
     if not resident["vae"]:
-        total += images * float(flops["vae_encode_per_image_px"]) * mean_image_px / throughput
+        caching += images * float(flops["vae_encode_per_image_px"]) * mean_image_px / throughput
     if cache_te:
-        total += images * sum(float(flops[f"{te}_forward_per_sample"]) for te in ("te1", "te2")) / throughput
-    return step_flops, seconds_per_step, total
+        te_flops = sum(float(flops[f"{te}_forward_per_sample"]) for te in ("te1", "te2"))
+        caching += images * te_flops / throughput
+    time.update(sampling=sampling, caching=caching)
+    return step_flops, time
 
 
 def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
@@ -423,7 +435,9 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
         verdict = "tight"
     else:
         verdict = "fits"
-    step_flops, seconds_per_step, total = _seconds(plan, profile)
+    step_flops, time = _seconds(plan, profile)
+    seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
+    total = time["training"] + time["sampling"] + time["caching"]
     return {
         "vram_bytes": int(vram),
         "vram_breakdown": breakdown,
@@ -433,48 +447,9 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
         "step_flops": float(round(step_flops)),
         "seconds_per_step": round(seconds_per_step, 6),
         "total_seconds": round(total, 3),
+        "time_breakdown": {k: round(v, 6) for k, v in time.items()},
+        "spills": not fits and profile.spills_to_system_ram,
     }
-
-
-def _lever_candidates(plan: dict[str, Any], profile: Profile) -> list[tuple[str, dict[str, Any], str]]:
-    """(name, changes, description) for every memory lever the plan has not used, cheapest first."""
-    out: list[tuple[str, dict[str, Any], str]] = []
-    targets = set(_get(plan, "method.targets"))
-    if not _get(plan, "data.cache.text_encoder") and not targets & {"te1", "te2"}:
-        out.append(("cache_text_encoder", {"data.cache.text_encoder": True},
-                    "cache text-encoder outputs and free both text encoders "
-                    "(no per-step caption shuffling or dropout)"))
-    if not _get(plan, "data.cache.latents"):
-        out.append(("cache_latents", {"data.cache.latents": True},
-                    "cache VAE latents and free the VAE during training "
-                    "(augmentations are fixed at caching time)"))
-    if not _get(plan, "training.gradient_checkpointing"):
-        out.append(("gradient_checkpointing", {"training.gradient_checkpointing": True},
-                    "turn on gradient checkpointing (about 20-30% slower steps)"))
-    optimizer = str(_get(plan, "optimizer.name"))
-    method = plan["method"]
-    if (method.get("kind") == "finetune" and optimizer == "adafactor" and not method.get("fused_backward")
-            and int(_get(plan, "training.accumulate")) == 1 and _launch(plan)[0] == 1):
-        out.append(("fused_backward", {"method.fused_backward": True},
-                    "Adafactor's fused backward pass: each weight steps as its gradient is ready"))
-    if optimizer in ("adamw", "lion"):
-        out.append(("optimizer_8bit", {"optimizer.name": optimizer + "8bit"},
-                    f"use the 8-bit {optimizer} optimizer (bitsandbytes; 8-bit optimizer state)"))
-    if optimizer in ("adamw", "adamw8bit", "prodigy"):
-        out.append(("optimizer_factored", {"optimizer.name": "adafactor"},
-                    "use Adafactor (factored second moments: almost no optimizer state)"))
-    if _get(plan, "precision.mixed") == "fp32" and (profile.bf16 or profile.fp16):
-        dtype = "bf16" if profile.bf16 else "fp16"
-        out.append((f"mixed_precision_{dtype}", {"precision.mixed": dtype},
-                    f"train in {dtype} mixed precision (frozen weights stored in {dtype})"))
-    batch = int(_get(plan, "training.batch_size"))
-    if batch > 1:
-        smaller = batch // 2 if batch % 2 == 0 else 1
-        accumulate = int(_get(plan, "training.accumulate")) * (batch // smaller)
-        out.append(("smaller_batch", {"training.batch_size": smaller, "training.accumulate": accumulate},
-                    f"batch {smaller} with {accumulate}x gradient accumulation "
-                    "(same effective batch, slower)"))
-    return out
 
 
 def _optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained: int) -> int:
@@ -508,23 +483,3 @@ def _factored_side(plan: dict[str, Any]) -> float:
     if plan["method"].get("kind") == "embedding":
         return float(_get(plan, "method.vectors"))
     return float(max(1, int(_get(plan, "method.rank"))))
-
-
-def levers(plan: dict[str, Any], profile: Profile) -> list[dict[str, Any]]:
-    """Memory levers the plan has not used, cheapest first: ``{name, saves_bytes, description, changes}``.
-
-    ``changes`` maps dotted plan paths to new values; ``saves_bytes`` is the drop in ``vram_bytes`` when
-    only that lever is applied. Levers that save nothing are left out.
-    """
-    base = estimate(plan, profile)["vram_bytes"]
-    out: list[dict[str, Any]] = []
-    for name, changes, description in _lever_candidates(plan, profile):
-        modified = copy.deepcopy(plan)
-        for path, value in changes.items():
-            _set(modified, path, value)
-        saves = base - estimate(modified, profile)["vram_bytes"]
-        if saves > 0:
-            out.append(
-                {"name": name, "saves_bytes": int(saves), "description": description, "changes": changes}
-            )
-    return out

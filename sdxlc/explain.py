@@ -88,6 +88,9 @@ DETAILS: dict[str, str] = {
     "or empty images, unsupported formats, decompression bombs, captions that are not UTF-8, symlink loops "
     "or manifest rows naming missing files. Each is listed with its reason; fix them or use "
     "`on bad image skip`. See docs/DATA.md.",
+    "SDX0531": "Regularization (prior-preservation) images are balanced against the training images: each "
+    "epoch takes as many regularization samples as there are training samples. With only regularization "
+    "datasets there is nothing to train on. See docs/DATA.md.",
     "SDX0540": "`args` names a keyword the optimizer class does not take, or one sdxlc sets itself. The "
     "accepted names, their types and defaults are in schema/optimizers.json (docs/TRAINING.md).",
     "SDX0541": "An `args` value has the wrong type for its optimizer argument: a number where a flag is "

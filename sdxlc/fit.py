@@ -1,8 +1,9 @@
 """The fit solver: with `fit auto`, apply the memory levers the recipe left open until the run fits.
 
-Levers come from the estimator, cheapest first. A lever is applied only where no recipe layer
-(the recipe, a `use`d file, `--set`) pinned the setting it changes; each one applied is recorded
-in the plan's provenance (source `solver`) and warnings with what it saved.
+Levers come from `sdxlc/levers.py`, cheapest first. A lever is applied only where no recipe layer
+(the recipe, a `use`d file, `--set`) pinned the setting it changes — except a smaller batch, which keeps
+the effective batch and so needs only `accumulate` open (OPEN_PATHS); each one applied is recorded in the
+plan's provenance (source `solver`) and warnings with what it saved.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ RECIPE_PATH = {
     "training.batch_size": "training.batch_size",
     "training.accumulate": "training.accumulate",
     "method.fused_backward": "finetune.fused_backward",
+    "method.full_bf16": "finetune.full_bf16",
+    "precision.vae_slicing": "precision.vae_slicing",
 }
+
+
+# Levers that keep what the recipe asked although they move a setting it gave: the plan paths that must
+# be open for them. `batch 4` without `accumulate` asks for an effective batch of 4; micro-batches of 2
+# with 2 accumulation steps give the optimizer the same batch.
+OPEN_PATHS = {"smaller_batch": ["training.accumulate"]}
 
 
 @dataclass(frozen=True)
@@ -38,16 +47,29 @@ class Applied:
         return f"fit auto: {self.description} (saves about {self.saves_bytes / 2**30:.2f} GiB)"
 
 
-def next_lever(options: list[dict[str, Any]], pinned: set[str], tried: set[str]) -> Applied | None:
-    """The cheapest lever not tried yet whose settings the recipe left open."""
+def next_lever(options: list[dict[str, Any]], pinned: set[str], applied: list[Applied]) -> Applied | None:
+    """The cheapest lever whose settings the recipe left open and no other applied lever has set.
+
+    The same lever may apply again with new values (a batch halved twice), but one setting is never
+    moved by two levers: once the 8-bit optimizer is chosen, Adafactor is not chosen on top of it."""
+    done = {(a.name, _key(a.changes)) for a in applied}
+    owner = {path: a.name for a in applied for path in a.changes}
     for lever in options:
-        if lever["name"] in tried:
-            continue
         paths = list(lever["changes"])
-        if any(p not in RECIPE_PATH or RECIPE_PATH[p] in pinned for p in paths):
+        if (lever["name"], _key(lever["changes"])) in done:
+            continue
+        if any(p not in RECIPE_PATH for p in paths):
+            continue
+        if any(RECIPE_PATH[p] in pinned for p in OPEN_PATHS.get(lever["name"], paths)):
+            continue
+        if any(owner.get(p, lever["name"]) != lever["name"] for p in paths):
             continue
         return Applied(lever["name"], lever["description"], int(lever["saves_bytes"]), dict(lever["changes"]))
     return None
+
+
+def _key(changes: dict[str, Any]) -> str:
+    return repr(sorted(changes.items()))
 
 
 def mark(plan: dict[str, Any], applied: list[Applied]) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 from sdxlc.checks import run_checks
 from sdxlc.diagnostics import Diagnostic, make
-from sdxlc.estimate import estimate, levers
+from sdxlc.estimate import estimate
 from sdxlc.fit import Applied, mark, next_lever
 from sdxlc.layers import Layers
+from sdxlc.levers import enough, levers
 from sdxlc.lower import Lowered, load_recipe
 from sdxlc.migrate import migrate
 from sdxlc.plan import seal
@@ -48,27 +49,29 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
     until the run fits; with `fit strict` an over-budget plan is an error that lists them.
     """
     applied: list[Applied] = []
-    tried: set[str] = set()
+    rejected: list[Applied] = []  # levers whose settings the recipe cannot take (a compile error)
     pinned: set[str] | None = None
+    result, plan, layers = _compile_once(path, sets, profile)
     while True:
-        result, plan, layers = _compile_once(
-            path, sets + tuple(s for a in applied for s in a.sets()), profile
-        )
-        if plan is None or layers is None or result.profile is None:
+        hardware = result.profile
+        if plan is None or layers is None or hardware is None:
             return result
         auto = layers.doc.get("fit") == "auto"
         if pinned is None:  # what the recipe layers set, before the solver added anything
             pinned = set(layers.origins)
         if not plan["estimate"]["fits"] and auto:
-            lever = next_lever(levers(plan, result.profile), pinned, tried)
+            lever = next_lever(levers(plan, hardware), pinned, applied + rejected)
             if lever is not None:
-                tried.add(lever.name)
-                trial, trial_plan, _ = _compile_once(path, sets + tuple(lever.sets()), profile)
-                if trial_plan is not None and not trial.errors:
+                solved = sets + tuple(s for a in (*applied, lever) for s in a.sets())
+                trial = _compile_once(path, solved, profile)
+                if trial[1] is not None and not trial[0].errors:
                     applied.append(lever)
+                    result, plan, layers = trial
+                else:
+                    rejected.append(lever)
                 continue
         mark(plan, applied)
-        result.diagnostics.extend(_fit(plan, result.profile, layers, auto))
+        result.diagnostics.extend(_fit(plan, hardware, layers, auto))
         if not result.errors:
             result.plan = seal(plan)
         return result
@@ -129,19 +132,39 @@ def _fit(plan: dict[str, Any], profile: Profile, layers: Layers, auto: bool) -> 
         return []
     need, have = _gib(est["vram_bytes"]), _gib(est["budget_bytes"])
     tried = " even after `fit auto` used every lever the recipe left open" if auto else ""
-    options = levers(plan, profile)
-    if options:
-        hint = "; ".join(f"{lever['description']} (−{_gib(lever['saves_bytes'])})" for lever in options[:4])
-    else:
-        hint = "pick a larger profile"
+    spills = (" (this card's driver would not stop it: it would spill into system RAM and run 10-100x "
+              "slower)") if est.get("spills") else ""
     return [
         make(
             "SDX0610",
-            f"the run needs about {need} but {profile.title} has {have}{tried}",
+            f"the run needs about {need} but {profile.title} has {have}{tried}{spills}",
             layers.span("profile"),
-            help=hint,
+            help=_fit_help(plan, profile),
         )
     ]
+
+
+def _fit_help(plan: dict[str, Any], profile: Profile) -> str:
+    """Which levers would make an over-budget plan fit, with what each saves. Settings `fit auto` already
+    moved are not moved again."""
+    solved = {path for path, origin in plan["provenance"].items() if origin.get("source") == "solver"}
+    options = [lever for lever in levers(plan, profile) if not solved & set(lever["changes"])]
+    if not options:
+        return "pick a larger profile"
+    chosen, peak = enough(plan, profile, {lever["name"] for lever in options})
+    if chosen:
+        names = {lever["name"] for lever, _ in chosen}
+        rest = [_lever_text(lever, lever["saves_bytes"]) for lever in options if lever["name"] not in names]
+        return (f"these together bring it to about {_gib(peak)}: "
+                + "; ".join(_lever_text(lever, saves) for lever, saves in chosen)
+                + (". Other levers: " + "; ".join(rest[:3]) if rest else ""))
+    return (f"even every lever together leaves about {_gib(peak)}, so pick a larger profile; the levers: "
+            + "; ".join(_lever_text(lever, lever["saves_bytes"]) for lever in options[:4]))
+
+
+def _lever_text(lever: dict[str, Any], saves: int) -> str:
+    amount = f"{saves / 2**30:.2f} GiB" if saves < 2**30 // 10 else _gib(saves)
+    return f"{lever['description']} (−{amount})"
 
 
 def _gib(n: int) -> str:

@@ -58,11 +58,19 @@ def _settings(plan: dict[str, Any]) -> str:
 def _steps(plan: dict[str, Any]) -> str:
     data, t = plan["data"], plan["training"]
     lines = ["steps:"]
+    train = sum(d["samples"] for d in data["datasets"] if not d["regularization"])
     for d in data["datasets"]:
-        kind = "regularization" if d["regularization"] else "train"
+        weight = f", loss weight {d['loss_weight']:g}" if d["loss_weight"] != 1.0 else ""
+        if d["regularization"]:
+            lines.append(
+                f"  {d['images']} regularization images balanced to the {train} training samples → "
+                f"{d['samples']} samples ({d['path']}{weight})"
+            )
+            continue
+        repeats = f"{d['repeat']} repeats" if d["samples"] == d["images"] * d["repeat"] else (
+            f"{d['repeat']} repeats × folder repeats")
         lines.append(
-            f"  {d['images']} images × {d['repeat']} repeats = {d['images'] * d['repeat']} samples "
-            f"({kind}, {d['path']})"
+            f"  {d['images']} images × {repeats} = {d['samples']} samples (train, {d['path']}{weight})"
         )
     lines.append(
         f"  {data['samples_per_epoch']} samples per epoch in {len(data['buckets']['table'])} bucket(s), "
@@ -112,14 +120,38 @@ def _estimate(plan: dict[str, Any]) -> str:
         f"{memory} estimate{each} on {hw['name']} ({hw['profile']}): {_gib(est['vram_bytes'])} of "
         f"{_gib(est['budget_bytes'])} usable → {verdict[est['verdict']]}"
     ]
-    for name, size in sorted(est["vram_breakdown"].items(), key=lambda kv: -kv[1]):
-        if size:
-            lines.append(f"  {name:<28} {_gib(size):>10}")
-    lines.append(
-        f"time estimate: {est['seconds_per_step']:.3f} s/step × {plan['training']['total_steps']} steps "
-        f"≈ {_duration(est['total_seconds'])} ({est['step_flops'] / 1e12:.2f} TFLOP per step)"
-    )
-    return "\n".join(lines)
+    terms = {k: v for k, v in est["vram_breakdown"].items() if k != "sample_peak" and v}
+    sample = est["vram_breakdown"].get("sample_peak", 0)
+    lines.append(f"  training peak {_gib(sum(terms.values()))}" + (
+        f"; sampling peak {_gib(sample)} (every component back on the device, gradients freed)" if sample
+        else ""))
+    for name, size in sorted(terms.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {name:<28} {_gib(size):>10}")
+    if est.get("spills"):
+        lines.append("  this card's driver spills to system RAM when VRAM runs out: the run would not stop, "
+                     "it would crawl (10-100x slower steps)")
+    return "\n".join(lines + _time(plan))
+
+
+def _time(plan: dict[str, Any]) -> list[str]:
+    """The time estimate with its arithmetic: FLOPs over the effective rate, then the parts of the run."""
+    est, steps = plan["estimate"], plan["training"]["total_steps"]
+    lines = [f"time estimate: {est['seconds_per_step']:.3f} s/step × {steps} steps "
+             f"≈ {_duration(est['total_seconds'])} ({est['step_flops'] / 1e12:.2f} TFLOP per step)"]
+    t = est.get("time_breakdown")
+    if not t:
+        return lines
+    dtype = plan["precision"]["mixed"]
+    per_step = (f"  per step: {est['step_flops'] / 1e12:.2f} TFLOP ÷ ({t['dense_tflops']:g} TFLOP/s {dtype} "
+                f"× efficiency {t['efficiency']:g} = {t['effective_tflops']:.2f} TFLOP/s) = "
+                f"{t['compute_per_step']:.3f} s"
+                f" + {t['overhead_per_step']:.3f} s dispatch")
+    if t["communication_per_step"]:
+        per_step += f" + {t['communication_per_step']:.3f} s gradient all-reduce"
+    lines.append(per_step)
+    lines.append(f"  training {_duration(t['training'])}, sampling {_duration(t['sampling'])}, "
+                 f"caching {_duration(t['caching'])}")
+    return lines
 
 
 def _value(value: Any) -> str:

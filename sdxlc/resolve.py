@@ -216,7 +216,11 @@ def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
     mixed = b.take("precision.mixed", "precision.mixed", fallback)
     if not b.layers.given("precision.mixed"):
         b.provenance["precision.mixed"] = {"source": "profile", "at": None}
-    return {"mixed": mixed, "vae_fp32": b.take("precision.vae_fp32", "precision.vae_fp32", mixed == "fp16")}
+    return {
+        "mixed": mixed,
+        "vae_fp32": b.take("precision.vae_fp32", "precision.vae_fp32", mixed == "fp16"),
+        "vae_slicing": b.take("precision.vae_slicing", "precision.vae_slicing", False),
+    }
 
 
 def _optimizer(b: _Builder) -> dict[str, Any]:

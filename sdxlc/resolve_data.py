@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc import buckets as bk
+from sdxlc.balance import Balance, epoch_counts
 from sdxlc.datasets import DATASET_DEFAULTS, ImageItem, Problem, ScanResult, is_manifest, scan_dataset
 from sdxlc.diagnostics import Diagnostic, make
 from sdxlc.index import Index
@@ -68,7 +69,9 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     top = hi if enabled else size
     placement = partial(bk.place, buckets=bucket_list, no_upscale=bool(no_upscale), resolution=size,
                         step=step, max_side=top)
-    table = _bucket_table(datasets, items, placement, batch_size)
+    balance = epoch_counts(items, datasets)
+    res.warnings.extend(_balance(layers, datasets, items, balance, res))
+    table = _bucket_table(items, balance.counts, placement, batch_size)
     res.warnings.extend(_upscaled(items, placement))
     res.bucket_sizes = [row["samples"] for row in table]
     samples = sum(res.bucket_sizes)
@@ -157,7 +160,6 @@ def _datasets(
         scan = scan_dataset(source, resolved["caption_ext"], number, index=index)
         _report(entry["path"], resolved, scan, span, res)
         resolved["images"] = len(scan.items)
-        resolved["samples"] = sum(item.repeat for item in scan.items) * resolved["repeat"]
         datasets.append(resolved)
         items.extend(scan.items)
     return datasets, items, res
@@ -217,16 +219,49 @@ def _upscaled(items: list[ImageItem], placement: Placement) -> list[str]:
             + "; ".join(small[:LISTED]) + more]
 
 
+def _balance(
+    layers: Layers, datasets: list[dict[str, Any]], items: list[ImageItem], balance: Balance,
+    res: DataResolution,
+) -> list[str]:
+    """Each dataset's samples per epoch after the regularization balance; what the balance left out."""
+    for dataset in datasets:
+        dataset["samples"] = 0
+    for item, samples in zip(items, balance.counts, strict=True):
+        datasets[item.dataset]["samples"] += samples
+    if not balance.reg_images:
+        return []
+    if not balance.train_samples:
+        first = next(n for n, d in enumerate(datasets) if d["regularization"])
+        res.diagnostics.append(
+            make(
+                "SDX0531",
+                "every dataset is `as regularization`: there is nothing to balance them against",
+                layers.span(f"data.{first}.path"),
+                help="add the training images as a dataset of their own, without `as regularization`",
+            )
+        )
+        return []
+    unused = balance.reg_images - balance.reg_images_used
+    if not unused:
+        return []
+    return [f"regularization: {balance.reg_images_used} of {balance.reg_images} images give the "
+            f"{balance.reg_samples} samples that balance the {balance.train_samples} training samples; "
+            f"the other {unused} are never used (add training repeats to use more)"]
+
+
 def _bucket_table(
-    datasets: list[dict[str, Any]], items: list[ImageItem], placement: Placement, batch_size: int
+    items: list[ImageItem], counts_per_image: list[int], placement: Placement, batch_size: int
 ) -> list[dict[str, Any]]:
-    """Images, samples and batches per bucket, in aspect order (the order `make_buckets` gives)."""
+    """Images, samples and batches per bucket, in aspect order (the order `make_buckets` gives). Images
+    that give no sample (regularization images past the balance) are left out."""
     counts: dict[bk.Bucket, list[int]] = {}
-    for item in items:
+    for item, samples in zip(items, counts_per_image, strict=True):
+        if not samples:
+            continue
         bucket = placement(item.width, item.height)
         count = counts.setdefault(bucket, [0, 0])
         count[0] += 1
-        count[1] += datasets[item.dataset]["repeat"] * item.repeat
+        count[1] += samples
     table = []
     for (width, height), (images, samples) in sorted(counts.items(), key=_aspect_order):
         if images:

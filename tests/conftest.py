@@ -40,7 +40,7 @@ def _base_plan(out: Path) -> dict[str, Any]:
                    "rank": 4, "alpha": 4, "modules": ["attention"],
                    "unet_modules": ["to_q", "to_k", "to_v", "to_out.0"], "te_modules": [], "dropout": 0.0,
                    "init_from": None},
-        "precision": {"mixed": "fp32", "vae_fp32": True},
+        "precision": {"mixed": "fp32", "vae_fp32": True, "vae_slicing": False},
         "data": {
             "datasets": [{"path": str(QUICKSTART), "repeat": 1, "caption_ext": ".txt", "shuffle": False,
                           "keep_tokens": 0, "caption_dropout": 0.0, "flip": False, "regularization": False,

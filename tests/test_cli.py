@@ -219,7 +219,7 @@ def test_fit_auto_never_overrides_what_the_recipe_pinned(tmp_path: Path) -> None
     recipe = _write(
         tmp_path,
         'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\nresolution 1024\nlora rank 16\n'
-        "batch 4\nfit auto\n",
+        "batch 4 accumulate 1\nfit auto\n",
     )
     code, out, _ = _cli("check", str(recipe), "--format", "json")
     assert code == 1

@@ -13,7 +13,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from sdxlc.estimate import SAMPLE_KEY, EstimateError, estimate, levers, load_model, lora_param_count
+from sdxlc.estimate import SAMPLE_KEY, EstimateError, estimate, load_model, lora_param_count
+from sdxlc.levers import levers
 from sdxlc.profiles import SCHEMA_DIR, load_profile
 
 GiB = 1 << 30
@@ -49,7 +50,7 @@ def make_plan(
                   "prediction": "epsilon", "tiny_seed": 0, "base_model_version": "sdxl_base_v1-0"},
         "method": {"kind": "lora", "rank": rank, "alpha": float(rank), "targets": list(targets),
                    "unet_modules": list(modules), "dropout": 0.0, "block_lr": None},
-        "precision": {"mixed": mixed, "vae_fp32": vae_fp32},
+        "precision": {"mixed": mixed, "vae_fp32": vae_fp32, "vae_slicing": False},
         "data": {
             "datasets": [{"path": "data", "repeat": 1, "caption_ext": ".txt", "shuffle": False,
                           "keep_tokens": 0, "caption_dropout": 0.0, "flip": False, "regularization": False,
@@ -306,3 +307,31 @@ def test_sampling_counts_the_parked_encoders_and_vae() -> None:
     live = estimate(live_plan, profile)["vram_breakdown"]
     assert "te1_weights" not in cached and "vae_weights" not in cached
     assert cached[SAMPLE_KEY] == live[SAMPLE_KEY]
+
+
+def test_time_breakdown_adds_up_to_the_step_and_the_run() -> None:
+    plan = make_plan(cache_te=False, cache_latents=False, batch=2, accumulate=2, prompts=("a cat",))
+    plan["sample"]["every_steps"] = 100
+    profile = load_profile("rtx3090-24gb")
+    est = estimate(plan, profile)
+    t = est["time_breakdown"]
+    assert t["effective_tflops"] == pytest.approx(t["dense_tflops"] * t["efficiency"])
+    assert t["dense_tflops"] == profile.tflops_for("bf16") and t["efficiency"] == profile.efficiency
+    rate = t["effective_tflops"] * 1e12
+    assert t["compute_per_step"] == pytest.approx(est["step_flops"] / rate, rel=1e-5)
+    per_step = t["compute_per_step"] + t["overhead_per_step"] + t["communication_per_step"]
+    assert est["seconds_per_step"] == pytest.approx(per_step, abs=1e-5)
+    assert t["training"] == pytest.approx(per_step * plan["training"]["total_steps"], rel=1e-6)
+    assert t["sampling"] > 0 and t["caching"] == 0  # nothing cached: no caching pass
+    assert est["total_seconds"] == pytest.approx(t["training"] + t["sampling"] + t["caching"], abs=1e-2)
+    cached = estimate(make_plan(cache_te=True, cache_latents=True), profile)["time_breakdown"]
+    assert cached["caching"] > 0
+
+
+def test_an_over_budget_plan_on_a_spilling_card_is_marked() -> None:
+    plan = make_plan(ckpt=False, batch=8, cache_te=False)
+    geforce, datacenter = load_profile("rtx4060-8gb"), load_profile("t4-16gb")
+    assert geforce.spills_to_system_ram and not datacenter.spills_to_system_ram
+    assert estimate(plan, geforce)["spills"] is True
+    assert estimate(plan, datacenter)["spills"] is False
+    assert estimate(make_plan(), geforce)["spills"] is False  # it fits: nothing spills

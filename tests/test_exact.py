@@ -205,5 +205,6 @@ def test_plan_exact_prints_measured_and_estimated_terms(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.output
     assert "exact training-step peak" in out and "measured" in out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("    te1_weights")}
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.startswith("    te1_weights")}
     assert rows["te1_weights"][0] == rows["te1_weights"][2]  # same bytes measured and estimated

@@ -144,3 +144,18 @@ def test_min_snr_weights() -> None:
     assert weights[0] < 1 and weights[-1] == 1
     Stub.noise_scheduler = training_noise_scheduler("v_prediction")
     assert torch.allclose(loop.snr_weights(Stub, timesteps, 5.0), torch.clamp(snr, max=5.0) / (snr + 1))  # type: ignore[arg-type]
+
+
+def test_vae_slicing_encodes_one_image_at_a_time_to_the_same_latents(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sliced = setup_model(make_plan(tmp_path, precision__vae_slicing=True))
+    whole = setup_model(make_plan(tmp_path))
+    assert sliced.pipe.vae.use_slicing and not whole.pipe.vae.use_slicing
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1
+    seen: list[int] = []
+    hook = sliced.pipe.vae.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        one_by_one = loop.encode_pixels(sliced, pixels)
+    finally:
+        hook.remove()
+    assert seen == [1, 1, 1]
+    torch.testing.assert_close(one_by_one, loop.encode_pixels(whole, pixels), rtol=1e-4, atol=1e-5)

@@ -53,6 +53,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
             "data.buckets.max": hi_from,
             "data.buckets.step": step_from,
             "data.buckets.no_upscale": no_upscale_from,
+            "data.buckets.table": {"source": "derived", "at": None},
         }
     )
     bucket_list = bk.make_buckets(size, lo, hi, step) if enabled else [(size, size)]

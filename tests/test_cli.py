@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -238,3 +239,27 @@ def test_an_internal_error_is_a_one_line_report_with_exit_70(tmp_path: Path) -> 
     assert proc.returncode == 70
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "internal error: KeyError" in proc.stderr
+
+
+def test_every_resolved_setting_says_where_it_came_from() -> None:
+    code, out, err = _cli("plan", str(RECIPES / "style_lora.sdx"), "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    sources = {"recipe", "use", "set", "profile", "default", "derived", "solver"}
+    assert {origin["source"] for origin in plan["provenance"].values()} <= sources
+
+    def leaves(node: Any, path: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{path}.{k}")]
+        if path == "data.datasets":
+            return [leaf for i, v in enumerate(node) for leaf in leaves(v, f"{path}.{i}")]
+        return [path]
+
+    sections = ("model", "hardware", "method", "precision", "data", "optimizer", "schedule", "training",
+                "save", "sample", "output", "log", "launch")
+    missing = [leaf for s in sections for leaf in leaves(plan[s], s)
+               if not any(leaf == p or leaf.startswith(p + ".") for p in plan["provenance"])]
+    assert missing == []
+    assert plan["provenance"]["hardware.vram_bytes"]["source"] == "profile"
+    batch = plan["provenance"]["training.batch_size"]
+    assert batch["source"] == "recipe" and batch["at"].endswith("recipes/style_lora.sdx:9:1")

@@ -28,6 +28,8 @@ from runtime.exact import measure  # noqa: E402
 from sdxlc.pipeline import compile_recipe  # noqa: E402
 
 GiB = float(1 << 30)
+SDXL = 'model "stabilityai/stable-diffusion-xl-base-1.0"'
+PROFILE = "h200-141gb"
 NOT_SEEN = {"allocator_overhead", "cuda_context", "sample_peak"}
 DATA = ROOT / "recipes" / "data" / "quickstart"
 
@@ -105,15 +107,16 @@ def method_lines(method: str, precision: str, caches: str) -> list[str]:
 
 
 def recipe_text(
-    method: str, res: int, batch: int, ckpt: bool, optimizer: str, precision: str, cache: str
+    method: str, res: int, batch: int, ckpt: bool, optimizer: str, precision: str, cache: str,
+    *, model: str = SDXL, profile: str = PROFILE,
 ) -> str:
     caches = {"te": " cache te", "te+latents": " cache te cache latents", "latents": " cache latents",
               "none": ""}[cache]
     lr = "1" if optimizer == "prodigy" else "1e-4"
     lines = [
         "sdx 1",
-        'model "stabilityai/stable-diffusion-xl-base-1.0"',
-        "profile h200-141gb",
+        model,
+        f"profile {profile}",
         f'data "{DATA}" caption .txt',
         f"resolution {res} no buckets",
         *method_lines(method, precision, caches),
@@ -127,10 +130,11 @@ def recipe_text(
     return "\n".join(lines) + "\n"
 
 
-def plan_for(config: Config, folder: Path) -> dict[str, Any]:
+def plan_for(config: Config, folder: Path, *, model: str = SDXL, profile: str = PROFILE) -> dict[str, Any]:
+    """The compiled plan of a bench row (`model` is the recipe's model line)."""
     path = folder / "bench.sdx"
-    path.write_text(recipe_text(*config), encoding="utf-8")
-    compiled = compile_recipe(path, profile="h200-141gb")
+    path.write_text(recipe_text(*config, model=model, profile=profile), encoding="utf-8")
+    compiled = compile_recipe(path, profile=profile)
     if compiled.plan is None:
         raise SystemExit(f"{config}: does not compile: {[str(d) for d in compiled.errors]}")
     return compiled.plan

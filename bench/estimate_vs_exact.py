@@ -36,7 +36,7 @@ DATA = ROOT / "recipes" / "data" / "quickstart"
 Config = tuple[str, int, int, bool, str, str, str]
 
 # (method, resolution, batch, checkpointing, optimizer, precision, cache); cache in {"te", "te+latents",
-# "latents", "none"}. Methods: METHODS below.
+# "latents", "none", "te+sliced" (te, and the VAE encodes one image at a time)}. Methods: METHODS below.
 LORA: list[Config] = [
     ("lora", 512, 1, True, "adamw", "bf16", "te+latents"),
     ("lora", 512, 4, True, "adamw", "bf16", "te+latents"),
@@ -56,6 +56,8 @@ LORA: list[Config] = [
     ("lora", 1024, 2, False, "adamw8bit", "bf16", "te+latents"),
     ("lora", 1024, 1, True, "adamw", "bf16", "te"),
     ("lora", 1024, 1, True, "adamw", "bf16", "none"),
+    ("lora", 1024, 4, True, "adamw", "bf16", "te"),
+    ("lora", 1024, 4, True, "adamw", "bf16", "te+sliced"),
     ("lora", 1024, 2, True, "lion", "fp16", "te"),
     ("lora", 1024, 1, True, "adamw", "fp32", "te+latents"),
     ("lora", 1024, 1, False, "adamw", "fp32", "te+latents"),
@@ -111,7 +113,7 @@ def recipe_text(
     *, model: str = SDXL, profile: str = PROFILE,
 ) -> str:
     caches = {"te": " cache te", "te+latents": " cache te cache latents", "latents": " cache latents",
-              "none": ""}[cache]
+              "none": "", "te+sliced": " cache te vae sliced"}[cache]
     lr = "1" if optimizer == "prodigy" else "1e-4"
     lines = [
         "sdx 1",

@@ -158,6 +158,30 @@ def _print_exact(plan_: dict[str, Any]) -> None:
     )
     for note in result.get("notes", []):
         click.echo(f"  note: {note}")
+    _print_exact_sampling(plan_)
+
+
+def _print_exact_sampling(plan_: dict[str, Any]) -> None:
+    """The sampling peak on fake tensors against the estimate's `sample_peak`, when the plan samples."""
+    from runtime.exact_sample import measure_sampling
+    from sdxlc.profiles import load_profile
+
+    result = measure_sampling(plan_)
+    if result is None:
+        return
+    breakdown = plan_["estimate"]["vram_breakdown"]
+    overhead = load_profile(plan_["hardware"]["profile"]).allocator_overhead
+    analytic = (breakdown["sample_peak"] - breakdown.get("cuda_context", 0)) / (1.0 + overhead)
+    peak = result["peak_bytes"]
+    unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
+    passes = ", ".join(f"{name} +{size / scale:.2f} {unit}" for name, size in result["phase_bytes"].items())
+    click.echo(
+        f"\nexact sampling peak (fake tensors, {result['seconds']:.1f} s, peak in {result['peak_phase']}):"
+    )
+    click.echo(f"  measured  {peak / scale:8.2f} {unit}  (resident {result['resident_bytes'] / scale:.2f} "
+               f"{unit}; {passes})")
+    click.echo(f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
+               "without allocator overhead and CUDA context)")
 
 
 @main.command()

@@ -283,12 +283,12 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
             + full.get("te1_weights", int(params["te1"]) * wbytes)
             + full.get("te2_weights", int(params["te2"]) * wbytes)
             + vae_params * vae_bytes
-            + full["trainable_params"]
+            + full.get("trainable_params", 0)  # a fine-tune's trained weights are its *_weights
             + sum(v for k, v in terms.items() if k.startswith("optimizer_state"))
         )
         inference = acts_facts["inference_bytes_per_latent_px_per_sample"]
         unet_inf = inference * _latent_px(sw, sh, model) * cfg_batch
-        decode = vae_transient["decode"] * sw * sh * vae_bytes
+        decode = vae_transient["decode"] * sw * sh * wbytes  # sampling decodes under autocast
         transient = max(unet_inf * act_scale, decode)
         sample_peak = int((static + transient) * (1.0 + overhead)) + terms["cuda_context"]
     return {k: v for k, v in terms.items() if v > 0}, sample_peak

@@ -208,3 +208,4 @@ def test_plan_exact_prints_measured_and_estimated_terms(tmp_path: Path) -> None:
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
             if line.startswith("    te1_weights")}
     assert rows["te1_weights"][0] == rows["te1_weights"][2]  # same bytes measured and estimated
+    assert "exact sampling peak" not in out  # the recipe samples nothing

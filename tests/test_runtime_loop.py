@@ -159,3 +159,23 @@ def test_vae_slicing_encodes_one_image_at_a_time_to_the_same_latents(make_plan, 
         hook.remove()
     assert seen == [1, 1, 1]
     torch.testing.assert_close(one_by_one, loop.encode_pixels(whole, pixels), rtol=1e-4, atol=1e-5)
+
+
+def test_placement_casts_before_it_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fp32 checkpoint is cast to the run dtype before it goes to the device, never after."""
+    from runtime import models as runtime_models
+
+    calls: list[str] = []
+    module = torch.nn.Linear(4, 4)
+    real_to = module.to
+
+    def recording_to(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        calls.append("dtype" if "dtype" in kwargs else "device")
+        return real_to(*args, **kwargs)
+
+    monkeypatch.setattr(module, "to", recording_to)
+    runtime_models._move(module, torch.device("cpu"), torch.bfloat16)
+    assert calls == ["dtype", "device"] and module.weight.dtype == torch.bfloat16
+    calls.clear()
+    runtime_models._move(module, torch.device("cpu"), torch.bfloat16)  # already bf16: no cast
+    assert calls == ["device"]

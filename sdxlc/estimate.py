@@ -289,7 +289,8 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         inference = acts_facts["inference_bytes_per_latent_px_per_sample"]
         unet_inf = inference * _latent_px(sw, sh, model) * cfg_batch
         decode = vae_transient["decode"] * sw * sh * wbytes  # sampling decodes under autocast
-        transient = max(unet_inf * act_scale, decode)
+        # autocast keeps its half-precision copies of a fine-tuned UNet's fp32 weights until sampling ends
+        transient = max(unet_inf * act_scale, decode) + _autocast_copies(plan, model)
         sample_peak = int((static + transient) * (1.0 + overhead)) + terms["cuda_context"]
     return {k: v for k, v in terms.items() if v > 0}, sample_peak
 

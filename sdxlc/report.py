@@ -72,9 +72,14 @@ def _steps(plan: dict[str, Any]) -> str:
         lines.append(
             f"  {d['images']} images × {repeats} = {d['samples']} samples (train, {d['path']}{weight})"
         )
+    table = data["buckets"]["table"]
+    per_bucket = ""
+    if len(table) > 1:  # a batch never mixes buckets: each bucket rounds its batch count up
+        shown = " + ".join(str(row["batches"]) for row in table[:8]) + (" + …" if len(table) > 8 else "")
+        per_bucket = f" (per bucket: {shown})"
     lines.append(
-        f"  {data['samples_per_epoch']} samples per epoch in {len(data['buckets']['table'])} bucket(s), "
-        f"batch {t['batch_size']} → {t['batches_per_epoch']} batches per epoch"
+        f"  {data['samples_per_epoch']} samples per epoch in {len(table)} bucket(s), "
+        f"batch {t['batch_size']} → {t['batches_per_epoch']} batches per epoch{per_bucket}"
     )
     launch = plan["launch"]
     if launch["world_size"] > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,14 @@ def test_every_resolved_setting_says_where_it_came_from() -> None:
     assert plan["provenance"]["hardware.vram_bytes"]["source"] == "profile"
     batch = plan["provenance"]["training.batch_size"]
     assert batch["source"] == "recipe" and batch["at"].endswith("recipes/style_lora.sdx:9:1")
+
+
+def test_plan_text_shows_the_arithmetic() -> None:
+    code, out, err = _cli("plan", str(RECIPES / "quickstart.sdx"))
+    assert code == 0, err
+    assert "12 images × 2 repeats = 24 samples" in out
+    assert "→ 12 batches per epoch (per bucket: 4 + 4 + 4)" in out
+    assert "training peak" in out and "sampling peak" in out
+    per_step = next(line for line in out.splitlines() if line.startswith("  per step:"))
+    assert "TFLOP/s fp32 × efficiency 0.33" in per_step and "dispatch" in per_step
+    assert re.search(r"training \d+ s, sampling \d+ s, caching \d+ s", out)

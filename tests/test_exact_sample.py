@@ -90,11 +90,13 @@ def test_plan_exact_prints_the_sampling_peak(tmp_path: Path) -> None:
     assert "peak in decode" in section and "unet +" in section and "estimate" in section
 
 
-def test_a_finetune_that_samples_is_estimated_and_measured(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("profile", "precision"), [("cpu", "fp32"), ("h200-141gb", "bf16")])
+def test_a_sampling_finetune_is_estimated_and_measured(tmp_path: Path, profile: str, precision: str) -> None:
+    """Under bf16 autocast, the half-precision copies of the fp32 UNet weights live until sampling ends."""
     recipe = tmp_path / "f.sdx"
     recipe.write_text(
-        f'sdx 1\nmodel tiny\nprofile cpu\ndata "{DATA}" caption .txt\nresolution 64 no buckets\n'
-        'finetune unet\nfp32\ncache te cache latents\nlr 1e-5 adamw\nsteps 10\noutput "out/f"\n'
+        f'sdx 1\nmodel tiny\nprofile {profile}\ndata "{DATA}" caption .txt\nresolution 64 no buckets\n'
+        f'finetune unet\n{precision}\ncache te cache latents\nlr 1e-5 adamw\nsteps 10\noutput "out/f"\n'
         'sample every 5 steps "a red circle" size 64 steps 4 cfg 5\n',
         encoding="utf-8",
     )

@@ -8,7 +8,7 @@ Each row is a configuration of bench/estimate_vs_exact.py (`--quick`: QUICK belo
 profile, then 1 warm-up + `--steps` optimizer steps of the runtime's own code (`runtime.run.setup_model`,
 caches' parking, `make_optimizer`, accelerate's prepare/backward/clip, the fused backward pass, `batch_loss`)
 on a full-size SDXL from the shipped configs with random weights (built once on the GPU, kept in system
-RAM, copied per row), with random inputs at the largest bucket (`runtime.exact._conditioning`: VAE and
+RAM, copied per row), with random inputs at the largest bucket (`runtime.exact.conditioning`: VAE and
 text encoders run when not cached; no data loading). Memory: torch's allocated/reserved peaks over the
 steps, after setup and an emptied cache, against the training-peak terms of `vram_breakdown` (without
 allocator_overhead, cuda_context, sample_peak) and those plus allocator_overhead. Context = device memory
@@ -170,7 +170,7 @@ def measure(plan: dict[str, Any], pipe: SimpleNamespace, steps: int, baseline: i
     measure_norm = max_norm > 0 or bool(plan["log"]["tensorboard"])  # the loop's condition
     hooks = fuse_backward(getattr(optimizer, "optimizer", optimizer), max_norm) if fused else []
     batch, accumulate = int(training["batch_size"]), int(training["accumulate"])
-    width, height = exact._largest_bucket(plan)
+    width, height = exact.largest_bucket(plan)
     if cuda:
         torch.cuda.synchronize()
         out.update(setup_max_allocated=torch.cuda.max_memory_allocated(),
@@ -185,7 +185,7 @@ def measure(plan: dict[str, Any], pipe: SimpleNamespace, steps: int, baseline: i
             for _ in range(accumulate):
                 phase("encode")
                 with torch.device(acc.device):  # exact's random inputs, on the device as the caches keep them
-                    latents, states, pooled = exact._conditioning(plan, parts, loaded, batch, width, height)
+                    latents, states, pooled = exact.conditioning(plan, parts, loaded, batch, width, height)
                 time_ids = torch.randn(batch, 6)  # from the loader, on the CPU
                 with acc.accumulate(model):
                     phase("forward")

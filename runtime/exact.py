@@ -79,7 +79,9 @@ def resident(plan: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def _setup(plan: dict[str, Any], mode: FakeTensorMode) -> tuple[SimpleNamespace, dict[str, torch.nn.Module]]:
+def setup_fake(
+    plan: dict[str, Any], mode: FakeTensorMode
+) -> tuple[SimpleNamespace, dict[str, torch.nn.Module]]:
     """Build, place and attach the method as runtime.models.place and runtime.run.setup_model do;
     returns the pipeline and its resident components (fake), by plan name (unet, te1, te2, vae).
 
@@ -131,7 +133,7 @@ class _Autocast(torch.nn.Module):  # type: ignore[misc]
         return out
 
 
-def _optimizer(plan: dict[str, Any], pipe: SimpleNamespace) -> torch.optim.Optimizer:
+def fake_optimizer(plan: dict[str, Any], pipe: SimpleNamespace) -> torch.optim.Optimizer:
     from runtime.optim import make_optimizer
     from sdxlc.optimizers import optimizer_table
 
@@ -150,7 +152,7 @@ def _optimizer(plan: dict[str, Any], pipe: SimpleNamespace) -> torch.optim.Optim
 # ---- one step ---------------------------------------------------------------------------------
 
 
-def _largest_bucket(plan: dict[str, Any]) -> tuple[int, int]:
+def largest_bucket(plan: dict[str, Any]) -> tuple[int, int]:
     """(width, height) in pixels of the largest bucket (the square resolution without buckets)."""
     table = plan["data"]["buckets"].get("table") or []
     sizes = [(int(b["width"]), int(b["height"])) for b in table]
@@ -182,7 +184,7 @@ def _text(
     return torch.cat(states, dim=-1), pooled
 
 
-def _conditioning(
+def conditioning(
     plan: dict[str, Any], parts: dict[str, torch.nn.Module], models: Any, batch: int, width: int, height: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(latents, prompt embeddings, pooled) as runtime.loop.Conditioning.encode makes them."""
@@ -205,7 +207,7 @@ def _conditioning(
     return sample_latents(models, parameters), text.to(dtype), pooled.to(dtype)
 
 
-def _track_weights(plan: dict[str, Any], parts: dict[str, torch.nn.Module], tracker: LiveBytes) -> None:
+def track_weights(plan: dict[str, Any], parts: dict[str, torch.nn.Module], tracker: LiveBytes) -> None:
     """Weights by component; a fine-tune's trained weights count as weights (the estimate's terms)."""
     whole = set(plan["method"]["targets"]) if plan["method"]["kind"] == "finetune" else set()
     for name, module in parts.items():
@@ -216,7 +218,7 @@ def _track_weights(plan: dict[str, Any], parts: dict[str, torch.nn.Module], trac
             tracker.track(b, f"{name}_weights")
 
 
-def _materialise_state(optimizer: torch.optim.Optimizer, tracker: LiveBytes) -> list[torch.Tensor]:
+def materialise_state(optimizer: torch.optim.Optimizer, tracker: LiveBytes) -> list[torch.Tensor]:
     """A first step on zero gradients creates the optimizer state; returns the trained parameters."""
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     for p in trainable:
@@ -240,17 +242,17 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
     plan = copy.deepcopy(plan)
     training = plan["training"]
     batch, accumulate = int(training["batch_size"]), int(training["accumulate"])
-    width, height = _largest_bucket(plan)
+    width, height = largest_bucket(plan)
     weight_dtype = DTYPES[plan["precision"]["mixed"]]
     max_norm = float(plan["optimizer"]["max_grad_norm"])
     fused = bool(plan["method"].get("fused_backward"))
     mode = FakeTensorMode(allow_non_fake_inputs=True)
 
-    pipe, parts = _setup(plan, mode)
+    pipe, parts = setup_fake(plan, mode)
     tracker = LiveBytes()
     notes: list[str] = []
     with mode, tracker:
-        _track_weights(plan, parts, tracker)
+        track_weights(plan, parts, tracker)
         vae = parts.get("vae", SimpleNamespace(config=SimpleNamespace(scaling_factor=0.13025)))
         models: Any = SimpleNamespace(
             pipe=SimpleNamespace(vae=vae),
@@ -259,8 +261,8 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
             vae_dtype=torch.float32 if plan["precision"]["vae_fp32"] else weight_dtype,
             noise_scheduler=training_noise_scheduler(plan["model"]["prediction"]),
         )
-        optimizer = _optimizer(plan, pipe)
-        trainable = _materialise_state(optimizer, tracker)
+        optimizer = fake_optimizer(plan, pipe)
+        trainable = materialise_state(optimizer, tracker)
         if isinstance(optimizer, StatePlaceholder):
             notes.append(f"{plan['optimizer']['name']} (bitsandbytes) state allocated at its analytic size")
         for p in trainable:
@@ -272,7 +274,7 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
         tracker.reset_peak()
         tracker.count_flops = True
         tracker.phase = "encode"
-        latents, states, pooled = _conditioning(plan, parts, models, batch, width, height)
+        latents, states, pooled = conditioning(plan, parts, models, batch, width, height)
         time_ids = torch.randn(batch, 6)
         tracker.phase = "forward"
         unet = _Autocast(parts["unet"], weight_dtype)

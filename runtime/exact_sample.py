@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from runtime.exact import DTYPES, TOKENS, _materialise_state, _optimizer, _setup, _track_weights
+from runtime.exact import DTYPES, TOKENS, fake_optimizer, materialise_state, setup_fake, track_weights
 from runtime.fake_memory import LiveBytes
 
 
@@ -41,7 +41,7 @@ def measure_sampling(plan: dict[str, Any]) -> dict[str, Any] | None:
     weight_dtype = DTYPES[plan["precision"]["mixed"]]
     vae_dtype = torch.float32 if plan["precision"]["vae_fp32"] else weight_dtype
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    pipe, parts = _setup(_all_resident(plan), mode)
+    pipe, parts = setup_fake(_all_resident(plan), mode)
     tracker = LiveBytes()
     peak: dict[str, Any] = {"bytes": 0}
     phases: dict[str, int] = {}  # transient bytes above what stays resident, per pass
@@ -56,9 +56,9 @@ def measure_sampling(plan: dict[str, Any]) -> dict[str, Any] | None:
 
     autocast = {"device_type": "cpu", "dtype": weight_dtype, "enabled": weight_dtype != torch.float32}
     with mode, tracker:
-        _track_weights(plan, parts, tracker)
-        optimizer = _optimizer(plan, pipe)  # its state stays through sampling; the gradients are freed
-        _materialise_state(optimizer, tracker)
+        track_weights(plan, parts, tracker)
+        optimizer = fake_optimizer(plan, pipe)  # its state stays through sampling; the gradients are freed
+        materialise_state(optimizer, tracker)
         for module in parts.values():
             module.eval()
         resident = tracker.current

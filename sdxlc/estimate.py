@@ -51,10 +51,10 @@ def load_model(name: str) -> dict[str, Any]:
 
 def model_name(plan: dict[str, Any]) -> str:
     """``tiny`` for the built-in tiny model, ``sdxl`` for everything else (hub ids, folders, single files)."""
-    return "tiny" if _get(plan, "model.kind") == "tiny" else "sdxl"
+    return "tiny" if get_path(plan, "model.kind") == "tiny" else "sdxl"
 
 
-def _get(plan: dict[str, Any], dotted: str) -> Any:
+def get_path(plan: dict[str, Any], dotted: str) -> Any:
     node: Any = plan
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -63,7 +63,7 @@ def _get(plan: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _set(plan: dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(plan: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = plan
     for part in parents:
@@ -76,23 +76,23 @@ def trainable_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
     embedding rows (vectors × both encoders' widths). block_lr zeros are not subtracted."""
     kind = plan["method"].get("kind", "lora")
     if kind == "finetune":
-        return sum(int(model["params"][t]) for t in _get(plan, "method.targets"))
+        return sum(int(model["params"][t]) for t in get_path(plan, "method.targets"))
     if kind == "embedding":
         context = model["context"]
-        return int(_get(plan, "method.vectors")) * (int(context["te1_width"]) + int(context["te2_width"]))
+        return int(get_path(plan, "method.vectors")) * (int(context["te1_width"]) + int(context["te2_width"]))
     return lora_param_count(plan, model)
 
 
 def lora_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
     """Trainable LoRA parameters: rank x per-rank sizes of the targeted modules."""
-    rank = int(_get(plan, "method.rank"))
-    targets = set(_get(plan, "method.targets"))
+    rank = int(get_path(plan, "method.rank"))
+    targets = set(get_path(plan, "method.targets"))
     table: dict[str, dict[str, int]] = copy.deepcopy(model["lora_params_per_rank"])
     if "conv" in plan["method"].get("modules", []):  # conv layers count when the plan asks for them
         table["unet"].update(model["lora_conv_params_per_rank"]["unet"])
     per_rank = 0
     if "unet" in targets:
-        for module in _get(plan, "method.unet_modules"):
+        for module in get_path(plan, "method.unet_modules"):
             if module not in table["unet"]:
                 known = ", ".join(table["unet"])
                 raise EstimateError(f"no LoRA size known for UNet module {module!r} (known: {known})")
@@ -132,7 +132,7 @@ def _frozen_or_full(plan: dict[str, Any]) -> str:
 def _autocast_copies(plan: dict[str, Any], model: dict[str, Any]) -> int:
     """Autocast's half-precision copies of a fine-tuned UNet's fp32 weights, kept for the backward pass."""
     method = plan["method"]
-    half = _get(plan, "precision.mixed") != "fp32" and not method.get("full_bf16")
+    half = get_path(plan, "precision.mixed") != "fp32" and not method.get("full_bf16")
     if method.get("kind") == "finetune" and "unet" in method["targets"] and half:
         return int(model["params"]["unet"]) * 2
     return 0
@@ -147,7 +147,7 @@ def _finetune_peak(
     only when accumulating) and the gradient phase (all gradients + the optimizer step's temporaries,
     at least those of one tensor). The breakdown shows the terms of the larger."""
     out = {k: v for k, v in terms.items() if k not in ("activations", "vae_encode_extra", "gradients")}
-    carry = terms["gradients"] if int(_get(plan, "training.accumulate")) > 1 else 0
+    carry = terms["gradients"] if int(get_path(plan, "training.accumulate")) > 1 else 0
     copies = _autocast_copies(plan, model)
     forward = terms["activations"] + terms.get("vae_encode_extra", 0) + copies + carry
     per_tensor = PER_TENSOR_COPIES * int(model["largest_tensor_params"]) * 4
@@ -164,11 +164,11 @@ def _te_lora_copies(plan: dict[str, Any], model: dict[str, Any], batch: int) -> 
     """Text-encoder LoRA under mixed precision: peft casts each LoRA layer's input to the fp32 LoRA
     weights, and autograd keeps that copy (layers × tokens × input width × 4 bytes per module and sample)."""
     method = plan["method"]
-    if method.get("kind", "lora") != "lora" or _get(plan, "precision.mixed") == "fp32":
+    if method.get("kind", "lora") != "lora" or get_path(plan, "precision.mixed") == "fp32":
         return 0
     modules = method.get("te_modules") or model["te_lora_modules"]
     total = 0
-    for te in set(_get(plan, "method.targets")) & {"te1", "te2"}:
+    for te in set(get_path(plan, "method.targets")) & {"te1", "te2"}:
         widths = model["te_lora_input_width"][te]
         total += int(model["context"]["te_layers"][te]) * sum(int(widths[m]) for m in modules)
     return total * int(model["context"]["length"]) * LORA_DTYPE_BYTES * batch
@@ -176,11 +176,11 @@ def _te_lora_copies(plan: dict[str, Any], model: dict[str, Any], batch: int) -> 
 
 def _bucket_sizes(plan: dict[str, Any]) -> list[tuple[int, int, int]]:
     """(width, height, weight) of every bucket in use; one square bucket when there is no table."""
-    table = _get(plan, "data.buckets.table") or []
+    table = get_path(plan, "data.buckets.table") or []
     used = [(int(b["width"]), int(b["height"]), int(b.get("batches") or b.get("images") or 0)) for b in table]
     used = [b for b in used if b[2] > 0] or [(w, h, 1) for w, h, _ in used]
     if not used:
-        res = int(_get(plan, "data.resolution"))
+        res = int(get_path(plan, "data.resolution"))
         used = [(res, res, 1)]
     return used
 
@@ -196,9 +196,9 @@ def _unet_forward_flops(model: dict[str, Any], latent_px: float) -> float:
 
 
 def _resident(plan: dict[str, Any]) -> dict[str, bool]:
-    targets = set(_get(plan, "method.targets"))
-    cache_te = bool(_get(plan, "data.cache.text_encoder"))
-    cache_latents = bool(_get(plan, "data.cache.latents"))
+    targets = set(get_path(plan, "method.targets"))
+    cache_te = bool(get_path(plan, "data.cache.text_encoder"))
+    cache_latents = bool(get_path(plan, "data.cache.latents"))
     return {
         "te1": "te1" in targets or not cache_te,
         "te2": "te2" in targets or not cache_te,
@@ -211,13 +211,13 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     model = load_model(model_name(plan))
     params = model["params"]
     acts_facts = model["activations"]
-    mixed = str(_get(plan, "precision.mixed"))
+    mixed = str(get_path(plan, "precision.mixed"))
     wbytes = DTYPE_BYTES[mixed]
-    vae_bytes = 4 if _get(plan, "precision.vae_fp32") else wbytes
+    vae_bytes = 4 if get_path(plan, "precision.vae_fp32") else wbytes
     act_scale = DTYPE_BYTES[mixed] / int(acts_facts["compute_dtype_bytes"])
-    batch = int(_get(plan, "training.batch_size"))
-    ckpt = bool(_get(plan, "training.gradient_checkpointing"))
-    targets = set(_get(plan, "method.targets"))
+    batch = int(get_path(plan, "training.batch_size"))
+    ckpt = bool(get_path(plan, "training.gradient_checkpointing"))
+    targets = set(get_path(plan, "method.targets"))
     resident = _resident(plan)
 
     trained = trainable_param_count(plan, model)
@@ -274,10 +274,10 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     terms["cuda_context"] = profile.context_bytes if profile.device == "cuda" else 0
 
     sample_peak = 0
-    prompts = _get(plan, "sample.prompts") or []
+    prompts = get_path(plan, "sample.prompts") or []
     if prompts:
-        sw, sh = int(_get(plan, "sample.width")), int(_get(plan, "sample.height"))
-        cfg_batch = 2 if float(_get(plan, "sample.cfg")) > 1.0 else 1
+        sw, sh = int(get_path(plan, "sample.width")), int(get_path(plan, "sample.height"))
+        cfg_batch = 2 if float(get_path(plan, "sample.cfg")) > 1.0 else 1
         static = (
             full["unet_weights"]  # encoders and VAE parked on the CPU come back for sampling
             + full.get("te1_weights", int(params["te1"]) * wbytes)
@@ -295,7 +295,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     return {k: v for k, v in terms.items() if v > 0}, sample_peak
 
 
-def _launch(plan: dict[str, Any]) -> tuple[int, int, str]:
+def launch_shape(plan: dict[str, Any]) -> tuple[int, int, str]:
     """(world size, machines, strategy); one process when the plan predates `launch`."""
     launch = plan.get("launch") or {}
     machines, strategy = int(launch.get("machines", 1)), str(launch.get("strategy", "ddp"))
@@ -309,7 +309,7 @@ def shard_terms(plan: dict[str, Any], terms: dict[str, int]) -> dict[str, int]:
     deepspeed-zero2: optimizer state and gradients are split over the processes (`*_zero2_shard`).
     fsdp: the weights too (`*_fsdp_shard`); the all-gathered unit in flight is not counted.
     """
-    world, _, strategy = _launch(plan)
+    world, _, strategy = launch_shape(plan)
     if world <= 1:
         return terms
     out = dict(terms)
@@ -328,30 +328,32 @@ def shard_terms(plan: dict[str, Any], terms: dict[str, int]) -> dict[str, int]:
 def _communication_seconds(plan: dict[str, Any], model: dict[str, Any], device: str) -> float:
     """Seconds per optimizer step spent averaging gradients (ring all-reduce: 2(N-1)/N of their bytes),
     plus FSDP's weight all-gathers (forward and backward); not overlapped with compute."""
-    world, machines, strategy = _launch(plan)
+    world, machines, strategy = launch_shape(plan)
     if world <= 1:
         return 0.0
     share = (world - 1) / world
     moved = 2 * share * trainable_param_count(plan, model) * LORA_DTYPE_BYTES
     if strategy == "fsdp":
-        moved += 2 * share * int(model["params"]["unet"]) * DTYPE_BYTES[str(_get(plan, "precision.mixed"))]
+        weight_bytes = DTYPE_BYTES[str(get_path(plan, "precision.mixed"))]
+        moved += 2 * share * int(model["params"]["unet"]) * weight_bytes
     bandwidth = NETWORK_BYTES_PER_S if machines > 1 else LINK_BYTES_PER_S[device]
     return moved / bandwidth
 
 
-def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, dict[str, float]]:
-    """(FLOPs per optimizer step, the time breakdown): seconds per step split into compute, dispatch
-    overhead and gradient communication, and the run's seconds of training, sampling and caching."""
+def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict[str, float]]:
+    """(FLOPs per optimizer step, seconds per step, the time breakdown): seconds per step split into
+    compute, dispatch overhead and gradient communication, and the run's seconds of training, sampling
+    and caching."""
     model = load_model(model_name(plan))
     flops = model["flops"]
-    mixed = str(_get(plan, "precision.mixed"))
+    mixed = str(get_path(plan, "precision.mixed"))
     throughput = profile.tflops_for(mixed) * 1e12 * profile.efficiency
-    batch = int(_get(plan, "training.batch_size"))
-    accumulate = int(_get(plan, "training.accumulate"))
-    ckpt = bool(_get(plan, "training.gradient_checkpointing"))
-    targets = set(_get(plan, "method.targets"))
+    batch = int(get_path(plan, "training.batch_size"))
+    accumulate = int(get_path(plan, "training.accumulate"))
+    ckpt = bool(get_path(plan, "training.gradient_checkpointing"))
+    targets = set(get_path(plan, "method.targets"))
     resident = _resident(plan)
-    cache_te = bool(_get(plan, "data.cache.text_encoder"))
+    cache_te = bool(get_path(plan, "data.cache.text_encoder"))
 
     sizes = _bucket_sizes(plan)
     total_weight = sum(wt for _, _, wt in sizes)
@@ -379,7 +381,7 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, dict[str, f
         overhead *= float(model["checkpointing_overhead_factor"])
     if resident["vae"] or not cache_te:
         overhead += float(model["encode_overhead_seconds"][device])
-    world, machines, _ = _launch(plan)
+    world, machines, _ = launch_shape(plan)
     if device == "cpu" and machines == 1:
         throughput /= world  # the processes share the machine's cores
     time = {
@@ -391,27 +393,27 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, dict[str, f
         "communication_per_step": _communication_seconds(plan, model, device),
     }
     seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
-    time["training"] = seconds_per_step * int(_get(plan, "training.total_steps"))
+    time["training"] = seconds_per_step * int(get_path(plan, "training.total_steps"))
     sampling = caching = 0.0
 
-    prompts = _get(plan, "sample.prompts") or []
-    every = _get(plan, "sample.every_steps")
+    prompts = get_path(plan, "sample.prompts") or []
+    every = get_path(plan, "sample.every_steps")
     if prompts and every:
-        events = int(_get(plan, "training.total_steps")) // int(every)
-        sw, sh = int(_get(plan, "sample.width")), int(_get(plan, "sample.height"))
-        cfg_batch = 2 if float(_get(plan, "sample.cfg")) > 1.0 else 1
-        steps = int(_get(plan, "sample.steps"))
+        events = int(get_path(plan, "training.total_steps")) // int(every)
+        sw, sh = int(get_path(plan, "sample.width")), int(get_path(plan, "sample.height"))
+        cfg_batch = 2 if float(get_path(plan, "sample.cfg")) > 1.0 else 1
+        steps = int(get_path(plan, "sample.steps"))
         image = steps * cfg_batch * _unet_forward_flops(model, _latent_px(sw, sh, model))
         image += float(flops["vae_decode_per_image_px"]) * sw * sh
         sampling = events * len(prompts) * image / throughput
-    images = int(_get(plan, "data.images")) / world  # caching is split over the processes
+    images = int(get_path(plan, "data.images")) / world  # caching is split over the processes
     if not resident["vae"]:
         caching += images * float(flops["vae_encode_per_image_px"]) * mean_image_px / throughput
     if cache_te:
         te_flops = sum(float(flops[f"{te}_forward_per_sample"]) for te in ("te1", "te2"))
         caching += images * te_flops / throughput
     time.update(sampling=sampling, caching=caching)
-    return step_flops, time
+    return step_flops, seconds_per_step, time
 
 
 def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
@@ -436,8 +438,7 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
         verdict = "tight"
     else:
         verdict = "fits"
-    step_flops, time = _seconds(plan, profile)
-    seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
+    step_flops, seconds_per_step, time = _seconds(plan, profile)
     total = time["training"] + time["sampling"] + time["caching"]
     return {
         "vram_bytes": int(vram),
@@ -461,17 +462,17 @@ def _optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained:
     count those elements exactly (`adafactor_state_elements`; convolutions are barely factored); a LoRA or
     an embedding trains rank × width or vectors × width matrices, about 4 / (short side) bytes per value.
     """
-    optimizer = str(_get(plan, "optimizer.name"))
+    optimizer = str(get_path(plan, "optimizer.name"))
     table = optimizer_table()
     if optimizer not in table:
         raise EstimateError(f"no optimizer-state size known for {optimizer!r}")
     state = table[optimizer]["state"]
-    args = _get(plan, "optimizer.args") or {}
+    args = get_path(plan, "optimizer.args") or {}
     if state.get("factored"):
         first_moment = 4 * trained if args.get("beta1") is not None else 0
         if plan["method"].get("kind") == "finetune":
             elements = model["adafactor_state_elements"]
-            return 4 * sum(int(elements[t]) for t in _get(plan, "method.targets")) + first_moment
+            return 4 * sum(int(elements[t]) for t in get_path(plan, "method.targets")) + first_moment
         return int(4.0 / _factored_side(plan) * trained) + first_moment
     if optimizer == "sgd" and float(args.get("momentum", 1.0)) == 0.0:
         return 0
@@ -482,5 +483,5 @@ def _optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained:
 def _factored_side(plan: dict[str, Any]) -> float:
     """The short side of a trained LoRA or embedding matrix: the rank or the vector count."""
     if plan["method"].get("kind") == "embedding":
-        return float(_get(plan, "method.vectors"))
-    return float(max(1, int(_get(plan, "method.rank"))))
+        return float(get_path(plan, "method.vectors"))
+    return float(max(1, int(get_path(plan, "method.rank"))))

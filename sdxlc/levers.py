@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sdxlc.estimate import _get, _launch, _set, estimate
+from sdxlc.estimate import estimate, get_path, launch_shape, set_path
 from sdxlc.profiles import Profile
 
 Candidate = tuple[str, dict[str, Any], str]  # (name, plan path → new value, description)
@@ -22,22 +22,22 @@ def applied(plan: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     for top in {path.split(".", 1)[0] for path in changes}:
         out[top] = copy.deepcopy(plan[top])
     for path, value in changes.items():
-        _set(out, path, value)
+        set_path(out, path, value)
     return out
 
 
 def _caching(plan: dict[str, Any]) -> list[Candidate]:
     out: list[Candidate] = []
-    targets = set(_get(plan, "method.targets"))
-    if not _get(plan, "data.cache.text_encoder") and not targets & {"te1", "te2"}:
+    targets = set(get_path(plan, "method.targets"))
+    if not get_path(plan, "data.cache.text_encoder") and not targets & {"te1", "te2"}:
         out.append(("cache_text_encoder", {"data.cache.text_encoder": True},
                     "cache text-encoder outputs and free both text encoders "
                     "(no per-step caption shuffling or dropout)"))
-    if not _get(plan, "data.cache.latents"):
+    if not get_path(plan, "data.cache.latents"):
         out.append(("cache_latents", {"data.cache.latents": True},
                     "cache VAE latents and free the VAE during training "
                     "(augmentations are fixed at caching time)"))
-        if int(_get(plan, "training.batch_size")) > 1 and not plan["precision"].get("vae_slicing"):
+        if int(get_path(plan, "training.batch_size")) > 1 and not plan["precision"].get("vae_slicing"):
             out.append(("vae_slicing", {"precision.vae_slicing": True},
                         "encode the batch one image at a time with the VAE (`vae sliced`; "
                         "the same latents, a slightly slower encode)"))
@@ -46,10 +46,10 @@ def _caching(plan: dict[str, Any]) -> list[Candidate]:
 
 def _optimizer(plan: dict[str, Any]) -> list[Candidate]:
     out: list[Candidate] = []
-    optimizer = str(_get(plan, "optimizer.name"))
+    optimizer = str(get_path(plan, "optimizer.name"))
     method = plan["method"]
     if (method.get("kind") == "finetune" and optimizer == "adafactor" and not method.get("fused_backward")
-            and int(_get(plan, "training.accumulate")) == 1 and _launch(plan)[0] == 1):
+            and int(get_path(plan, "training.accumulate")) == 1 and launch_shape(plan)[0] == 1):
         out.append(("fused_backward", {"method.fused_backward": True},
                     "Adafactor's fused backward pass: each weight steps as its gradient is ready"))
     if optimizer in ("adamw", "lion"):
@@ -63,7 +63,7 @@ def _optimizer(plan: dict[str, Any]) -> list[Candidate]:
 
 def _precision(plan: dict[str, Any], profile: Profile) -> list[Candidate]:
     out: list[Candidate] = []
-    method, mixed = plan["method"], _get(plan, "precision.mixed")
+    method, mixed = plan["method"], get_path(plan, "precision.mixed")
     if method.get("kind") == "finetune" and mixed == "bf16" and not method.get("full_bf16"):
         out.append(("full_bf16", {"method.full_bf16": True},
                     "`full bf16`: trained weights, gradients and optimizer state in bf16, no fp32 master "
@@ -76,11 +76,11 @@ def _precision(plan: dict[str, Any], profile: Profile) -> list[Candidate]:
 
 
 def _batch(plan: dict[str, Any]) -> list[Candidate]:
-    batch = int(_get(plan, "training.batch_size"))
+    batch = int(get_path(plan, "training.batch_size"))
     if batch <= 1:
         return []
     smaller = batch // 2 if batch % 2 == 0 else 1
-    accumulate = int(_get(plan, "training.accumulate")) * (batch // smaller)
+    accumulate = int(get_path(plan, "training.accumulate")) * (batch // smaller)
     return [("smaller_batch", {"training.batch_size": smaller, "training.accumulate": accumulate},
              f"batch {smaller} with {accumulate}x gradient accumulation (same effective batch, slower)")]
 
@@ -89,7 +89,7 @@ def candidates(plan: dict[str, Any], profile: Profile) -> list[Candidate]:
     """Every memory lever the plan has not used, cheapest first: caching, the VAE's encode, gradient
     checkpointing, optimizer state, precision, then a smaller batch with more accumulation."""
     out = _caching(plan)
-    if not _get(plan, "training.gradient_checkpointing"):
+    if not get_path(plan, "training.gradient_checkpointing"):
         out.append(("gradient_checkpointing", {"training.gradient_checkpointing": True},
                     "turn on gradient checkpointing (about 20-30% slower steps)"))
     return out + _optimizer(plan) + _precision(plan, profile) + _batch(plan)

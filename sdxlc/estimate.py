@@ -379,6 +379,7 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
     overhead = float(model["step_overhead_seconds"][device])
     if ckpt:
         overhead *= float(model["checkpointing_overhead_factor"])
+    overhead += float(model["sample_overhead_seconds"][device]) * batch
     if resident["vae"] or not cache_te:
         overhead += float(model["encode_overhead_seconds"][device])
     world, machines, _ = launch_shape(plan)

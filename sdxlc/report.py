@@ -142,12 +142,12 @@ def _time(plan: dict[str, Any]) -> list[str]:
     """The time estimate with its arithmetic: FLOPs over the effective rate, then the parts of the run."""
     est, steps = plan["estimate"], plan["training"]["total_steps"]
     lines = [f"time estimate: {est['seconds_per_step']:.3f} s/step × {steps} steps "
-             f"≈ {_duration(est['total_seconds'])} ({est['step_flops'] / 1e12:.2f} TFLOP per step)"]
+             f"≈ {_duration(est['total_seconds'])} ({_flops(est['step_flops'])} per step)"]
     t = est.get("time_breakdown")
     if not t:
         return lines
     dtype = plan["precision"]["mixed"]
-    per_step = (f"  per step: {est['step_flops'] / 1e12:.2f} TFLOP ÷ ({t['dense_tflops']:g} TFLOP/s {dtype} "
+    per_step = (f"  per step: {_flops(est['step_flops'])} ÷ ({t['dense_tflops']:g} TFLOP/s {dtype} "
                 f"× efficiency {t['efficiency']:g} = {t['effective_tflops']:.2f} TFLOP/s) = "
                 f"{t['compute_per_step']:.3f} s"
                 f" + {t['overhead_per_step']:.3f} s dispatch")
@@ -175,6 +175,10 @@ def _origin(origin: dict[str, Any] | None) -> str:
     if not origin:
         return ""
     return f"{origin['source']} {origin['at']}" if origin.get("at") else str(origin["source"])
+
+
+def _flops(n: float) -> str:
+    return f"{n / 1e12:.2f} TFLOP" if n >= 1e11 else f"{n / 1e9:.2f} GFLOP"
 
 
 def _gib(n: int) -> str:

@@ -273,5 +273,5 @@ def test_plan_text_shows_the_arithmetic() -> None:
     assert "→ 12 batches per epoch (per bucket: 4 + 4 + 4)" in out
     assert "training peak" in out and "sampling peak" in out
     per_step = next(line for line in out.splitlines() if line.startswith("  per step:"))
-    assert "TFLOP/s fp32 × efficiency 0.33" in per_step and "dispatch" in per_step
+    assert "TFLOP/s fp32 × efficiency 0.48" in per_step and "dispatch" in per_step
     assert re.search(r"training \d+ s, sampling \d+ s, caching \d+ s", out)

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.exact_sample import measure_sampling  # noqa: E402
+from sdxlc.estimate import sample_peak_seen  # noqa: E402
 from sdxlc.pipeline import compile_recipe  # noqa: E402
 from sdxlc.profiles import load_profile  # noqa: E402
 
@@ -66,9 +67,7 @@ def plan_for(method: str, precision: str, caches: str, size: int, cfg: float, fo
 
 def row(config: Row, folder: Path) -> dict[str, Any]:
     plan = plan_for(*config, folder)
-    terms = plan["estimate"]["vram_breakdown"]
-    overhead = load_profile(PROFILE).allocator_overhead
-    analytic = (terms["sample_peak"] - terms.get("cuda_context", 0)) / (1.0 + overhead)
+    analytic = sample_peak_seen(plan, load_profile(PROFILE))
     result = measure_sampling(plan)
     assert result is not None
     return {"config": config, "analytic": analytic, **result}

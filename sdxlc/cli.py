@@ -164,14 +164,13 @@ def _print_exact(plan_: dict[str, Any]) -> None:
 def _print_exact_sampling(plan_: dict[str, Any]) -> None:
     """The sampling peak on fake tensors against the estimate's `sample_peak`, when the plan samples."""
     from runtime.exact_sample import measure_sampling
+    from sdxlc.estimate import sample_peak_seen
     from sdxlc.profiles import load_profile
 
     result = measure_sampling(plan_)
     if result is None:
         return
-    breakdown = plan_["estimate"]["vram_breakdown"]
-    overhead = load_profile(plan_["hardware"]["profile"]).allocator_overhead
-    analytic = (breakdown["sample_peak"] - breakdown.get("cuda_context", 0)) / (1.0 + overhead)
+    analytic = sample_peak_seen(plan_, load_profile(plan_["hardware"]["profile"]))
     peak = result["peak_bytes"]
     unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
     passes = ", ".join(f"{name} +{size / scale:.2f} {unit}" for name, size in result["phase_bytes"].items())

@@ -295,6 +295,13 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     return {k: v for k, v in terms.items() if v > 0}, sample_peak
 
 
+def sample_peak_seen(plan: dict[str, Any], profile: Profile) -> float:
+    """The plan's sampling peak without the terms fake tensors cannot see (allocator overhead, CUDA
+    context): what `sdxlc plan --exact`'s sampling simulation compares with."""
+    terms = plan["estimate"]["vram_breakdown"]
+    return float(terms["sample_peak"] - terms.get("cuda_context", 0)) / (1.0 + profile.allocator_overhead)
+
+
 def launch_shape(plan: dict[str, Any]) -> tuple[int, int, str]:
     """(world size, machines, strategy); one process when the plan predates `launch`."""
     launch = plan.get("launch") or {}

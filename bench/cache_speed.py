@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.cache import DiskCache
+from runtime.cache.store import DiskCache
 
 
 def measure(vae: torch.nn.Module, size: int, count: int, root: Path, label: str) -> None:
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()} | "
           f"{torch.get_num_threads()} torch threads | torch {torch.__version__}")
-    from runtime.tiny import build_tiny_pipeline
+    from runtime.model.tiny import build_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as root:
         vae = build_tiny_pipeline(0).vae.eval()

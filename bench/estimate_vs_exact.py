@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.exact import measure  # noqa: E402
+from runtime.exact.step import measure  # noqa: E402
 from sdxlc.pipeline import compile_recipe  # noqa: E402
 
 GiB = float(1 << 30)

@@ -78,7 +78,7 @@ def build_pristine(model: str, device: str, seed: int) -> SimpleNamespace:
     import torch
 
     if model == "tiny":
-        from runtime.tiny import build_tiny_pipeline
+        from runtime.model.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(seed)
         names = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -86,8 +86,8 @@ def build_pristine(model: str, device: str, seed: int) -> SimpleNamespace:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from runtime.single_file import SDXL_CONFIG_DIR as config
-    from runtime.single_file import load_tokenizers
+    from runtime.formats.single_file import SDXL_CONFIG_DIR as config
+    from runtime.formats.single_file import load_tokenizers
 
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
     torch.manual_seed(seed)
@@ -139,10 +139,13 @@ def measure(plan: dict[str, Any], pipe: SimpleNamespace, steps: int, baseline: i
     import torch
     from accelerate.utils import set_seed
 
-    from runtime import exact, methods, models, run
-    from runtime.finetune import fuse_backward
-    from runtime.loss import batch_loss
-    from runtime.optim import make_optimizer, make_schedule
+    from runtime.exact import step as exact
+    from runtime.methods import registry as methods
+    from runtime.methods.finetune import fuse_backward
+    from runtime.model import load as models
+    from runtime.train import run
+    from runtime.train.loss import batch_loss
+    from runtime.train.optim import make_optimizer, make_schedule
 
     reset_accelerate()
     set_seed(plan["training"]["seed"])
@@ -251,7 +254,7 @@ def environment(args: argparse.Namespace, baseline: int | None, driver: str | No
     import torch
     import transformers
 
-    from sdxlc.profiles import load_profile
+    from sdxlc.resolve.profiles import load_profile
 
     profile = load_profile(args.profile)
     meta: dict[str, Any] = {

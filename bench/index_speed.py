@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdxlc.datasets import scan_dataset
-from sdxlc.index import Index
+from sdxlc.resolve.datasets import scan_dataset
+from sdxlc.resolve.index import Index
 
 
 def make_images(folder: Path, count: int) -> None:

@@ -58,7 +58,7 @@ def rank_main(folder: str, processes: int, threads: int) -> None:
     import torch
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from runtime import run
+    from runtime.train import run
 
     torch.set_num_threads(threads)
     AcceleratorState._reset_state(reset_partial_state=True)

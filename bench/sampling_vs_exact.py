@@ -23,10 +23,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.exact_sample import measure_sampling  # noqa: E402
-from sdxlc.estimate import sample_peak_seen  # noqa: E402
+from runtime.exact.sample import measure_sampling  # noqa: E402
+from sdxlc.estimate.analytic import sample_peak_seen  # noqa: E402
 from sdxlc.pipeline import compile_recipe  # noqa: E402
-from sdxlc.profiles import load_profile  # noqa: E402
+from sdxlc.resolve.profiles import load_profile  # noqa: E402
 
 GiB = float(1 << 30)
 DATA = ROOT / "recipes" / "data" / "quickstart"

@@ -25,7 +25,7 @@ class RunError(Exception):
 
 def __getattr__(name: str) -> Any:
     if name in ("execute", "RunResult"):
-        from runtime import run
+        from runtime.train import run
 
         return getattr(run, name)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -6,18 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxlc.checks import run_checks
-from sdxlc.diagnostics import Diagnostic, make
-from sdxlc.estimate import estimate
-from sdxlc.fit import Applied, mark, next_lever
-from sdxlc.layers import Layers
-from sdxlc.levers import enough, levers
-from sdxlc.lower import Lowered, load_recipe
-from sdxlc.migrate import migrate
-from sdxlc.plan import seal
-from sdxlc.profiles import Profile
-from sdxlc.resolve import resolve
-from sdxlc.schemas import schema_errors
+from sdxlc.check.schemas import schema_errors
+from sdxlc.check.semantic import run_checks
+from sdxlc.estimate.analytic import estimate
+from sdxlc.estimate.fit import Applied, mark, next_lever
+from sdxlc.estimate.levers import enough, levers
+from sdxlc.lang.diagnostics import Diagnostic, make
+from sdxlc.lang.layers import Layers
+from sdxlc.lang.lower import Lowered, load_recipe
+from sdxlc.lang.migrate import migrate
+from sdxlc.plan.contract import seal
+from sdxlc.resolve.core import resolve
+from sdxlc.resolve.profiles import Profile
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sdxlc.datasets import DATASET_DEFAULTS
+from sdxlc.resolve.datasets import DATASET_DEFAULTS
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -94,8 +94,8 @@ def _apply(plan: dict[str, Any], overrides: dict[str, Any]) -> None:
 
 def _derive(plan: dict[str, Any]) -> None:
     """Fill the counts the compiler derives from the data (images, bucket table, batches, epochs)."""
-    from sdxlc import buckets as bk
-    from sdxlc.datasets import scan_dataset
+    from sdxlc.plan import buckets as bk
+    from sdxlc.resolve.datasets import scan_dataset
 
     data, training = plan["data"], plan["training"]
     b = data["buckets"]
@@ -131,8 +131,8 @@ def build_plan(out: Path, **overrides: Any) -> dict[str, Any]:
     """A valid plan for the quickstart data, writing under `out`."""
     import jsonschema
 
-    from sdxlc.plan import plan_hash
-    from sdxlc.schemas import load_schema
+    from sdxlc.check.schemas import load_schema
+    from sdxlc.plan.contract import plan_hash
 
     plan = _base_plan(Path(out))
     _apply(plan, copy.deepcopy(overrides))
@@ -151,7 +151,7 @@ def make_plan() -> PlanFactory:
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline (seed 0) saved as a diffusers folder."""
-    from runtime.tiny import build_tiny_pipeline
+    from runtime.model.tiny import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     build_tiny_pipeline(0).save_pretrained(folder)

@@ -11,8 +11,8 @@ import torch
 from accelerate.utils import set_seed
 from conftest import build_plan
 
-from sdxlc.plan import plan_hash
-from sdxlc.resolve_method import TE_MODULES, UNET_MODULES, embedding_tokens
+from sdxlc.plan.contract import plan_hash
+from sdxlc.resolve.method import TE_MODULES, UNET_MODULES, embedding_tokens
 
 ALL_MODULES = ["attention", "ff", "conv"]
 
@@ -39,7 +39,7 @@ def method_plan(out: Path, method: dict[str, Any], **overrides: Any) -> dict[str
     plan = build_plan(out, **overrides)
     plan["method"] = copy.deepcopy(method)
     plan["plan_hash"] = plan_hash(plan)
-    from sdxlc.plan import check
+    from sdxlc.plan.contract import check
 
     check(plan)
     return plan
@@ -47,9 +47,10 @@ def method_plan(out: Path, method: dict[str, Any], **overrides: Any) -> dict[str
 
 def fixed_batch_losses(plan: dict[str, Any], steps: int) -> list[float]:
     """Train the plan's method on one fixed batch (same noise and timesteps every step)."""
-    from runtime import loop, methods
-    from runtime.data import setup_data
-    from runtime.run import setup_model
+    from runtime.methods import registry as methods
+    from runtime.train import loop
+    from runtime.train.data import setup_data
+    from runtime.train.run import setup_model
 
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)

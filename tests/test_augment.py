@@ -8,9 +8,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from runtime.data import load_pixels, make_batch, setup_data
-from sdxlc import buckets as bk
-from sdxlc.cli import main
+from runtime.train.data import load_pixels, make_batch, setup_data
+from sdxlc.cli.main import main
+from sdxlc.plan import buckets as bk
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdxlc import buckets as bk
+from sdxlc.plan import buckets as bk
 
 
 def test_sdxl_buckets_keep_area_and_step() -> None:
@@ -79,7 +79,7 @@ def test_no_upscale_buckets_fit_inside_the_image() -> None:
 
 
 def test_no_upscale_plan_and_runtime_agree(tmp_path: Path) -> None:
-    from runtime.data import setup_data
+    from runtime.train.data import setup_data
     from sdxlc.pipeline import compile_recipe
 
     # (100, 60) and (60, 100): the nearest-aspect (64, 64) does not fit inside them

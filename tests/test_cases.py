@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sdxlc.diagnostics import render_text
+from sdxlc.lang.diagnostics import render_text
 from sdxlc.pipeline import compile_recipe
-from sdxlc.plan import to_text
+from sdxlc.plan.contract import to_text
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted((ROOT / "tests" / "cases").glob("*.sdx"))

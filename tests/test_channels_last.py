@@ -9,8 +9,8 @@ import pytest
 import torch
 from methods_common import FINETUNE, method_plan
 
-from runtime.run import run_plan, setup_model
-from runtime.single_file import load_single_file, write_config
+from runtime.formats.single_file import load_single_file, write_config
+from runtime.train.run import run_plan, setup_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

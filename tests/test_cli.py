@@ -14,9 +14,9 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from sdxlc.cli import main
-from sdxlc.plan import plan_hash
-from sdxlc.schemas import load_schema
+from sdxlc.check.schemas import load_schema
+from sdxlc.cli.main import main
+from sdxlc.plan.contract import plan_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -29,7 +29,9 @@ def _cli(*args: str) -> tuple[int, str, str]:
 
 
 def test_importing_the_cli_loads_no_ml_stack() -> None:
-    code = "import sys, sdxlc.cli, sdxlc.pipeline, sdxlc.report; print(' '.join(sorted(sys.modules)))"
+    code = (
+        "import sys, sdxlc.cli.main, sdxlc.pipeline, sdxlc.cli.report; print(' '.join(sorted(sys.modules)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -38,7 +40,7 @@ def test_importing_the_cli_loads_no_ml_stack() -> None:
 
 def test_plan_command_imports_no_ml_stack() -> None:
     code = (
-        "import sys\nfrom click.testing import CliRunner\nfrom sdxlc.cli import main\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom sdxlc.cli.main import main\n"
         f"r = CliRunner().invoke(main, ['plan', {str(RECIPES / 'style_lora.sdx')!r}, '--json'])\n"
         "assert r.exit_code == 0, r.output\n"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
@@ -233,7 +235,7 @@ def test_an_internal_error_is_a_one_line_report_with_exit_70(tmp_path: Path) -> 
     code = (
         "import sys, sdxlc.pipeline as p\n"
         "def broken(*a, **k):\n    raise KeyError('boom')\n"
-        "p.compile_recipe = broken\nimport sdxlc.cli as c\nc.compile_recipe = broken\n"
+        "p.compile_recipe = broken\nimport sdxlc.cli.main as c\nc.compile_recipe = broken\n"
         f"sys.argv = ['sdxlc', 'check', {str(RECIPES / 'quickstart.sdx')!r}]\nc.entry()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

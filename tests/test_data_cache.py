@@ -7,11 +7,11 @@ from pathlib import Path
 from click.testing import CliRunner
 from PIL import Image
 
-from runtime import cache as rc
-from runtime.run import run_plan
-from sdxlc import buckets as bk
-from sdxlc.cli_data import cache_command
+from runtime.cache import store as rc
+from runtime.train.run import run_plan
+from sdxlc.cli.data import cache_command
 from sdxlc.pipeline import compile_recipe
+from sdxlc.plan import buckets as bk
 
 RECIPE = """sdx 1
 model tiny
@@ -107,9 +107,9 @@ def test_nan_latents_are_encoded_again_in_fp32(make_plan, tmp_path: Path) -> Non
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    from runtime import loop
-    from runtime.data import load_pixels, setup_data
-    from runtime.models import setup_model
+    from runtime.model.load import setup_model
+    from runtime.train import loop
+    from runtime.train.data import load_pixels, setup_data
 
     plan = make_plan(tmp_path, data={"cache": {"text_encoder": False, "latents": True, "to_disk": False,
                                                "dir": str(tmp_path / "cache")}})

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdxlc import buckets as bk
-from sdxlc.datasets import scan_dataset
-from sdxlc.index import Index, probe_image
 from sdxlc.pipeline import Compiled, compile_recipe
+from sdxlc.plan import buckets as bk
+from sdxlc.resolve.datasets import scan_dataset
+from sdxlc.resolve.index import Index, probe_image
 
 RECIPE = """sdx 1
 model tiny

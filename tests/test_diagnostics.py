@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sdxlc import vocabulary as vocab
-from sdxlc.diagnostics import CATALOG, Span, did_you_mean, make, render_text, to_json
-from sdxlc.lower import load_recipe
+from sdxlc.lang import vocabulary as vocab
+from sdxlc.lang.diagnostics import CATALOG, Span, did_you_mean, make, render_text, to_json
+from sdxlc.lang.lower import load_recipe
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "LANGUAGE.md"
 

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sdxlc.cli_lang import diff_command
-from sdxlc.diff import KINDS, Change, SideError, diff_plans, kind_of, load_side, render_changes
+from sdxlc.check.schemas import load_schema
+from sdxlc.cli.lang import diff_command
 from sdxlc.pipeline import compile_recipe
-from sdxlc.plan import to_text
-from sdxlc.schemas import load_schema
+from sdxlc.plan.contract import to_text
+from sdxlc.plan.diff import KINDS, Change, diff_plans, kind_of, render_changes
+from sdxlc.tools.diff import SideError, load_side
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "recipes" / "data" / "quickstart"
@@ -227,7 +228,7 @@ def test_the_language_tools_load_no_ml_stack(tmp_path: Path) -> None:
     recipe = str(tmp_path / "a.sdx")
     code = (
         "import sys\nfrom click.testing import CliRunner\n"
-        "from sdxlc.cli_lang import diff_command, explain_command, fmt_command\n"
+        "from sdxlc.cli.lang import diff_command, explain_command, fmt_command\n"
         f"assert CliRunner().invoke(diff_command, [{recipe!r}, {recipe!r}]).exit_code == 0\n"
         "assert CliRunner().invoke(explain_command, ['lion']).exit_code == 0\n"
         f"assert CliRunner().invoke(fmt_command, ['--check', {recipe!r}]).exit_code in (0, 1)\n"

@@ -13,9 +13,9 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from sdxlc.estimate import SAMPLE_KEY, EstimateError, estimate, load_model, lora_param_count
-from sdxlc.levers import levers
-from sdxlc.profiles import SCHEMA_DIR, load_profile
+from sdxlc.estimate.analytic import SAMPLE_KEY, EstimateError, estimate, load_model, lora_param_count
+from sdxlc.estimate.levers import levers
+from sdxlc.resolve.profiles import SCHEMA_DIR, load_profile
 
 GiB = 1 << 30
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -296,10 +296,13 @@ def test_levers_do_not_mutate_the_plan() -> None:
 def test_no_ml_imports() -> None:
     root = Path(__file__).resolve().parent.parent
     heavy = "('torch', 'diffusers', 'transformers', 'bitsandbytes')"
-    code = f"import sys, sdxlc.estimate, sdxlc.profiles; print([m for m in {heavy} if m in sys.modules])"
+    code = (
+        "import sys, sdxlc.estimate.analytic, sdxlc.resolve.profiles; "
+        f"print([m for m in {heavy} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    for name in ("estimate.py", "profiles.py"):
+    for name in ("estimate/analytic.py", "resolve/profiles.py"):
         text = (root / "sdxlc" / name).read_text()
         assert not re.search(r"^\s*(import|from)\s+(torch|diffusers|transformers|bitsandbytes)\b", text, re.M)
 

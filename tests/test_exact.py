@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from runtime.exact import bnb_state_bytes, measure  # noqa: E402
+from runtime.exact.step import bnb_state_bytes, measure
 from sdxlc.pipeline import compile_recipe  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "recipes" / "data" / "quickstart"
@@ -165,8 +165,8 @@ def test_fused_backward_never_holds_every_gradient(tmp_path: Path) -> None:
 
 
 def test_adafactor_state_elements_match_the_models() -> None:
-    from runtime.exact import _meta_pipeline
-    from sdxlc.estimate import load_model
+    from runtime.exact.step import _meta_pipeline
+    from sdxlc.estimate.analytic import load_model
 
     def elements(module: Any) -> int:
         total = 0
@@ -198,7 +198,7 @@ def test_cuda_plans_step_all_tensors_at_once(tmp_path: Path) -> None:
 def test_plan_exact_prints_measured_and_estimated_terms(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from sdxlc.cli import main
+    from sdxlc.cli.main import main
 
     method_plan(tmp_path, METHOD_RECIPES["embedding"])  # writes tmp_path/m.sdx
     result = CliRunner().invoke(main, ["plan", str(tmp_path / "m.sdx"), "--exact"])

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from runtime.exact_sample import measure_sampling  # noqa: E402
+from runtime.exact.sample import measure_sampling
 from sdxlc.pipeline import compile_recipe  # noqa: E402
-from sdxlc.profiles import load_profile  # noqa: E402
+from sdxlc.resolve.profiles import load_profile
 
 DATA = Path(__file__).resolve().parents[1] / "recipes" / "data" / "quickstart"
 SDXL = 'model "stabilityai/stable-diffusion-xl-base-1.0"'
@@ -81,7 +81,7 @@ def test_full_size_sampling_peak_at_1024(tmp_path: Path) -> None:
 def test_plan_exact_prints_the_sampling_peak(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from sdxlc.cli import main
+    from sdxlc.cli.main import main
 
     sampling_plan(tmp_path)  # writes tmp_path/s.sdx
     result = CliRunner().invoke(main, ["plan", str(tmp_path / "s.sdx"), "--exact"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from sdxlc.cli_lang import explain_command
-from sdxlc.diagnostics import CATALOG
-from sdxlc.explain import DETAILS, explain, topics
-from sdxlc.profiles import list_profiles
-from sdxlc.vocabulary import VOCABULARY, leaf_paths
+from sdxlc.cli.lang import explain_command
+from sdxlc.lang.diagnostics import CATALOG
+from sdxlc.lang.vocabulary import VOCABULARY, leaf_paths
+from sdxlc.resolve.profiles import list_profiles
+from sdxlc.tools.explain import DETAILS, explain, topics
 
 
 @pytest.mark.parametrize("topic", ["lion", "cache", "cache te", "optimizer.lr", "SDX0520", "rtx3060-12gb"])

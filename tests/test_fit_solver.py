@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from test_estimate import make_plan
 
-from sdxlc.estimate import estimate
-from sdxlc.levers import enough, levers
+from sdxlc.estimate.analytic import estimate
+from sdxlc.estimate.levers import enough, levers
 from sdxlc.pipeline import Compiled, compile_recipe
-from sdxlc.profiles import load_profile
+from sdxlc.resolve.profiles import load_profile
 
 DATA = Path(__file__).resolve().parents[1] / "recipes" / "data" / "quickstart"
 # SDXL LoRA at 1024 px, batch 4, nothing cached, no checkpointing, AdamW (the default): about 34 GiB.

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sdxlc.cli_lang import fmt_command
-from sdxlc.fmt import RecipeSyntaxError, format_recipe, is_formatted
-from sdxlc.lower import load_recipe
+from sdxlc.cli.lang import fmt_command
+from sdxlc.lang.fmt import RecipeSyntaxError, format_recipe, is_formatted
+from sdxlc.lang.lower import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").rglob("*.sdx"))

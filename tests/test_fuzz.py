@@ -12,8 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sdxlc.lang.vocabulary import VOCABULARY
 from sdxlc.pipeline import compile_recipe
-from sdxlc.vocabulary import VOCABULARY
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"

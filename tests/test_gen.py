@@ -14,10 +14,10 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from safetensors.torch import save_file
 
-from runtime import generate as gen
-from runtime.run import execute
-from runtime.tiny import TE1_HIDDEN, TE2_HIDDEN, build_tiny_pipeline
-from sdxlc.cli_gen import SAMPLERS, gen_command, parse_embedding, parse_lora
+from runtime.gen import generate as gen
+from runtime.model.tiny import TE1_HIDDEN, TE2_HIDDEN, build_tiny_pipeline
+from runtime.train.run import execute
+from sdxlc.cli.gen import SAMPLERS, gen_command, parse_embedding, parse_lora
 
 FAST = ["--model", "tiny", "--steps", "3", "--quiet"]
 
@@ -150,6 +150,6 @@ def test_option_parsing() -> None:
 
 
 def test_importing_the_command_does_not_import_torch() -> None:
-    code = "import sys, sdxlc.cli_gen; print('torch' in sys.modules or 'runtime' in sys.modules)"
+    code = "import sys, sdxlc.cli.gen; print('torch' in sys.modules or 'runtime' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from runtime.data import rank_batches
-from sdxlc import launch
+from runtime.train.data import rank_batches
+from sdxlc.cli import launch
 from sdxlc.pipeline import compile_recipe
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "data" / "quickstart"

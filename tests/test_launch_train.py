@@ -67,9 +67,9 @@ def rank_main(out: str, to_disk: bool = False, steps: int = STEPS) -> None:
     """One rank of the two-process run (inherits the test process by fork)."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from runtime import loop
-    from runtime.run import run_plan
-    from sdxlc.plan import plan_hash
+    from runtime.train import loop
+    from runtime.train.run import run_plan
+    from sdxlc.plan.contract import plan_hash
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the parent's single-process state
     GradientState._reset_state()
@@ -89,7 +89,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Pa
     from accelerate import debug_launcher
     from accelerate.state import AcceleratorState, GradientState
 
-    from runtime.run import run_plan
+    from runtime.train.run import run_plan
 
     debug_launcher(rank_main, args=(str(tmp_path),), num_processes=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
@@ -109,7 +109,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Pa
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    from runtime import loop
+    from runtime.train import loop
 
     original = loop.Conditioning.batch
     try:
@@ -160,7 +160,7 @@ def test_sdxlc_run_launches_two_processes(tmp_path: Path) -> None:
         f"lora rank 4\nbatch 2\nsteps 2\nprocesses 2\nlog every 1 no tensorboard\n"
         f'output "{tmp_path / "out"}"\n', encoding="utf-8")
     script = (
-        "import sys\nfrom pathlib import Path\nfrom sdxlc.launch import relaunch\n"
+        "import sys\nfrom pathlib import Path\nfrom sdxlc.cli.launch import relaunch\n"
         "from sdxlc.pipeline import compile_recipe\n"
         f"plan = compile_recipe(Path({str(recipe)!r})).plan\n"
         f"sys.exit(relaunch(plan, ['run', {str(recipe)!r}]))\n"

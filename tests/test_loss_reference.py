@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 
-from runtime import loop
-from runtime import loss as objective
-from runtime.data import setup_data
-from runtime.run import setup_model
+from runtime.train import loop
+from runtime.train import loss as objective
+from runtime.train.data import setup_data
+from runtime.train.run import setup_model
 
 TRAINING: dict[str, Any] = {
     "noise_offset": 0.0, "snr_gamma": None, "timestep_min": 0, "timestep_max": 1000, "multires_iterations": 0,

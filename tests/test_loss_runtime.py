@@ -13,11 +13,11 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from runtime import loop
-from runtime import loss as objective
-from runtime.data import setup_data
-from runtime.models import training_noise_scheduler
-from runtime.run import run_plan, setup_model
+from runtime.model.load import training_noise_scheduler
+from runtime.train import loop
+from runtime.train import loss as objective
+from runtime.train.data import setup_data
+from runtime.train.run import run_plan, setup_model
 
 BASE: dict[str, Any] = {
     "noise_offset": 0.0, "snr_gamma": None, "timestep_min": 0, "timestep_max": 300, "multires_iterations": 0,

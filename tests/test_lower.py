@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from sdxlc import vocabulary as vocab
-from sdxlc.diagnostics import Diagnostic
-from sdxlc.lower import Lowered, load_recipe
+from sdxlc.lang import vocabulary as vocab
+from sdxlc.lang.diagnostics import Diagnostic
+from sdxlc.lang.lower import Lowered, load_recipe
 
 MUST_PARSE = "lora rank 8 on unet bf16 cache te; lr 1e-4 lion; block_lr 0, 1e-4 x9, 5e-5 x3, 1e-4 x9, 1e-4"
 
@@ -471,7 +471,7 @@ def test_never_raises_on_garbage(tmp_path: Path) -> None:
 
 
 def test_compiler_front_end_imports_no_ml_stack() -> None:
-    root = Path(__file__).resolve().parent.parent / "sdxlc"
+    root = Path(__file__).resolve().parent.parent / "sdxlc" / "lang"
     for name in ("ast", "parser", "lower", "vocabulary", "diagnostics"):
         source = (root / f"{name}.py").read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(torch|diffusers|transformers)\b", source, re.M), name

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from sdxlc.estimate import estimate, load_model, trainable_param_count
+from sdxlc.estimate.analytic import estimate, load_model, trainable_param_count
 from sdxlc.pipeline import Compiled, compile_recipe
-from sdxlc.profiles import load_profile
-from sdxlc.resolve_method import LoraFileError, read_lora_file
+from sdxlc.resolve.method import LoraFileError, read_lora_file
+from sdxlc.resolve.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = 'model tiny\ndata "data"\nsteps 4\n'

@@ -12,10 +12,10 @@ import torch
 from methods_common import EMBEDDING, method_plan
 from safetensors import safe_open
 
-from runtime import embedding
-from runtime.run import run_plan
-from runtime.sample import render
-from runtime.tiny import TE1_HIDDEN, TE2_HIDDEN, build_tiny_pipeline
+from runtime.gen.sample import render
+from runtime.methods import embedding
+from runtime.model.tiny import TE1_HIDDEN, TE2_HIDDEN, build_tiny_pipeline
+from runtime.train.run import run_plan
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_captions_expand_the_token_and_come_from_templates() -> None:
 
 def test_a_token_the_tokenizer_has_is_an_error(tmp_path: Path) -> None:
     from runtime import RunError
-    from runtime.run import setup_model
+    from runtime.train.run import setup_model
 
     plan = method_plan(tmp_path, {**EMBEDDING, "token": "a", "tokens": ["a", "a_1"]})
     with pytest.raises(RunError, match="already a token"):

@@ -11,10 +11,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from methods_common import FINETUNE, method_plan
 
-from runtime import finetune
-from runtime.run import run_plan
-from runtime.single_file import SDXL_CONFIG_DIR, load_single_file, write_config
-from runtime.tiny import build_tiny_pipeline
+from runtime.formats.single_file import SDXL_CONFIG_DIR, load_single_file, write_config
+from runtime.methods import finetune
+from runtime.model.tiny import build_tiny_pipeline
+from runtime.train.run import run_plan
 
 ADAFACTOR = {"name": "adafactor", "lr": 1e-3, "max_grad_norm": 0.0,
              "args": {"relative_step": False, "scale_parameter": False, "warmup_init": False}}

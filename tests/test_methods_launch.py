@@ -20,14 +20,14 @@ def plan_for(out: Path, world: int, kind: str) -> dict[str, Any]:
     plan = method_plan(out, METHODS[kind], training=training, sample={"prompts": []}, launch=launch,
                        optimizer__lr=1e-2)
     plan["launch"].update(batches_per_step=2, global_batch=4)
-    from sdxlc.plan import plan_hash
+    from sdxlc.plan.contract import plan_hash
 
     plan["plan_hash"] = plan_hash(plan)
     return plan
 
 
 def trained(models: Any) -> dict[str, torch.Tensor]:
-    from runtime.methods import trainable_state
+    from runtime.methods.registry import trainable_state
 
     return {name: p.detach().cpu().clone() for name, p in trainable_state(models.pipe).items()}
 
@@ -35,7 +35,7 @@ def trained(models: Any) -> dict[str, torch.Tensor]:
 def rank_main(out: str, kind: str) -> None:
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from runtime.run import run_plan
+    from runtime.train.run import run_plan
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
@@ -49,7 +49,7 @@ def test_two_processes_equal_one_process(tmp_path: Path, kind: str) -> None:
     from accelerate import debug_launcher
     from accelerate.state import AcceleratorState, GradientState
 
-    from runtime.run import run_plan
+    from runtime.train.run import run_plan
 
     debug_launcher(rank_main, args=(str(tmp_path), kind), num_processes=2)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")

@@ -14,10 +14,11 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from runtime import RunError, lora
-from runtime.run import run_plan, setup_model
-from runtime.sample import render
-from runtime.tiny import build_tiny_pipeline
+from runtime import RunError
+from runtime.gen.sample import render
+from runtime.methods import lora
+from runtime.model.tiny import build_tiny_pipeline
+from runtime.train.run import run_plan, setup_model
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from methods_common import METHODS, method_plan
 from safetensors.torch import load_file
 
-from runtime import checkpoint
-from runtime.run import execute
+from runtime.train import checkpoint
+from runtime.train.run import execute
 
 ADAFACTOR = {"name": "adafactor", "lr": 1e-3, "max_grad_norm": 0.0,
              "args": {"relative_step": False, "scale_parameter": False, "warmup_init": False}}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sdxlc import migrate
+from sdxlc.lang import migrate
 from sdxlc.pipeline import compile_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_migration_notes_reach_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_pat
     """A compiler at version 2 reads a version-1 recipe through its migration."""
     import copy
 
-    from sdxlc import schemas
+    from sdxlc.check import schemas
 
     def one_to_two(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         return doc, ["nothing to change"]

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from sdxlc.checks import run_checks
-from sdxlc.diagnostics import Diagnostic
-from sdxlc.layers import Layers
-from sdxlc.lower import load_recipe
-from sdxlc.resolve import resolve
+from sdxlc.check.semantic import run_checks
+from sdxlc.lang.diagnostics import Diagnostic
+from sdxlc.lang.layers import Layers
+from sdxlc.lang.lower import load_recipe
+from sdxlc.resolve.core import resolve
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "data" / "quickstart"
 

@@ -18,12 +18,13 @@ import torch
 from accelerate.utils import set_seed
 from methods_common import METHODS, method_plan
 
-from runtime import loop, methods
-from runtime.data import setup_data
-from runtime.optim import make_optimizer, optimizer_class
-from runtime.run import setup_model
-from sdxlc.defaults import OPTIMIZER_ARGS
-from sdxlc.optimizers import optimizer_table
+from runtime.methods import registry as methods
+from runtime.train import loop
+from runtime.train.data import setup_data
+from runtime.train.optim import make_optimizer, optimizer_class
+from runtime.train.run import setup_model
+from sdxlc.lang.defaults import OPTIMIZER_ARGS
+from sdxlc.resolve.optimizers import optimizer_table
 
 CPU_OPTIMIZERS = [name for name, spec in optimizer_table().items() if "cpu" in spec["devices"]]
 STEPS = 4

@@ -13,12 +13,12 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from runtime import loop
-from runtime.data import setup_data
-from runtime.lora import param_groups
-from runtime.optim import make_optimizer, make_schedule, optimizer_class
-from runtime.run import setup_model
-from sdxlc.defaults import OPTIMIZER_ARGS
+from runtime.methods.lora import param_groups
+from runtime.train import loop
+from runtime.train.data import setup_data
+from runtime.train.optim import make_optimizer, make_schedule, optimizer_class
+from runtime.train.run import setup_model
+from sdxlc.lang.defaults import OPTIMIZER_ARGS
 
 # Learning rates that move the tiny LoRA visibly in a few steps (not advice for SDXL).
 CASES: dict[str, tuple[float, dict[str, Any]]] = {

@@ -9,10 +9,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from runtime.optim import optimizer_class
-from sdxlc.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
-from sdxlc.optimizers import optimizer_table
-from sdxlc.schemas import load_schema
+from runtime.train.optim import optimizer_class
+from sdxlc.check.schemas import load_schema
+from sdxlc.lang.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
+from sdxlc.resolve.optimizers import optimizer_table
 
 NAMES = sorted(optimizer_table())
 

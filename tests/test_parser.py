@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdxlc import ast
-from sdxlc.parser import RecipeSyntaxError, parse, parse_recovering, parser
+from sdxlc.lang import ast
+from sdxlc.lang.parser import RecipeSyntaxError, parse, parse_recovering, parser
 
 MUST_PARSE = "lora rank 8 on unet bf16 cache te; lr 1e-4 lion; block_lr 0, 1e-4 x9, 5e-5 x3, 1e-4 x9, 1e-4"
 

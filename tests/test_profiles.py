@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdxlc.profiles import (
+from sdxlc.resolve.profiles import (
     PROFILES_DIR,
     Profile,
     ProfileError,

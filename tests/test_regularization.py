@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime import loop
-from runtime import loss as objective
-from runtime.data import TrainData, setup_data
-from runtime.run import setup_model
-from sdxlc.balance import epoch_counts
-from sdxlc.datasets import ImageItem
+from runtime.train import loop
+from runtime.train import loss as objective
+from runtime.train.data import TrainData, setup_data
+from runtime.train.run import setup_model
+from sdxlc.cli.report import render_plan
 from sdxlc.pipeline import compile_recipe
-from sdxlc.report import render_plan
+from sdxlc.resolve.balance import epoch_counts
+from sdxlc.resolve.datasets import ImageItem
 
 RECIPE = """sdx 1
 model tiny

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime import RunError, checkpoint
-from runtime.run import execute
+from runtime import RunError
+from runtime.train import checkpoint
+from runtime.train.run import execute
 from sdxlc.pipeline import compile_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +155,7 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_keeps_the_last_save(
 ) -> None:
     import errno
 
-    from runtime import checkpoint as ckpt
+    from runtime.train import checkpoint as ckpt
 
     plan = _plan(tmp_path)
     real = ckpt.save_file
@@ -186,7 +187,7 @@ def test_a_gpu_plan_on_a_machine_without_cuda_is_a_clear_error(tmp_path: Path) -
         pytest.skip("this machine has CUDA")
     plan = _plan(tmp_path)
     plan["hardware"].update(device="cuda", profile="rtx4090-24gb", name="RTX 4090")
-    from sdxlc.plan import plan_hash
+    from sdxlc.plan.contract import plan_hash
 
     plan["plan_hash"] = plan_hash(plan)
     with pytest.raises(RunError, match="no CUDA device"):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from sdxlc.cli import main
-from sdxlc.resume import judge
+from sdxlc.cli.main import main
+from sdxlc.tools.resume import judge
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.sdx"
 

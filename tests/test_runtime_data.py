@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from runtime import RunError
-from runtime.data import make_batch, process_caption, setup_data, time_ids
-from runtime.run import run_plan
-from sdxlc import buckets as bk
-from sdxlc.datasets import DATASET_DEFAULTS, ImageItem
+from runtime.train.data import make_batch, process_caption, setup_data, time_ids
+from runtime.train.run import run_plan
+from sdxlc.plan import buckets as bk
+from sdxlc.resolve.datasets import DATASET_DEFAULTS, ImageItem
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "data" / "quickstart"
 
@@ -55,7 +55,7 @@ def test_time_ids_use_the_crop_and_mirror_it_on_flip() -> None:
 
 def test_the_unet_receives_the_crop_offsets(make_plan, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     plan = make_plan(tmp_path, training__total_steps=12, training__batch_size=1, sample__prompts=[])
-    from runtime import run
+    from runtime.train import run
 
     seen: list[torch.Tensor] = []
     setup = run.setup_model

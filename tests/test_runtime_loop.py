@@ -11,11 +11,12 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from runtime import RunError, loop
-from runtime.data import setup_data
-from runtime.lora import param_groups
-from runtime.models import training_noise_scheduler
-from runtime.run import run_plan, setup_model
+from runtime import RunError
+from runtime.methods.lora import param_groups
+from runtime.model.load import training_noise_scheduler
+from runtime.train import loop
+from runtime.train.data import setup_data
+from runtime.train.run import run_plan, setup_model
 
 
 def test_loss_goes_down_on_a_fixed_batch(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +67,7 @@ def test_every_option_runs_exactly_the_planned_steps(make_plan, tmp_path: Path, 
         loaded.pipe.vae.encoder.register_forward_pre_hook(counter("vae"))
         return loaded
 
-    from runtime import run
+    from runtime.train import run
 
     monkeypatch.setattr(run, "setup_model", counting_setup)
     result, _ = run_plan(plan, progress=False)
@@ -163,7 +164,7 @@ def test_vae_slicing_encodes_one_image_at_a_time_to_the_same_latents(make_plan, 
 
 def test_placement_casts_before_it_moves(monkeypatch: pytest.MonkeyPatch) -> None:
     """An fp32 checkpoint is cast to the run dtype before it goes to the device, never after."""
-    from runtime import models as runtime_models
+    from runtime.model import load as runtime_models
 
     calls: list[str] = []
     module = torch.nn.Linear(4, 4)

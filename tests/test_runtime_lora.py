@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from runtime import RunError, lora
-from runtime.run import run_plan, setup_model
-from runtime.tiny import UNET_CONFIG, build_tiny_pipeline
+from runtime import RunError
+from runtime.methods import lora
+from runtime.model.tiny import UNET_CONFIG, build_tiny_pipeline
+from runtime.train.run import run_plan, setup_model
 
 
 class Config:

@@ -15,10 +15,10 @@ from PIL import Image
 from safetensors import safe_open
 
 from runtime import RunError, execute
-from runtime.models import Models
-from runtime.run import RunResult, run_plan
-from runtime.sample import render
-from runtime.tiny import build_tiny_pipeline
+from runtime.gen.sample import render
+from runtime.model.load import Models
+from runtime.model.tiny import build_tiny_pipeline
+from runtime.train.run import RunResult, run_plan
 
 KOHYA_KEY = re.compile(r"lora_unet_(input_blocks_\d+|middle_block|output_blocks_\d+)_\d+_[a-z0-9_]+"
                        r"\.(lora_down\.weight|lora_up\.weight|alpha)")

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from runtime import lora
-from runtime.tiny import build_tiny_pipeline, parameter_counts, tiny_tokenizer
+from runtime.methods import lora
+from runtime.model.tiny import build_tiny_pipeline, parameter_counts, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED = {"unet": 2_102_564, "vae": 334_383, "te1": 36_064, "te2": 68_688}

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime.run import execute
-from runtime.sample import grid
+from runtime.gen.sample import grid
+from runtime.train.run import execute
 
 
 def test_grid_puts_images_side_by_side() -> None:
@@ -72,7 +72,7 @@ class _Parked:
 def test_parked_components_come_back_for_sampling_and_leave_after() -> None:
     from types import SimpleNamespace
 
-    from runtime.sample import unparked
+    from runtime.gen.sample import unparked
 
     pipe = SimpleNamespace(text_encoder=_Parked("cpu"), text_encoder_2=_Parked("cpu"), vae=_Parked("meta"))
     with unparked(pipe, torch.device("meta")):

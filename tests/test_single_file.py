@@ -15,9 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from runtime import RunError
-from runtime.models import load_pipeline
-from runtime.run import execute
-from runtime.single_file import (
+from runtime.formats.single_file import (
     SDXL_CONFIG_DIR,
     load_single_file,
     load_tokenizers,
@@ -25,9 +23,11 @@ from runtime.single_file import (
     to_original,
     write_config,
 )
-from runtime.tiny import build_tiny_pipeline
-from sdxlc.model_source import SHIPPED_CONFIG, read_header
+from runtime.model.load import load_pipeline
+from runtime.model.tiny import build_tiny_pipeline
+from runtime.train.run import execute
 from sdxlc.pipeline import compile_recipe
+from sdxlc.resolve.model_source import SHIPPED_CONFIG, read_header
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -251,5 +251,5 @@ def test_init_normal(tmp_path: Path) -> None:
 
 
 def test_no_torch_in_the_compiler_module() -> None:
-    text = (ROOT / "sdxlc" / "model_source.py").read_text()
+    text = (ROOT / "sdxlc" / "resolve" / "model_source.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+(torch|safetensors)", text, re.M)

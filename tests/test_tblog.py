@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runtime import RunError, tblog
-from runtime.progress import Progress, duration, memory_text
-from runtime.run import RunResult, execute
+from runtime import RunError
+from runtime.train import tblog
+from runtime.train.progress import Progress, duration, memory_text
+from runtime.train.run import RunResult, execute
 from sdxlc.pipeline import compile_recipe
 
 
@@ -68,7 +69,7 @@ def test_off_writes_no_logs(make_plan, tmp_path: Path) -> None:  # type: ignore[
 def test_missing_package_fails_before_the_model_loads(make_plan, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tblog.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr("runtime.run.setup_model", lambda plan: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("runtime.train.run.setup_model", lambda plan: pytest.fail("the model was loaded"))
     plan = make_plan(tmp_path, log__tensorboard=True)
     with pytest.raises(RunError, match="pip install tensorboard.*log no tensorboard"):
         execute(plan, progress=False)

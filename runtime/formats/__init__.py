@@ -1,0 +1,4 @@
+"""File formats other tools read: SAI/LDM (kohya) UNet names, single-file SDXL checkpoints.
+
+Pure conversions and file I/O over tensors; imports no other runtime package.
+"""

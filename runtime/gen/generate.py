@@ -1,0 +1,232 @@
+"""Image generation with a base model, weighted LoRAs and textual-inversion embeddings (`sdxlc gen`).
+
+What kohya's `sdxl_gen_img.py` is used for, on diffusers: the base model loads as for training
+(runtime/models.py), kohya-format LoRA files load with `load_lora_weights` and are mixed with
+`set_adapters`, embeddings in the `{"clip_l", "clip_g"}` format load into both text encoders. Every
+image is a PNG whose text chunks say how to make it again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+)
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from runtime import RunError
+from runtime.gen.sample import png_text
+from runtime.model.load import DTYPES, load_pipeline
+
+# sampler name -> (scheduler class, extra config)
+SAMPLERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddim": (DDIMScheduler, {}),
+}
+_NUMBERED = re.compile(r"(\d{5})-")
+
+
+@dataclass
+class GenRequest:
+    """Everything `sdxlc gen` was asked for."""
+
+    model: str
+    prompts: list[str]
+    out: Path
+    negative: str = ""
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    steps: int = 30
+    cfg: float = 7.0
+    sampler: str = "euler"
+    seed: int = 0
+    count: int = 1
+    batch: int = 1
+    loras: list[tuple[Path, float]] = field(default_factory=list)
+    embeddings: list[tuple[Path, str]] = field(default_factory=list)
+    vae: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt_index: int
+    prompt: str
+    seed: int
+
+
+def model_spec(source: str, vae: str | None = None) -> dict[str, Any]:
+    """The `model` section runtime/models.py loads from: `tiny`, a diffusers folder, a single-file
+    SDXL checkpoint (with the shipped SDXL configs), or a hub id."""
+    if source == "tiny":
+        return {"kind": "tiny", "source": "tiny", "tiny_seed": 0, "vae": vae}
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        return {"kind": "single_file", "source": str(path.resolve()), "config": None, "vae": vae}
+    if path.is_file():
+        raise RunError(f"{source} is not a .safetensors checkpoint: convert it, or name a folder or hub id")
+    if path.is_dir():
+        return {"kind": "diffusers_folder", "source": str(path.resolve()), "vae": vae}
+    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
+        raise RunError(f"model {source} is neither `tiny`, an existing folder nor a hub id")
+    return {"kind": "hub", "source": source, "vae": vae}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """fp32 on the CPU; bf16 (or fp16 where bf16 is missing) on CUDA, unless asked otherwise."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def set_sampler(pipe: StableDiffusionXLPipeline, name: str) -> None:
+    if name not in SAMPLERS:
+        raise RunError(f"unknown sampler {name}: one of {', '.join(SAMPLERS)}")
+    cls, extra = SAMPLERS[name]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+
+
+def load_loras(pipe: StableDiffusionXLPipeline, loras: list[tuple[Path, float]]) -> None:
+    """Load each LoRA file as its own adapter and mix them with their weights."""
+    names = []
+    for index, (path, _) in enumerate(loras):
+        if not path.is_file():
+            raise RunError(f"LoRA file {path} does not exist")
+        name = f"lora{index}"
+        try:
+            pipe.load_lora_weights(str(path), adapter_name=name)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise RunError(f"cannot load the LoRA {path} into this model: {exc}") from exc
+        names.append(name)
+    if names:
+        pipe.set_adapters(names, adapter_weights=[weight for _, weight in loras])
+
+
+def load_embedding(pipe: StableDiffusionXLPipeline, path: Path, token: str) -> int:
+    """Load a `{"clip_l": [n, d1], "clip_g": [n, d2]}` embedding under `token`; returns n."""
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise RunError(f"cannot read the embedding {path}: {exc}") from exc
+    if set(tensors) != {"clip_l", "clip_g"}:
+        raise RunError(f"embedding {path} holds {sorted(tensors)}; expected the keys clip_l and clip_g")
+    for key, encoder, tokenizer in (("clip_l", pipe.text_encoder, pipe.tokenizer),
+                                    ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):
+        vectors = tensors[key]
+        width = encoder.get_input_embeddings().weight.shape[1]
+        if vectors.ndim != 2 or vectors.shape[1] != width:
+            raise RunError(f"embedding {path}: {key} has shape {tuple(vectors.shape)}, "
+                           f"this model's encoder needs [n, {width}]")
+        try:
+            pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
+        except ValueError as exc:
+            raise RunError(f"cannot load the embedding {path} as {token}: {exc}") from exc
+    return int(tensors["clip_l"].shape[0])
+
+
+def jobs(request: GenRequest) -> list[Job]:
+    """One image per prompt and seed: seeds seed..seed+count-1 for every prompt."""
+    return [Job(index, prompt, request.seed + k) for index, prompt in enumerate(request.prompts)
+            for k in range(request.count)]
+
+
+def chunks(items: list[Job], size: int) -> Iterator[list[Job]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def next_number(folder: Path) -> int:
+    """The first file number after those already in the folder (`00012-...png`), so reruns add files."""
+    numbers = [int(m[1]) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def parameters(request: GenRequest, job: Job, width: int, height: int,
+               model: dict[str, Any]) -> dict[str, Any]:
+    """What the PNG text chunk `parameters` records: enough to make the image again."""
+    return {
+        "seed": job.seed, "steps": request.steps, "cfg": request.cfg, "sampler": request.sampler,
+        "width": width, "height": height, "model": model["source"], "vae": request.vae,
+        "loras": [{"file": str(path), "weight": weight} for path, weight in request.loras],
+        "embeddings": [{"file": str(path), "token": token} for path, token in request.embeddings],
+    }
+
+
+def prepare(request: GenRequest) -> tuple[StableDiffusionXLPipeline, dict[str, Any]]:
+    """The pipeline with its LoRAs, embeddings and sampler, on its device; and its model section."""
+    if not request.prompts:
+        raise RunError("no prompt: give --prompt or --prompts FILE")
+    model = model_spec(request.model, request.vae)
+    for path in [*(path for path, _ in request.loras), *(path for path, _ in request.embeddings)]:
+        if not path.is_file():
+            raise RunError(f"{path} does not exist")
+    pipe = load_pipeline(model)
+    load_loras(pipe, request.loras)
+    for path, token in request.embeddings:
+        load_embedding(pipe, path, token)
+    set_sampler(pipe, request.sampler)
+    device = pick_device(request.device)
+    dtype = pick_dtype(request.precision, device)
+    pipe.to(device)
+    if pipe.unet.dtype != dtype:  # diffusers warns about every cast, even to the same dtype
+        pipe.to(dtype=dtype)
+    return pipe, model
+
+
+def generate(request: GenRequest, on_file: Callable[[Path], None] | None = None, progress: bool = False,
+             pipe: StableDiffusionXLPipeline | None = None) -> list[Path]:
+    """Render every prompt at every seed into request.out; returns the PNG files in order.
+
+    `on_file` hears of each file as it is written; `progress` shows the denoising bar; `pipe` reuses
+    a pipeline made by `prepare`.
+    """
+    model: dict[str, Any] = {"source": request.model}
+    if pipe is None:
+        pipe, model = prepare(request)
+    pipe.set_progress_bar_config(disable=not progress)
+    width = request.width or pipe.default_sample_size * pipe.vae_scale_factor
+    height = request.height or pipe.default_sample_size * pipe.vae_scale_factor
+    request.out.mkdir(parents=True, exist_ok=True)
+    number, files = next_number(request.out), []
+    for group in chunks(jobs(request), request.batch):
+        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in group]
+        with torch.inference_mode():
+            images = pipe(
+                prompt=[job.prompt for job in group],
+                negative_prompt=[request.negative] * len(group) if request.negative else None,
+                width=width, height=height, num_inference_steps=request.steps, guidance_scale=request.cfg,
+                generator=generators,
+            ).images
+        for job, image in zip(group, images, strict=True):
+            path = request.out / f"{number:05d}-p{job.prompt_index:02d}-s{job.seed}.png"
+            info = png_text(job.prompt, parameters(request, job, width, height, model), request.negative)
+            image.save(path, pnginfo=info)
+            files.append(path)
+            number += 1
+            if on_file is not None:
+                on_file(path)
+    return files

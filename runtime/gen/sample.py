@@ -1,0 +1,127 @@
+"""Sample images with the LoRA active, saved as PNG with their prompt and settings embedded.
+
+Each sampling step writes one PNG per prompt and a grid PNG with all prompts side by side, under
+<output.dir>/samples/, and hands the images to the TensorBoard log when the run has one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from runtime.model.load import Models
+from runtime.train.tblog import TensorBoardLog
+
+
+@dataclass
+class SampleFiles:
+    """What one sampling step wrote: a PNG per prompt, and the grid of them all."""
+
+    images: list[Path] = field(default_factory=list)
+    grid: Path | None = None
+
+
+def render(pipe: StableDiffusionXLPipeline, settings: dict[str, Any], prompt: str,
+           output_type: str = "pil") -> Any:
+    """One image for a prompt at the plan's sample settings; the generator is seeded from sample.seed."""
+    generator = torch.Generator("cpu").manual_seed(settings["seed"])
+    result = pipe(
+        prompt=prompt, width=settings["width"], height=settings["height"],
+        num_inference_steps=settings["steps"], guidance_scale=settings["cfg"], generator=generator,
+        output_type=output_type,
+    )
+    return result.images[0]
+
+
+def png_text(prompt: str, parameters: dict[str, Any], negative: str | None = None) -> PngInfo:
+    """PNG text chunks: `prompt`, `negative` (when given) and `parameters` (sorted JSON)."""
+    info = PngInfo()
+    info.add_text("prompt", prompt)
+    if negative is not None:
+        info.add_text("negative", negative)
+    info.add_text("parameters", json.dumps(parameters, sort_keys=True))
+    return info
+
+
+def sample_parameters(plan: dict[str, Any], sampler: str, step: int) -> dict[str, Any]:
+    """Everything that made a training sample: settings, sampler, base model, LoRA and step."""
+    settings = plan["sample"]
+    return {
+        **{k: settings[k] for k in ("width", "height", "steps", "cfg", "seed")},
+        "sampler": sampler, "model": plan["model"]["source"], "lora": plan["output"]["name"], "step": step,
+        "plan_hash": plan["plan_hash"],
+    }
+
+
+def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
+    """The images side by side (in rows of `columns`, all in one row by default), on black."""
+    if not images:
+        raise ValueError("a grid needs at least one image")
+    columns = max(1, min(columns or len(images), len(images)))
+    rows = -(-len(images) // columns)
+    width, height = max(i.width for i in images), max(i.height for i in images)
+    sheet = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        sheet.paste(image.convert("RGB"), ((index % columns) * width, (index // columns) * height))
+    return sheet
+
+
+def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
+                  log: TensorBoardLog | None = None) -> SampleFiles:
+    """Render every sample prompt, save them and their grid under <output.dir>/samples/."""
+    settings = plan["sample"]
+    files = SampleFiles()
+    if not settings["prompts"]:
+        return files
+    pipe = models.pipe
+    folder = Path(plan["output"]["dir"]) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{plan['output']['name']}-step{step:06d}"
+    parameters = sample_parameters(plan, type(pipe.scheduler).__name__, step)
+    pipe.set_progress_bar_config(disable=quiet)
+    training = pipe.unet.training
+    pipe.unet.eval()
+    images: list[Image.Image] = []
+    try:
+        with unparked(pipe, models.device), models.accelerator.autocast():
+            for index, prompt in enumerate(settings["prompts"]):
+                image = render(pipe, settings, prompt)
+                path = folder / f"{stem}-{index:02d}.png"
+                image.save(path, pnginfo=png_text(prompt, {**parameters, "prompt_index": index}))
+                images.append(image)
+                files.images.append(path)
+    finally:
+        pipe.unet.train(training)
+    sheet = grid(images)
+    files.grid = folder / f"{stem}-grid.png"
+    sheet.save(files.grid, pnginfo=png_text(" | ".join(settings["prompts"]),
+                                             {**parameters, "prompts": settings["prompts"]}))
+    if log is not None:
+        log.images(step, [*((f"{i:02d}", image) for i, image in enumerate(images)), ("grid", sheet)])
+    return files
+
+
+PARKED = ("text_encoder", "text_encoder_2", "vae")  # parked on the CPU while their outputs are cached
+
+
+@contextmanager
+def unparked(pipe: Any, device: torch.device) -> Iterator[None]:
+    """The components parked on the CPU while training (cached text encoders; the VAE when latents are
+    cached) on the run's device for the duration, and parked again after."""
+    moved = [getattr(pipe, name) for name in PARKED if getattr(pipe, name).device != device]
+    for module in moved:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in moved:
+            module.to("cpu")

@@ -1,0 +1,195 @@
+"""Training-state checkpoints: everything an exact resume needs, written atomically.
+
+A checkpoint is a folder `<output.dir>/checkpoints/step-NNNNNN/` holding the trainable weights, the
+optimizer, scheduler and grad-scaler states, the RNG states (python, numpy, torch), the data position
+and counters (`state.json`) and the plan that was running. It is written under a temporary name,
+every file flushed to disk, then renamed into place: a kill or a full disk during a save leaves the
+previous checkpoint whole. Older checkpoints are pruned only after the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from runtime import RunError
+from sdxlc.tools import resume
+from sdxlc.tools.resume import PREFIX as _PREFIX
+from sdxlc.tools.resume import STATE_FILE
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, and the next batch (epoch, index within it)."""
+
+    step: int
+    epoch: int
+    batch_index: int
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Saved:
+    """A checkpoint read back from disk."""
+
+    folder: Path
+    position: Position
+    plan: dict[str, Any]
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any]
+
+
+def folder_for(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"{_PREFIX}{step:06d}"
+
+
+def save_state(
+    out: Path,
+    position: Position,
+    plan: dict[str, Any],
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    data_rng: random.Random,
+) -> Path:
+    """Write one checkpoint folder atomically and return its final path."""
+    final = folder_for(out, position.step)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
+            str(tmp / "trainable.safetensors"),
+        )
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        _save_rng(tmp, data_rng)
+        (tmp / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(position)), encoding="utf-8")
+        for file in tmp.iterdir():
+            _fsync(file)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def prune(out: Path, keep: int) -> None:
+    """Remove all but the newest `keep` complete checkpoints (and stale temporary folders)."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return
+    for stale in root.glob(f".{_PREFIX}*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in complete(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def complete(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    return resume.complete(out)
+
+
+def find(out: Path, which: str) -> Path:
+    """`latest` (the newest complete checkpoint under out) or an explicit checkpoint folder."""
+    try:
+        return resume.find(out, which)
+    except resume.ResumeError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def load_state(folder: Path) -> Saved:
+    """Read a checkpoint folder back (tensors on the CPU)."""
+    try:
+        position = Position(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+        scaler_file = folder / "scaler.pt"
+        return Saved(
+            folder=folder,
+            position=position,
+            plan=json.loads((folder / "plan.json").read_text(encoding="utf-8")),
+            trainable=load_file(str(folder / "trainable.safetensors")),
+            optimizer=torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
+            scheduler=torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True),
+            scaler=torch.load(scaler_file, weights_only=True) if scaler_file.exists() else None,
+            rng=_load_rng(folder),
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise RunError(f"cannot read checkpoint {folder}: {exc}") from exc
+
+
+def restore_rng(rng: dict[str, Any], data_rng: random.Random) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    data_rng.setstate(rng["data"])
+
+
+def _save_rng(folder: Path, data_rng: random.Random) -> None:
+    """RNG states without pickle: python and numpy states as JSON, torch states as byte tensors."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": _py_state(random.getstate()),
+        "data": _py_state(data_rng.getstate()),
+        "numpy": [kind, [int(k) for k in keys], pos, has_gauss, gauss],
+    }
+    (folder / "rng.json").write_text(json.dumps(states), encoding="utf-8")
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(tensors, str(folder / "rng.safetensors"))
+
+
+def _load_rng(folder: Path) -> dict[str, Any]:
+    states = json.loads((folder / "rng.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / "rng.safetensors"))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1)]
+    return {
+        "python": _py_unstate(states["python"]),
+        "data": _py_unstate(states["data"]),
+        "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss),
+        "torch": tensors["torch"],
+        "cuda": cuda,
+    }
+
+
+def _py_state(state: tuple[Any, ...]) -> list[Any]:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_unstate(state: list[Any]) -> tuple[Any, ...]:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,280 @@
+"""Datasets to batches: scan the sources, place images in the plan's buckets, load and crop pixels.
+
+The bucket placement and the batch order come from `sdxlc.buckets`, the same code the compiler used
+to count the plan's steps, so the batches built here are the ones the plan counted. An image that
+fails to decode during the run is skipped with a warning and replaced by another sample of the same
+bucket, so every batch keeps its size and bucket and the step count stays the plan's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageOps
+
+from runtime import RunError
+from sdxlc.plan import buckets as bk
+from sdxlc.resolve.balance import epoch_counts
+from sdxlc.resolve.datasets import ImageItem, scan_dataset
+from sdxlc.resolve.index import Index
+
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image as it is trained: its bucket and where the bucket is cut from the resized image."""
+
+    image: int  # index into TrainData.images
+    bucket: bk.Bucket
+    crop: bk.Crop
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    captions: list[str]
+    time_ids: torch.Tensor  # (B, 6): original h, w; crop top, left; target h, w
+    keys: list[tuple[int, bool]]  # (image index, flipped): what the latents depend on
+    weights: list[float] = field(default_factory=list)  # each sample's loss weight (its dataset's)
+
+
+@dataclass
+class TrainData:
+    images: list[ImageItem]
+    samples: list[Sample]
+    datasets: list[dict[str, Any]]
+    batch_size: int
+    seed: int
+    bad: set[int] = field(default_factory=set)  # image indices that failed to decode during the run
+    warnings: list[str] = field(default_factory=list)
+    rank: int = 0  # this process among `world` training processes (docs/SCALE.md)
+    world: int = 1
+
+    def all_batches(self, epoch: int) -> list[list[int]]:
+        """Every batch (list of sample indices) of one epoch over all ranks, in training order."""
+        return bk.epoch_batches([s.bucket for s in self.samples], self.batch_size, self.seed, epoch)
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        """The batches THIS rank trains in one epoch, in its training order (see `rank_batches`)."""
+        return rank_batches(self.all_batches(epoch), self.rank, self.world)
+
+
+def rank_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Rank r's share of an epoch: batches r, r+N, r+2N, … (N = world).
+
+    Micro-step m of every rank trains batch m·N + r, so the N ranks' m-th micro-steps together cover
+    batches m·N … m·N+N-1, in the epoch's order: N processes with accumulation A consume the epoch
+    exactly as one process with accumulation N·A would. When the batch count is not a multiple of N,
+    the last round is padded with the epoch's first batches, so every rank runs the same number of
+    micro-steps (a rank that ran one fewer would leave the others waiting in the gradient all-reduce).
+    """
+    if world <= 1:
+        return batches
+    if not batches:
+        return []
+    padded = batches + [batches[i % len(batches)] for i in range(-len(batches) % world)]
+    return padded[rank::world]
+
+
+def topology() -> tuple[int, int]:
+    """(rank, world size) of this process, from accelerate's state once an Accelerator (or PartialState)
+    exists; (0, 1) before."""
+    from accelerate import PartialState
+
+    if not PartialState._shared_state:
+        return 0, 1
+    state = PartialState()
+    return int(state.process_index), int(state.num_processes)
+
+
+def setting(dataset: dict[str, Any], key: str) -> Any:
+    """A dataset setting of the plan (every one is resolved by the compiler)."""
+    return dataset[key]
+
+
+def scan_images(data: dict[str, Any], warnings: list[str] | None = None) -> list[ImageItem]:
+    """The images of every dataset, through the index the compiler wrote under the cache folder."""
+    index = Index.in_dir(data["cache"]["dir"])
+    images: list[ImageItem] = []
+    for number, dataset in enumerate(data["datasets"]):
+        scan = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index, lenient=True)
+        found = scan.items
+        if not found:
+            raise RunError(f"dataset {dataset['path']} holds no readable image")
+        if len(found) != dataset["images"]:
+            raise RunError(f"dataset {dataset['path']} now holds {len(found)} images, the plan counted "
+                           f"{dataset['images']}: make the plan again")
+        if warnings is not None:
+            warnings.extend(f"changed since planning: {c}" for c in scan.changed)
+        images.extend(found)
+    index.save()
+    return images
+
+
+def setup_data(plan: dict[str, Any]) -> TrainData:
+    """Scan every dataset and place each sample in its bucket: images repeated per dataset and folder,
+    regularization images balanced to the training samples (`sdxlc.balance`, as the plan counted)."""
+    data, training = plan["data"], plan["training"]
+    warnings: list[str] = []
+    images = scan_images(data, warnings)
+    placement = bk.plan_placement(data)
+    counts = epoch_counts(images, data["datasets"]).counts
+    samples: list[Sample] = []
+    for dataset_index in range(len(data["datasets"])):
+        members = [i for i, item in enumerate(images) if item.dataset == dataset_index]
+        for round_ in range(max((counts[i] for i in members), default=0)):
+            for i in members:
+                if round_ >= counts[i]:
+                    continue
+                bucket = placement(images[i].width, images[i].height)
+                samples.append(Sample(i, bucket, bk.cover_crop(images[i].width, images[i].height, bucket)))
+    rank, world = topology()
+    result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"],
+                       warnings=warnings, rank=rank, world=world)
+    expected = (plan.get("launch") or {}).get("world_size", 1)
+    if world != expected:
+        raise RunError(f"{world} process(es) are running, the plan is for {expected}: "
+                       "start it with `sdxlc run` (it launches the processes) or the command it prints")
+    if len(result.all_batches(0)) != training["batches_per_epoch"]:
+        raise RunError(f"the data gives {len(result.all_batches(0))} batches per epoch, the plan counted "
+                       f"{training['batches_per_epoch']}: make the plan again")
+    return result
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB pixels from any mode: alpha composited onto white; grayscale, palette, CMYK, 16-bit converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, WHITE + (255,))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
+                jitter: tuple[float, float, float] | None = None) -> torch.Tensor:
+    """The image resized to cover the bucket, cut at the crop, maybe mirrored and colour-jittered
+    (brightness, contrast, saturation factors): (3, H, W) in [-1, 1]."""
+    try:
+        with Image.open(item.path) as raw:
+            raw.load()
+            image = to_rgb(ImageOps.exif_transpose(raw))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise RunError(f"cannot read image {item.path}: {exc}") from exc
+    image = image.resize((crop.scaled_w, crop.scaled_h), Image.Resampling.LANCZOS)
+    image = image.crop((crop.left, crop.top, crop.left + bucket[0], crop.top + bucket[1]))
+    if flip:
+        image = ImageOps.mirror(image)
+    if jitter is not None:
+        for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
+                                    jitter, strict=True):
+            image = enhancer(image).enhance(factor)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def time_ids(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> list[int]:
+    """SDXL size conditioning: original (h, w), crop (top, left) in the resized image, target (h, w)."""
+    left = crop.scaled_w - bucket[0] - crop.left if flip else crop.left
+    return [item.height, item.width, crop.top, left, bucket[1], bucket[0]]
+
+
+def process_caption(caption: str, dataset: dict[str, Any], rng: random.Random) -> str:
+    """The caption a step trains on: the default caption for a missing one, caption dropout, tag dropout
+    and shuffling (the first `keep_tokens` tags stay), then the prefix and suffix around it."""
+    caption = caption or setting(dataset, "default_caption")
+    if dataset["caption_dropout"] > 0 and rng.random() < dataset["caption_dropout"]:
+        return ""
+    separator, keep = setting(dataset, "separator"), dataset["keep_tokens"]
+    tag_dropout = setting(dataset, "tag_dropout")
+    if dataset["shuffle"] or tag_dropout > 0:
+        tags = [t.strip() for t in caption.split(separator) if t.strip()]
+        head, tail = tags[:keep], tags[keep:]
+        if tag_dropout > 0:
+            tail = [t for t in tail if rng.random() >= tag_dropout]
+        if dataset["shuffle"]:
+            rng.shuffle(tail)
+        caption = f"{separator} ".join(head + tail)
+    parts = (setting(dataset, "prefix"), caption, setting(dataset, "suffix"))
+    return " ".join(part for part in parts if part)
+
+
+def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: bool = True,
+               substitute: bool = False) -> Batch:
+    """Captions, size conditioning and (unless latents are cached) pixels for the given samples.
+
+    With `substitute`, a sample whose image cannot be decoded is replaced by another sample of the
+    same bucket (warned once per image); without it, that is a RunError.
+    """
+    captions, ids, keys, tensors, weights = [], [], [], [], []
+    for index in indices:
+        index = replacement(data, index) if substitute and data.samples[index].image in data.bad else index
+        sample = data.samples[index]
+        item = data.images[sample.image]
+        dataset = data.datasets[item.dataset]
+        flip = dataset["flip"] and rng.random() < 0.5
+        crop = bk.random_crop(sample.crop, sample.bucket, rng) if dataset["random_crop"] else sample.crop
+        strength = dataset["color_jitter"]
+        jitter = tuple(1.0 + rng.uniform(-strength, strength) for _ in range(3)) if strength > 0 else None
+        if pixels:
+            try:
+                tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
+            except RunError as exc:
+                if not substitute:
+                    raise
+                mark_bad(data, sample.image, str(exc))
+                index = replacement(data, index)
+                sample, item = data.samples[index], data.images[data.samples[index].image]
+                dataset = data.datasets[item.dataset]
+                crop = sample.crop
+                tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
+            tensors.append(tensor)
+        captions.append(process_caption(item.caption, dataset, rng))
+        ids.append(time_ids(item, crop, sample.bucket, flip))
+        keys.append((sample.image, flip))
+        weights.append(float(dataset["loss_weight"]))
+    stacked = torch.stack(tensors) if tensors else torch.empty(0)
+    return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys, weights)
+
+
+def mark_bad(data: TrainData, image: int, reason: str) -> None:
+    if image not in data.bad:
+        data.bad.add(image)
+        data.warnings.append(f"skipped {reason}")
+
+
+def replacement(data: TrainData, index: int) -> int:
+    """The next sample of the same bucket (in sample order, wrapping) whose image still decodes."""
+    bucket, count = data.samples[index].bucket, len(data.samples)
+    for step in range(1, count + 1):
+        candidate = (index + step) % count
+        sample = data.samples[candidate]
+        if sample.bucket != bucket or sample.image in data.bad:
+            continue
+        item = data.images[sample.image]
+        try:
+            load_pixels(item, sample.crop, sample.bucket, False)
+        except RunError as exc:
+            mark_bad(data, sample.image, str(exc))
+            continue
+        return candidate
+    raise RunError(f"no image of bucket {bucket[0]}x{bucket[1]} decodes any more: nothing left to train")
+
+
+def all_captions(data: TrainData) -> list[str]:
+    """Every caption a batch can carry (the empty one too when captions drop out)."""
+    captions = {process_caption(item.caption, {**d, "caption_dropout": 0.0}, random.Random(0))
+                for item in data.images for d in (data.datasets[item.dataset],)}
+    if any(d["caption_dropout"] > 0 for d in data.datasets):
+        captions.add("")
+    return sorted(captions)

@@ -1,0 +1,56 @@
+"""The optimizer and learning-rate schedule the plan names.
+
+Every class comes from schema/optimizers.json (the table the compiler checks `args` against), and
+every argument from the plan: the runtime adds none of its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from runtime import RunError
+from sdxlc.resolve.optimizers import optimizer_table
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class of a named optimizer, imported from the module path in the table."""
+    try:
+        path = optimizer_table()[name]["class"]
+    except KeyError:
+        raise RunError(f"unknown optimizer {name!r}") from None
+    module, _, attribute = path.rpartition(".")
+    try:
+        cls: type[torch.optim.Optimizer] = getattr(importlib.import_module(module), attribute)
+    except ImportError as error:
+        raise RunError(f"optimizer {name!r} needs the `{module.split('.')[0]}` package ({error})") from None
+    return cls
+
+
+def relative_step(optimizer: dict[str, Any]) -> bool:
+    """Whether Adafactor computes its own learning rate (then the plan's lr only labels the logs)."""
+    return optimizer["name"] == "adafactor" and bool(optimizer["args"].get("relative_step"))
+
+
+def make_optimizer(optimizer: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer the plan names, with exactly the plan's arguments."""
+    cls, args = optimizer_class(optimizer["name"]), dict(optimizer["args"])
+    if relative_step(optimizer):  # the class refuses an explicit lr; group lrs are ignored
+        return cls(groups, lr=None, **args)
+    return cls(groups, lr=optimizer["lr"], **args)
+
+
+def make_schedule(plan: dict[str, Any], optimizer: torch.optim.Optimizer) -> Any:
+    """The learning-rate schedule; Adafactor with relative_step gets transformers' AdafactorSchedule,
+    which only reports the learning rate Adafactor computes (the compiler allows no other schedule)."""
+    if "optimizer" in plan and relative_step(plan["optimizer"]):
+        from transformers.optimization import AdafactorSchedule
+
+        return AdafactorSchedule(optimizer, initial_lr=plan["optimizer"]["lr"])
+    return get_scheduler(
+        plan["schedule"]["name"], optimizer, num_warmup_steps=plan["schedule"]["warmup_steps"],
+        num_training_steps=plan["training"]["total_steps"],
+    )

@@ -1,0 +1,265 @@
+"""Execute a plan: setup_model → setup_data → train → finish.
+
+The plan is the whole truth: every setting used here is read from it, none is decided here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.utils import set_seed
+
+from runtime import RunError
+from runtime.gen import sample
+from runtime.methods import finetune, lora
+from runtime.methods import registry as methods
+from runtime.model import load as models
+from runtime.train import checkpoint, loop
+from runtime.train import data as datamod
+from runtime.train.progress import Progress
+from runtime.train.tblog import TensorBoardLog, open_log
+from sdxlc.plan import contract as plans
+
+
+@dataclass
+class RunResult:
+    """What a run produced, and how its loss ended."""
+
+    lora_path: Path  # the trained artifact: a LoRA, a single-file checkpoint or an embedding
+    plan_path: Path
+    diffusers_path: Path | None = None  # a fine-tune's diffusers folder, when the plan asks for one
+    samples: list[Path] = field(default_factory=list)
+    grids: list[Path] = field(default_factory=list)  # one per sampling step: all prompts side by side
+    logs: Path | None = None  # the TensorBoard folder, when the plan turns it on
+    checkpoints: list[Path] = field(default_factory=list)
+    final_loss: float = float("nan")
+    average_loss: float = float("nan")
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def check_plan(plan: dict[str, Any]) -> None:
+    """The plan must satisfy schema/plan.schema.json and carry its own hash."""
+    try:
+        plans.check(plan)
+    except plans.PlanError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def check_device(plan: dict[str, Any]) -> None:
+    """A plan for a CUDA profile needs CUDA here (8-bit and paged optimizers, bf16, the memory budget)."""
+    import torch
+
+    if plan["hardware"]["device"] == "cuda" and not torch.cuda.is_available():
+        raise RunError(
+            f"this plan is for {plan['hardware']['name']} (CUDA) but this machine has no CUDA device "
+            f"(torch {torch.__version__}): plan it with `--profile cpu` or `profile auto`, or install a CUDA "
+            "build of torch"
+        )
+
+
+def write_plan(plan: dict[str, Any]) -> Path:
+    """The plan that runs, and beside it (in `recipe/`) the recipe files it was compiled from."""
+    out = Path(plan["output"]["dir"])
+    path = out / "plan.json"
+    lora.write_atomic(path, plans.to_text(plan).encode("utf-8"))
+    for source in plan["sources"]:
+        file = Path(source["file"])
+        git = source.get("git")
+        name = Path(git["path"]) if git else Path(file.name)
+        if file.is_file():
+            lora.write_atomic(out / "recipe" / name, file.read_bytes())
+    return path
+
+
+def setup_model(plan: dict[str, Any]) -> models.Models:
+    """Load and place the base model, then make the method's parameters trainable (runtime/methods.py)."""
+    loaded = models.setup_model(plan)
+    methods.attach(plan, loaded)
+    return loaded
+
+
+def setup_data(plan: dict[str, Any]) -> datamod.TrainData:
+    return datamod.setup_data(plan)
+
+
+@contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """A save that fails (a full disk, a lost mount) stops the run cleanly: the previous save is intact."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RunError(f"could not write {path}: {reason}; the previous save is intact") from exc
+
+
+class Run:
+    """The state shared by the step hooks: where to save, when to sample, what was written."""
+
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        loaded: models.Models,
+        progress: Progress,
+        log: TensorBoardLog | None = None,
+    ) -> None:
+        self.plan, self.models, self.progress, self.log = plan, loaded, progress, log
+        self.stats = loop.TrainStats()  # filled in by the loop; what a checkpoint saves
+        self.started = time.time()
+        self.out = Path(plan["output"]["dir"])
+        self.result = RunResult(
+            lora_path=self.out / f"{plan['output']['name']}.safetensors",
+            plan_path=self.out / "plan.json",
+            logs=log.folder if log is not None else None,
+        )
+
+    def save(self, path: Path, step: int, epoch: int) -> Path:
+        with saving(path):
+            return methods.save(path, self.plan, self.models.pipe, step, epoch, self.started)
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files (every process trains)."""
+        return bool(self.models.accelerator.is_main_process)
+
+    def on_step(self, step: int, epoch: int) -> None:
+        if not self.main:
+            return
+        total, name = self.plan["training"]["total_steps"], self.plan["output"]["name"]
+        every = self.plan["save"]["every_steps"]
+        if every and step % every == 0 and step < total:
+            path = self.save(self.out / f"{name}-step{step:06d}.safetensors", step, epoch)
+            state = self.save_state()
+            lora.prune_checkpoints(self.out, name, self.plan["save"]["keep"])
+            self.result.checkpoints = [p for p in [*self.result.checkpoints, path] if p.exists()]
+            self.progress.message(f"saved {path} and the training state {state.name}")
+        every = self.plan["sample"]["every_steps"]
+        if every and step % every == 0 and step < total:
+            self.write_samples(step)
+
+    def save_state(self) -> Path:
+        """The whole training state at the current step, atomically; older states pruned after."""
+        stats = self.stats
+        assert stats.data_rng is not None
+        position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses))
+        with saving(checkpoint.folder_for(self.out, stats.steps)):
+            folder = checkpoint.save_state(
+                self.out, position, self.plan, loop.trainable_state(self.models.pipe), stats.optimizer,
+                stats.schedule,
+                self.models.accelerator.scaler, stats.data_rng,
+            )
+        checkpoint.prune(self.out, self.plan["save"]["keep"])
+        return folder
+
+    def write_samples(self, step: int) -> None:
+        files = sample.write_samples(self.models, self.plan, step, self.quiet, self.log)
+        self.result.samples += files.images
+        self.result.grids += [files.grid] if files.grid is not None else []
+
+    def on_loss(self, step: int, loss: float, lr: float) -> None:
+        self.progress.step(step, loss, lr)
+        if self.log is not None:
+            self.log.loss(step, loss, self.progress.average)
+
+    def on_metrics(self, step: int, grad_norm: float | None, groups: list[dict[str, Any]]) -> None:
+        if self.log is not None:
+            self.log.optimizer(step, grad_norm, groups)
+
+    @property
+    def quiet(self) -> bool:
+        return not self.progress.interactive
+
+
+def train(
+    plan: dict[str, Any],
+    loaded: models.Models,
+    data: datamod.TrainData,
+    run: Run,
+    resume: loop.Resume | None = None,
+) -> loop.TrainStats:
+    try:
+        return loop.train(
+            plan,
+            loaded,
+            data,
+            on_step=run.on_step,
+            on_loss=run.on_loss,
+            resume=resume,
+            stats=run.stats,
+            on_message=run.progress.message,
+            # on every process alike: measuring the norm may be a collective operation
+            on_metrics=run.on_metrics if plan["log"]["tensorboard"] else None,
+        )
+    finally:
+        run.progress.close()
+
+
+def finish(run: Run, stats: loop.TrainStats) -> RunResult:
+    """Save the final LoRA, render the final samples and fill in the result."""
+    result = run.result
+    run.models.accelerator.wait_for_everyone()
+    if run.main:
+        run.save(result.lora_path, stats.steps, stats.epoch)
+        run.save_state()
+        run.progress.message(f"saved {result.lora_path}")
+        if run.plan["method"].get("save_diffusers"):
+            folder = result.lora_path.with_suffix("")
+            with saving(folder):
+                finetune.save_diffusers(folder, run.models.pipe, models.DTYPES[run.plan["save"]["dtype"]])
+            result.diffusers_path = folder
+            run.progress.message(f"saved {folder}")
+        run.write_samples(stats.steps)
+    result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
+    result.seconds = time.time() - run.started
+    return result
+
+
+def execute(
+    plan: dict[str, Any], *, progress: bool = True, resume: Path | None = None, rebuild_schedule: bool = False
+) -> RunResult:
+    """Run the plan and write its artifacts under output.dir.
+
+    `resume`: a checkpoint folder (`<output.dir>/checkpoints/step-NNNNNN`) to continue from exactly;
+    `rebuild_schedule` builds the plan's lr schedule anew from the checkpoint's step instead of
+    restoring the old one (for a resume whose schedule changed).
+    """
+    return run_plan(plan, progress=progress, resume=resume, rebuild_schedule=rebuild_schedule)[0]
+
+
+def run_plan(
+    plan: dict[str, Any], *, progress: bool = True, resume: Path | None = None, rebuild_schedule: bool = False
+) -> tuple[RunResult, models.Models]:
+    """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
+    check_plan(plan)
+    check_device(plan)
+    restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
+    main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
+    if main:
+        write_plan(plan)
+    log = open_log(plan, main)  # before the model: a missing tensorboard package fails fast
+    set_seed(plan["training"]["seed"])
+    try:
+        loaded = setup_model(plan)
+        data = setup_data(plan)
+        training = plan["training"]
+        reporter = Progress(
+            training["total_steps"],
+            plan["log"]["every_steps"],
+            enabled=progress and main,
+            device=loaded.device.type,
+        )
+        run = Run(plan, loaded, reporter, log)
+        stats = train(plan, loaded, data, run, restart)
+        return finish(run, stats), loaded
+    finally:
+        if log is not None:
+            log.close()
+
+
+__all__ = ["RunError", "RunResult", "execute", "finish", "run_plan", "setup_data", "setup_model", "train"]

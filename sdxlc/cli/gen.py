@@ -1,0 +1,118 @@
+"""`sdxlc gen`: images from a base model with weighted LoRAs and textual-inversion embeddings.
+
+Exit codes as for the rest of `sdxlc`: 0 success, 2 usage errors, 3 the generation failed. The runtime
+(torch, diffusers) is imported only inside the command, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_USAGE, EXIT_RUN = 2, 3
+SAMPLERS = ("euler", "euler_a", "dpm++2m", "ddim")  # runtime/generate.py maps them to diffusers schedulers
+
+
+def parse_lora(text: str) -> tuple[Path, float]:
+    """`file.safetensors:0.8` → (file, 0.8); without a weight, 1.0."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def parse_embedding(text: str) -> tuple[Path, str]:
+    """`file.safetensors:token` → (file, token); without a token, the file's stem."""
+    path, sep, token = text.rpartition(":")
+    if sep and path and token and "/" not in token and "\\" not in token:
+        return Path(path), token
+    return Path(text), Path(text).stem
+
+
+def read_prompts(prompts: tuple[str, ...], prompt_file: Path | None) -> list[str]:
+    """The `--prompt` values, then the non-empty lines of the prompt file (`#` starts a comment line)."""
+    found = [p for p in prompts if p.strip()]
+    if prompt_file is not None:
+        try:
+            lines = prompt_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.UsageError(f"cannot read the prompt file {prompt_file}: {exc}") from exc
+        found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not found:
+        raise click.UsageError("no prompt: give --prompt TEXT or --prompts FILE")
+    return found
+
+
+def _size(value: int | None) -> int | None:
+    if value is not None and value % 8:
+        raise click.BadParameter(f"{value} is not a multiple of 8")
+    return value
+
+
+@click.command("gen")
+@click.option("--model", "-m", default="tiny", show_default=True,
+              help="Base model: `tiny`, a diffusers folder or a hub id.")
+@click.option("--vae", default=None, help="Replacement VAE: a diffusers folder, a single file or a hub id.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:WEIGHT]",
+              help="A kohya-format LoRA file and its weight (default 1.0); repeatable.")
+@click.option("--embedding", "embeddings", multiple=True, metavar="FILE[:TOKEN]",
+              help="A textual-inversion file {clip_l, clip_g} and its token (default: the file name); "
+                   "repeatable.")
+@click.option("--prompt", "-p", "prompts", multiple=True, help="A prompt; repeatable.")
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file with one prompt per line.")
+@click.option("--negative", "-n", default="", help="Negative prompt (for every prompt).")
+@click.option("--width", "-W", type=click.IntRange(min=8), default=None,
+              help="Image width (a multiple of 8; default: the model's size).")
+@click.option("--height", "-H", type=click.IntRange(min=8), default=None,
+              help="Image height (a multiple of 8; default: the model's size).")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Denoising steps.")
+@click.option("--cfg", "--guidance", "cfg", type=click.FloatRange(min=0), default=7.0, show_default=True,
+              help="Classifier-free guidance scale.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="euler", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per prompt, at seeds SEED..SEED+COUNT-1.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per denoising pass.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("gen"),
+              show_default=True, help="Folder for the PNG files (numbered after those already there).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              show_default=True, help="auto: fp32 on the CPU, bf16 (or fp16) on CUDA.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress: print only the files written.")
+def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings: tuple[str, ...],
+                prompts: tuple[str, ...], prompt_file: Path | None, negative: str, width: int | None,
+                height: int | None, steps: int, cfg: float, sampler: str, seed: int, count: int, batch: int,
+                out: Path, device: str, precision: str, quiet: bool) -> None:
+    """Generate images from prompts with a base model, LoRAs and embeddings; PNGs carry their settings."""
+    texts = read_prompts(prompts, prompt_file)
+    try:
+        width, height = _size(width), _size(height)
+    except click.BadParameter as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        from runtime import RunError
+        from runtime.gen.generate import GenRequest, generate
+    except ImportError as exc:  # the runtime stack is not installed
+        click.echo(f"error: cannot start the runtime: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    request = GenRequest(
+        model=model, prompts=texts, out=out, negative=negative, width=width, height=height, steps=steps,
+        cfg=cfg, sampler=sampler, seed=seed, count=count, batch=batch,
+        loras=[parse_lora(text) for text in loras], embeddings=[parse_embedding(text) for text in embeddings],
+        vae=vae, device=device, precision=precision,
+    )
+    if not quiet:
+        click.echo(f"{len(texts)} prompt(s) x {count} seed(s) from {seed}, {width or 'native'}x"
+                   f"{height or 'native'}, {steps} steps, cfg {cfg}, {sampler}", err=True)
+    try:
+        generate(request, on_file=lambda path: click.echo(str(path)), progress=not quiet)
+    except RunError as exc:
+        click.echo(f"error: generation failed: {exc}", err=True)
+        sys.exit(EXIT_RUN)

@@ -1,0 +1,360 @@
+"""The `sdxlc` command line.
+
+Exit codes: 0 success, 1 recipe errors, 2 usage errors, 3 the run failed, 70 an internal error.
+Only `run` imports the training runtime (torch and friends), and only after the plan is resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sdxlc import __version__
+from sdxlc.lang.diagnostics import render_text, to_json
+from sdxlc.pipeline import Compiled, compile_recipe
+from sdxlc.plan.contract import to_text
+
+EXIT_OK, EXIT_RECIPE, EXIT_USAGE, EXIT_RUN = 0, 1, 2, 3
+
+_recipe_arg = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+_set_opt = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a recipe setting, e.g. --set optimizer.lr=5e-5 (repeatable).",
+)
+_profile_opt = click.option("--profile", default=None, metavar="NAME", help="Plan for this hardware profile.")
+_format_opt = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="How to print diagnostics.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sdxlc")
+def main() -> None:
+    """Compile SDXL training recipes into checked plans, and run them."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_set_opt
+@_profile_opt
+@_format_opt
+def check(files: tuple[Path, ...], sets: tuple[str, ...], profile: str | None, fmt: str) -> None:
+    """Report every problem in the recipe FILES; exit 1 if any is an error."""
+    failed, everything = False, []
+    for file in files:
+        compiled = _compile(file, sets, profile)
+        everything.extend(to_json(compiled.ordered()))
+        if fmt == "text":
+            _print_diagnostics(compiled)
+            if not compiled.errors:
+                click.echo(f"{file}: ok", err=True)
+        failed = failed or bool(compiled.errors)
+    if fmt == "json":
+        click.echo(json.dumps(everything, indent=2))
+    sys.exit(EXIT_RECIPE if failed else EXIT_OK)
+
+
+@main.command()
+@_recipe_arg
+@_set_opt
+@_profile_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the runtime's contract).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="How to print diagnostics (json: a list on stdout, instead of the plan).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the plan JSON to this file.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Also simulate one training step on fake tensors (torch, no GPU) and compare with the estimate.",
+)
+def plan(
+    recipe: Path,
+    sets: tuple[str, ...],
+    profile: str | None,
+    as_json: bool,
+    fmt: str,
+    output: Path | None,
+    exact: bool,
+) -> None:
+    """Resolve RECIPE: settings with provenance, step arithmetic, buckets and the memory estimate."""
+    from sdxlc.cli.report import render_plan
+
+    compiled = _compile(recipe, sets, profile)
+    if fmt == "json":
+        click.echo(json.dumps(to_json(compiled.ordered()), indent=2))
+        sys.exit(EXIT_RECIPE if compiled.errors else EXIT_OK)
+    _print_diagnostics(compiled)
+    if compiled.plan is None:
+        sys.exit(EXIT_RECIPE)
+    if output is not None:
+        output.write_text(to_text(compiled.plan), encoding="utf-8")
+    click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan), nl=False)
+    if exact:
+        _print_exact(compiled.plan)
+
+
+def _print_exact(plan_: dict[str, Any]) -> None:
+    """Measure the plan's training step on fake tensors and print it against the analytic estimate."""
+    try:
+        from runtime.exact.step import measure
+    except ImportError as exc:  # the training stack is not installed
+        click.echo(f"error: --exact needs the training runtime: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    from runtime import RunError
+
+    try:
+        result = measure(plan_)
+    except RunError as exc:
+        click.echo(f"error: --exact: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    est = plan_["estimate"]
+    skip = {"allocator_overhead", "cuda_context", "sample_peak"}
+    analytic = sum(v for k, v in est["vram_breakdown"].items() if k not in skip)
+    peak = result["peak_bytes"]
+    unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
+    click.echo(
+        f"\nexact training-step peak (fake tensors, {result['seconds']:.1f} s, "
+        f"peak in {result['peak_phase']}):"
+    )
+    click.echo(f"  measured  {peak / scale:8.2f} {unit}")
+    click.echo(
+        f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
+        "without allocator overhead and CUDA context, which fake tensors cannot see)"
+    )
+    terms = {k: v for k, v in est["vram_breakdown"].items() if k not in skip}
+    click.echo(f"    {'':<24} {'measured':>12} {'estimate':>12}")
+    for name in sorted(set(result["breakdown"]) | set(terms), key=lambda k: -result["breakdown"].get(k, 0)):
+        cells = [f"{d[name] / scale:8.2f} {unit}" if name in d else "" for d in (result["breakdown"], terms)]
+        click.echo(f"    {name:<24} {cells[0]:>12} {cells[1]:>12}")
+    flops, want = result["step_flops"], est["step_flops"]
+    fu, fs = ("TFLOP", 1e12) if flops >= 1e12 else ("GFLOP", 1e9)
+    click.echo(
+        f"  FLOPs per step: measured {flops / fs:.2f} {fu}, estimate {want / fs:.2f} {fu} "
+        f"({(want - flops) / flops * 100:+.1f}%)"
+    )
+    for note in result.get("notes", []):
+        click.echo(f"  note: {note}")
+    _print_exact_sampling(plan_)
+
+
+def _print_exact_sampling(plan_: dict[str, Any]) -> None:
+    """The sampling peak on fake tensors against the estimate's `sample_peak`, when the plan samples."""
+    from runtime.exact.sample import measure_sampling
+    from sdxlc.estimate.analytic import sample_peak_seen
+    from sdxlc.resolve.profiles import load_profile
+
+    result = measure_sampling(plan_)
+    if result is None:
+        return
+    analytic = sample_peak_seen(plan_, load_profile(plan_["hardware"]["profile"]))
+    peak = result["peak_bytes"]
+    unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
+    passes = ", ".join(f"{name} +{size / scale:.2f} {unit}" for name, size in result["phase_bytes"].items())
+    click.echo(
+        f"\nexact sampling peak (fake tensors, {result['seconds']:.1f} s, peak in {result['peak_phase']}):"
+    )
+    click.echo(f"  measured  {peak / scale:8.2f} {unit}  (resident {result['resident_bytes'] / scale:.2f} "
+               f"{unit}; {passes})")
+    click.echo(f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
+               "without allocator overhead and CUDA context)")
+
+
+@main.command()
+@_recipe_arg
+@_set_opt
+@_profile_opt
+@click.option(
+    "--resume",
+    "resume_from",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[latest|DIR]",
+    help="Continue from the newest checkpoint under the output folder, or from DIR.",
+)
+@click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    type=click.Choice(["schedule", "numerics", "data"]),
+    help="Accept these kinds of recipe changes when resuming (repeatable).",
+)
+def run(
+    recipe: Path, sets: tuple[str, ...], profile: str | None, resume_from: str | None, allow: tuple[str, ...]
+) -> None:
+    """Compile RECIPE and train it (or resume it with --resume)."""
+    compiled = _compile(recipe, sets, profile)
+    _print_diagnostics(compiled)
+    if compiled.plan is None:
+        sys.exit(EXIT_RECIPE)
+    plan_ = compiled.plan
+    from sdxlc.cli.launch import relaunch
+
+    launched = relaunch(plan_, sys.argv[1:])  # several processes: run this command under accelerate
+    if launched is not None:
+        sys.exit(launched)
+    folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
+    _print_run_header(plan_)
+    started = time.monotonic()
+    try:
+        from runtime.train.run import RunError, execute
+    except ImportError as exc:  # the training stack is not installed
+        click.echo(f"error: cannot start the runtime: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    try:
+        result = execute(plan_, resume=folder, rebuild_schedule=rebuild)
+    except RunError as exc:
+        click.echo(f"error: the run failed: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the last completed save is intact", err=True)
+        sys.exit(EXIT_RUN)
+    click.echo(f"done in {time.monotonic() - started:.1f} s")
+    label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:"}[plan_["method"]["kind"]]
+    click.echo(f"  {label:<8} {result.lora_path}")
+    if result.diffusers_path is not None:
+        click.echo(f"  folder:  {result.diffusers_path}")
+    click.echo(f"  plan:    {result.plan_path}")
+    for sample in result.samples:
+        click.echo(f"  sample:  {sample}")
+    for grid in result.grids:
+        click.echo(f"  grid:    {grid}")
+    if result.logs is not None:
+        click.echo(f"  logs:    {result.logs}  (tensorboard --logdir {result.logs})")
+
+
+def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[Path, bool]:
+    """The checkpoint to continue from, after judging what changed since it was written."""
+    from sdxlc.tools import resume
+
+    try:
+        folder = resume.find(Path(plan_["output"]["dir"]), which)
+        old = resume.checkpoint_plan(folder)
+    except resume.ResumeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    verdict = resume.judge(old, plan_, allow)
+    if not verdict.ok:
+        click.echo(
+            f"error: cannot resume from {folder}\n{verdict.explain(resume.last_artifact(folder, old))}",
+            err=True,
+        )
+        sys.exit(EXIT_RECIPE)
+    click.echo(
+        f"resuming from {folder}"
+        + (" with the schedule rebuilt from its step" if verdict.rebuild_schedule else "")
+    )
+    for change in verdict.accepted + verdict.allowed:
+        if change.kind not in ("cosmetic", "estimate"):
+            click.echo(f"  accepted change: {change.path}: {change.old!r} → {change.new!r} ({change.kind})")
+    return folder, verdict.rebuild_schedule
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["recipe", "plan", "profile"]), default="recipe")
+def schema(name: str) -> None:
+    """Print a JSON Schema (recipe, plan or profile), for editors and tools."""
+    from sdxlc.check.schemas import load_schema
+
+    click.echo(json.dumps(load_schema(name), indent=2))
+
+
+@main.command()
+def profiles() -> None:
+    """List the hardware profiles."""
+    from sdxlc.resolve.profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        click.echo(f"{name:<18} {p.usable_vram_bytes / 2**30:>6.1f} GiB  {p.title}")
+
+
+def _compile(recipe: Path, sets: tuple[str, ...], profile: str | None) -> Compiled:
+    if not recipe.is_file():
+        raise click.BadParameter(f"no such recipe file: {recipe}", param_hint="RECIPE")
+    return compile_recipe(recipe, sets, profile)
+
+
+def _print_diagnostics(compiled: Compiled) -> None:
+    if compiled.diagnostics:
+        click.echo(render_text(compiled.ordered(), compiled.sources, color=sys.stderr.isatty()), err=True)
+
+
+def _method_text(method: dict[str, Any]) -> str:
+    targets = "+".join(method["targets"])
+    if method["kind"] == "finetune":
+        return f"full fine-tune of {targets}"
+    if method["kind"] == "embedding":
+        return f"embedding {method['token']} ({method['vectors']} vectors)"
+    return f"LoRA rank {method['rank']} ({targets})"
+
+
+def _print_run_header(plan_: dict[str, Any]) -> None:
+    est, t = plan_["estimate"], plan_["training"]
+    click.echo(
+        f"plan {plan_['plan_hash'][:12]}: {_method_text(plan_['method'])} on {plan_['model']['source']}, "
+        f"{t['total_steps']} steps × batch {t['batch_size']}, {plan_['data']['images']} images"
+    )
+    click.echo(
+        f"estimate: {est['vram_bytes'] / 2**30:.2f} GiB of {est['budget_bytes'] / 2**30:.1f} GiB "
+        f"on {plan_['hardware']['name']} ({est['verdict'].replace('_', ' ')}), "
+        f"about {est['total_seconds']:.0f} s"
+    )
+
+
+def _register_language_tools() -> None:
+    from sdxlc.cli.data import cache_command
+    from sdxlc.cli.gen import gen_command
+    from sdxlc.cli.lang import diff_command, explain_command, fmt_command
+
+    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command):
+        main.add_command(command)
+
+
+_register_language_tools()
+
+EXIT_INTERNAL = 70
+
+
+def entry() -> None:
+    """The console script: `main`, with any internal error turned into a one-line bug report."""
+    try:
+        main(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug in sdxlc, never a recipe problem: those are diagnostics
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        place = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else ""
+        click.echo(f"sdxlc {__version__}: internal error: {type(exc).__name__}: {exc}{place} — "
+                   "please report it with the recipe", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    entry()

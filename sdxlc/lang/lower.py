@@ -1,0 +1,404 @@
+"""Lower recipe statements into the recipe document (schema/recipe.schema.json), with provenance.
+
+Each statement is read against the vocabulary table (sdxlc/vocabulary.py): its keyword, then its
+clauses, each clause setting the schema path(s) its entry names. Values are read by the schema type
+of their path and checked there, so an error points at the word that caused it. A bad statement or
+clause is reported and skipped; the rest of the file is still lowered.
+
+Layers, lowest first: `use`d files (in order; a `use` must come before every statement other than
+`sdx`), the recipe itself, then `--set path=value`. Within one file a path may be set once; a higher
+layer replaces a lower one's value, and a file with `data` statements replaces the lower layers'
+whole `data` list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sdxlc.lang import ast
+from sdxlc.lang import vocabulary as vocab
+from sdxlc.lang.ast import LowerError, join, missing, reject
+from sdxlc.lang.diagnostics import Diagnostic, Span, make
+from sdxlc.lang.parser import parse_recovering, parse_value
+from sdxlc.lang.vocabulary import check_path, coerce
+
+Source = Literal["recipe", "use", "set"]
+Related = Sequence[tuple[Span, str]]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Which layer set a value, and where."""
+
+    source: Source
+    span: Span | None
+
+    def at(self) -> str | None:
+        return self.span.at() if self.span is not None else None
+
+
+@dataclass
+class Lowered:
+    doc: dict[str, Any]
+    provenance: dict[str, Origin]
+    sources: dict[str, str]
+    diagnostics: list[Diagnostic]
+
+
+@dataclass
+class _Layer:
+    """The flat settings of one file with the files it uses folded underneath."""
+
+    settings: dict[str, tuple[Any, Span | None]] = field(default_factory=dict)
+    sections: set[str] = field(default_factory=set)
+    has_data: bool = False
+
+    def under(self, upper: _Layer) -> _Layer:
+        """This layer overridden by `upper`."""
+        settings = dict(self.settings)
+        if upper.has_data:
+            settings = {k: v for k, v in settings.items() if not k.startswith("data.")}
+        settings.update(upper.settings)
+        return _Layer(settings, self.sections | upper.sections, self.has_data or upper.has_data)
+
+
+class _FileLowering:
+    """Lowers the statements of one file into flat settings."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.layer = _Layer()
+        self.uses: list[tuple[str, Span]] = []
+        self.diags: list[Diagnostic] = []
+        self.data_items = 0
+        self.started = False
+
+    def statement(self, stmt: ast.Statement) -> None:
+        items = list(stmt.items)
+        head = items[0]
+        if not isinstance(head, ast.Word):
+            self._no_keyword(head)
+            return
+        found = vocab.lookup(ast.leading_words(items, 0), vocab.STATEMENT)
+        if found is None:
+            self.diags.append(vocab.unknown_word(head, vocab.STATEMENT, statement=True))
+            return
+        entry, size = found
+        self._order(entry, head)
+        context = entry.words if entry.context == vocab.STATEMENT else vocab.ANY
+        index = self.data_items
+        if entry.words == "data":
+            self.data_items += 1
+            self.layer.has_data = True
+        pos = self._clause(entry, items, size, context, index)
+        while pos < len(items):
+            after = self._next_clause(items, pos, context, index)
+            if after <= pos:  # a clause that took nothing: report the item and move past it
+                self.diags.append(_unexpected(items[pos], context))
+                after = pos + 1
+            pos = after
+
+    def _order(self, entry: vocab.Entry, head: ast.Word) -> None:
+        if entry.arg == "file" and self.started:
+            hint = "move it to the top of the file (only `sdx` may come before it)"
+            self.report("SDX0304", "`use` must come before other statements", head.span, hint)
+        if entry.words not in ("use", "sdx"):
+            self.started = True
+
+    def _no_keyword(self, head: ast.Item) -> None:
+        if isinstance(head, ast.Assign):
+            name = head.name.value
+            hint = f"write `{name} {ast.source_text(head.value)}` without `=`"
+            self.report("SDX0206", f"a statement cannot start with `{name}=`", head.span, hint)
+        else:
+            message = f"a statement must start with a keyword, not {ast.describe(head)}"
+            self.report("SDX0206", message, head.span)
+
+    def _next_clause(self, items: list[ast.Item], pos: int, context: str, index: int) -> int:
+        item = items[pos]
+        if isinstance(item, ast.Word):
+            found = vocab.lookup(ast.leading_words(items, pos), context)
+            if found is not None:
+                return self._clause(found[0], items, pos + found[1], context, index)
+        for entry in vocab.positional(context):
+            if _fits_positional(entry, item):
+                return self._clause(entry, items, pos, context, index)
+        end = ast.skip_arguments(items, pos + 1)
+        if isinstance(item, ast.Word) and vocab.is_statement_keyword(item.value):
+            hint = f"put `;` or a new line before `{item.value}`"
+            self.report("SDX0205", f"`{item.value}` starts a statement of its own", item.span, hint)
+            return len(items)
+        if isinstance(item, ast.Word):
+            self.diags.append(vocab.unknown_word(item, context))
+        else:
+            self.diags.append(_unexpected(item, context))
+        return end
+
+    def _clause(self, entry: vocab.Entry, items: list[ast.Item], start: int, context: str, index: int) -> int:
+        """Apply the clause whose words end before `start`; return the position after its arguments."""
+        end = start + _arity(entry, items, start, context)
+        words_begin = start - len(entry.words.split()) if entry.words else start
+        span = join(items[words_begin].span, items[max(end - 1, words_begin)].span)
+        paths = [p.replace("*", str(index)) for p in entry.paths]
+        try:
+            _APPLY[entry.arg](self, _Clause(entry, paths, items[start:end], span))
+        except LowerError as error:
+            self.diags.append(error.diagnostic)
+        return end
+
+    def put(self, path: str, value: Any, span: Span) -> None:
+        """Record one setting; a second, different value for the same path is an error."""
+        previous = self.layer.settings.get(path)
+        if previous is None:
+            self.layer.settings[path] = (value, span)
+            return
+        old, old_span = previous
+        related = [(old_span, "first set here")] if old_span is not None else []
+        if old == value:
+            self.report("SDX0302", f"`{path}` is set twice", span, "remove one of them", related)
+        else:
+            message = f"`{path}` is set to `{old}` and to `{value}`"
+            self.report("SDX0301", message, span, "keep one of them", related)
+
+    def report(
+        self, code: str, message: str, span: Span, hint: str | None = None, related: Related = ()
+    ) -> None:
+        self.diags.append(make(code, message, span, hint, related))
+
+
+# --- clause kinds --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Clause:
+    entry: vocab.Entry
+    paths: list[str]
+    args: list[ast.Item]
+    span: Span
+
+    def arg(self, what: str | None = None) -> ast.Item:
+        """The first argument; a missing one is an error."""
+        if self.args:
+            return self.args[0]
+        node = vocab.schema_node(self.paths[0]) if self.paths else None
+        expected = what or (f"a value: {vocab.type_text(node)}" if node is not None else "a value")
+        missing(self.entry.words or self.entry.path, self.span, expected)
+
+
+def _apply_value(low: _FileLowering, c: _Clause) -> None:
+    low.put(c.paths[0], coerce(c.arg(), c.paths[0]), c.span)
+
+
+def _apply_flag(low: _FileLowering, c: _Clause) -> None:
+    low.put(c.paths[0], c.entry.const, c.span)
+
+
+def _apply_section(low: _FileLowering, c: _Clause) -> None:
+    low.layer.sections.add(c.paths[0])
+
+
+def _apply_range(low: _FileLowering, c: _Clause) -> None:
+    item = c.arg("a range like `512..2048`")
+    if not isinstance(item, ast.Range):
+        reject(item, "a range like `512..2048`")
+    for path, bound in zip(c.paths, (item.low, item.high), strict=True):
+        low.put(path, coerce(ast.Number(bound, str(bound), item.span), path), c.span)
+
+
+def _apply_cadence(low: _FileLowering, c: _Clause) -> None:
+    low.put(c.paths[0], coerce(c.arg("a count like `500 steps`"), c.paths[0]), c.span)
+    if len(c.args) > 1 and isinstance(c.args[1], ast.Word):
+        low.put(c.paths[1], vocab.UNITS[c.args[1].value], c.span)
+
+
+def _apply_warmup(low: _FileLowering, c: _Clause) -> None:
+    item = c.arg("a step count or a percentage")
+    if isinstance(item, ast.Percent):
+        low.put(c.paths[1], coerce(ast.Number(item.value, item.text, item.span), c.paths[1]), c.span)
+    else:
+        low.put(c.paths[0], coerce(item, c.paths[0]), c.span)
+
+
+def _apply_strings(low: _FileLowering, c: _Clause) -> None:
+    low.put(c.paths[0], [item.value for item in c.args if isinstance(item, ast.String)], c.span)
+
+
+def _apply_args(low: _FileLowering, c: _Clause) -> None:
+    c.arg("`name=value` pairs")
+    for item in c.args:
+        try:
+            assert isinstance(item, ast.Assign)
+            path = f"{c.paths[0]}.{item.name.value}"
+            low.put(path, coerce(item.value, path), item.span)
+        except LowerError as error:
+            low.diags.append(error.diagnostic)
+
+
+def _apply_use(low: _FileLowering, c: _Clause) -> None:
+    item = c.arg("a recipe file in quotes")
+    if not isinstance(item, ast.String | ast.Word):
+        reject(item, "a recipe file in quotes")
+    if not low.started:
+        low.uses.append((item.value, c.span))
+
+
+def _apply_set(low: _FileLowering, c: _Clause) -> None:
+    target = c.arg("a recipe path and a value")
+    if not isinstance(target, ast.Word):
+        reject(target, "a recipe path like `optimizer.lr`")
+    path = check_path(target.value, target.span)
+    if len(c.args) > 2:
+        reject(c.args[2], "one value")
+    if len(c.args) < 2:
+        missing(f"set {path}", c.span)
+    low.put(path, coerce(c.args[1], path), c.span)
+
+
+def _apply_unsupported(low: _FileLowering, c: _Clause) -> None:
+    words = c.entry.words if c.entry.context == vocab.STATEMENT else f"{c.entry.context} {c.entry.words}"
+    message = f"`{words}` is not supported by this version of the recipe schema"
+    low.report("SDX0208", message, c.span, f"{c.entry.doc} It is ignored.")
+
+
+_APPLY: dict[str, Callable[[_FileLowering, _Clause], None]] = {
+    "value": _apply_value,
+    "flag": _apply_flag,
+    "section": _apply_section,
+    "range": _apply_range,
+    "cadence": _apply_cadence,
+    "steps_or_percent": _apply_warmup,
+    "strings": _apply_strings,
+    "args": _apply_args,
+    "file": _apply_use,
+    "setting": _apply_set,
+    "unsupported": _apply_unsupported,
+}
+
+
+# --- reading a statement -------------------------------------------------------------------------
+
+
+def _is_clause_word(item: ast.Item, context: str) -> bool:
+    if not isinstance(item, ast.Word):
+        return False
+    return vocab.lookup([item.value], context) is not None or vocab.is_statement_keyword(item.value)
+
+
+def _arity(entry: vocab.Entry, items: list[ast.Item], start: int, context: str) -> int:
+    """How many items after the clause words are its arguments."""
+    rest = items[start:]
+    if entry.arg in ("flag", "section"):
+        return 0
+    if entry.arg == "setting" or (entry.arg == "unsupported" and entry.context == vocab.STATEMENT):
+        return len(rest)
+    if entry.arg in ("strings", "args"):
+        kind = ast.String if entry.arg == "strings" else ast.Assign
+        count = 0
+        while count < len(rest) and isinstance(rest[count], kind):
+            count += 1
+        return count
+    if entry.arg == "unsupported":
+        return ast.skip_arguments(items, start) - start
+    if not rest or _is_clause_word(rest[0], context):
+        return 0
+    unit = rest[1] if entry.arg == "cadence" and len(rest) > 1 else None
+    return 2 if isinstance(unit, ast.Word) and unit.value in vocab.UNITS else 1
+
+
+def _fits_positional(entry: vocab.Entry, item: ast.Item) -> bool:
+    if entry.arg == "range":
+        return isinstance(item, ast.Range)
+    if entry.arg == "strings":
+        return isinstance(item, ast.String)
+    return isinstance(item, ast.Word | ast.String)
+
+
+def _unexpected(item: ast.Item, context: str) -> Diagnostic:
+    if isinstance(item, ast.Bad):
+        return make("SDX0202", f"malformed value `{item.text}`", item.span, ast.NUMBER_HELP)
+    hint = f"`{context}` takes no value here" if context != vocab.ANY else None
+    return make("SDX0203", f"unexpected {ast.describe(item)}", item.span, hint)
+
+
+# --- files, layers and the document --------------------------------------------------------------
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.sources: dict[str, str] = {}
+        self.diags: list[Diagnostic] = []
+        self.done: dict[Path, _Layer] = {}
+
+    def load(self, file: str, stack: tuple[tuple[Path, str], ...], at: Span | None) -> _Layer:
+        real = Path(file).resolve()
+        if real in (seen for seen, _ in stack):
+            chain = " → ".join([name for _, name in stack] + [file])
+            self.diags.append(make("SDX0303", f"`use` cycle: {chain}", at, "remove one of these `use` lines"))
+            return _Layer()
+        if real in self.done:
+            return self.done[real]
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            self.diags.append(make("SDX0305", f"cannot read `{file}`: {error}", at))
+            return _Layer()
+        self.sources[file] = text
+        tree, syntax = parse_recovering(text, file)
+        self.diags.extend(syntax)
+        lowering = _FileLowering(file)
+        for stmt in ast.build(tree, file):
+            lowering.statement(stmt)
+        self.diags.extend(lowering.diags)
+        layer = _Layer()
+        for target, span in lowering.uses:
+            path = os.path.normpath(os.path.join(os.path.dirname(file), target))
+            layer = layer.under(self.load(path, (*stack, (real, file)), span))
+        self.done[real] = layer = layer.under(lowering.layer)
+        return layer
+
+
+def load_recipe(path: Path, sets: Sequence[str] = ()) -> Lowered:
+    """Read, parse and lower a recipe with the files it uses and `--set` strings; never raises."""
+    loader = _Loader()
+    top = str(path)
+    layer = loader.load(top, (), None)
+    provenance = {
+        key: Origin("recipe" if span is not None and span.file == top else "use", span)
+        for key, (_, span) in layer.settings.items()
+    }
+    values = {key: value for key, (value, _) in layer.settings.items()}
+    for text in sets:
+        try:
+            key, value = _parse_set(text)
+        except LowerError as error:
+            loader.diags.append(error.diagnostic)
+            continue
+        values[key] = value
+        provenance[key] = Origin("set", None)
+    doc = vocab.nest(values, layer.sections)
+    return Lowered(doc, provenance, loader.sources, loader.diags)
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    path, sep, value_text = (part.strip() for part in text.partition("="))
+    if not sep or not path:
+        hint = "write it like `--set optimizer.lr=1e-4`"
+        raise LowerError(make("SDX0306", f"`--set {text}` is not `path=value`", None, hint))
+    check_path(path, None)
+    items = parse_value(value_text, "--set")
+    node = vocab.schema_node(path) or {}
+    texty = "string" in (node.get("type"), node.get("items", {}).get("type"))
+    if texty and not (len(items) == 1 and isinstance(items[0], ast.String | ast.Word)):
+        items = (ast.String(value_text, Span("--set", 1, 1, 1, len(value_text) + 1)),)
+    if len(items) != 1:
+        hint = "quote text with spaces or commas: --set 'sample.prompts=\"a cat\"'"
+        raise LowerError(make("SDX0306", f"cannot read the value of `--set {text}`", None, hint))
+    try:
+        return path, coerce(items[0], path)
+    except LowerError as error:
+        diag = error.diagnostic
+        raise LowerError(make(diag.code, f"{diag.message} (in `--set {text}`)", None, diag.help)) from None

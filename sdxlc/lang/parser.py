@@ -1,0 +1,151 @@
+"""Parse recipe text into a lark tree with positions, turning syntax errors into diagnostics.
+
+The grammar lives in `grammar/sdx.lark`; the LALR parser is built once. `parse_recovering` reports
+every syntax error of a file: after an error it blanks the offending line (keeping every other line
+and column where it was) and parses again, so the statements around a bad line are still read.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from sdxlc.lang import ast
+from sdxlc.lang.diagnostics import Diagnostic, Span, make
+
+GRAMMAR = Path(__file__).resolve().parent / "grammar" / "sdx.lark"
+_MAX_ERRORS = 50
+
+_TOKEN_NAMES = {
+    "NUMBER": "a number",
+    "PERCENT": "a percentage",
+    "SIZE": "a size",
+    "RANGE": "a range",
+    "STRING": "a string",
+    "WORD": "a word",
+    "BAD": "a value",
+    "REPEAT": "a repetition like `x9`",
+    "EQUAL": "`=`",
+    "COMMA": "`,`",
+    "_SEP": "the end of the statement",
+    "_NL": "a new line",
+    "$END": "the end of the file",
+}
+
+
+class RecipeSyntaxError(Exception):
+    """Raised by `parse` when the text has syntax errors; carries every one of them."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__("; ".join(f"{d.code}: {d.message}" for d in diagnostics))
+        self.diagnostics = diagnostics
+
+
+@cache
+def parser() -> Lark:
+    """The recipe parser (built once)."""
+    return Lark(
+        GRAMMAR.read_text(encoding="utf-8"),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=False,
+    )
+
+
+def parse(text: str, file: str) -> Tree[Token]:
+    """Parse recipe text; raise RecipeSyntaxError with every syntax error found."""
+    tree, diags = parse_recovering(text, file)
+    if diags:
+        raise RecipeSyntaxError(diags)
+    return tree
+
+
+def parse_recovering(text: str, file: str) -> tuple[Tree[Token], list[Diagnostic]]:
+    """Parse recipe text, skipping bad lines; return the tree of what could be read and the errors."""
+    diags: list[Diagnostic] = []
+    lines = text.split("\n")
+    for _ in range(_MAX_ERRORS):
+        try:
+            return parser().parse("\n".join(lines)), diags
+        except UnexpectedInput as error:
+            diag, line = _diagnose(error, lines, file)
+            diags.append(diag)
+            if not _blank(lines, line):
+                break
+    return Tree("start", []), diags
+
+
+def parse_value(text: str, file: str) -> tuple[ast.Item, ...]:
+    """The items of a one-statement text such as a `--set` value; () when it is not that."""
+    tree, diags = parse_recovering(text, file)
+    statements = ast.build(tree, file)
+    return statements[0].items if len(statements) == 1 and not diags else ()
+
+
+def _blank(lines: list[str], line: int) -> bool:
+    """Replace a 1-based line by spaces; False when there was nothing left to blank."""
+    index = min(max(line, 1), len(lines)) - 1
+    while index >= 0 and not lines[index].strip():
+        index -= 1
+    if index < 0:
+        return False
+    lines[index] = " " * len(lines[index])
+    return True
+
+
+def _diagnose(error: UnexpectedInput, lines: list[str], file: str) -> tuple[Diagnostic, int]:
+    line, column = max(error.line, 1), max(error.column, 1)
+    if isinstance(error, UnexpectedCharacters):
+        return _bad_character(lines, file, line, column), line
+    if isinstance(error, UnexpectedToken) and error.token.type != "$END":
+        return _bad_token(error, file), line
+    if isinstance(error, UnexpectedToken | UnexpectedEOF):
+        return _bad_end(lines, file), len(lines)
+    return make("SDX0103", "cannot read this", Span(file, line, column, line, column + 1)), line
+
+
+def _bad_character(lines: list[str], file: str, line: int, column: int) -> Diagnostic:
+    text = lines[line - 1] if line <= len(lines) else ""
+    char = text[column - 1] if column <= len(text) else ""
+    if char == '"':
+        span = Span(file, line, column, line, len(text) + 1)
+        return make("SDX0102", "unterminated string", span, 'add the closing `"` on the same line')
+    span = Span(file, line, column, line, column + 1)
+    if char == "=":
+        return make("SDX0101", "unexpected `=`", span, "write `name=value` with a word before `=`")
+    return make("SDX0101", f"unexpected character `{char}`", span)
+
+
+def _bad_token(error: UnexpectedToken, file: str) -> Diagnostic:
+    token = error.token
+    end_line = token.end_line if token.end_line is not None else token.line
+    end_column = token.end_column if token.end_column is not None else token.column + 1
+    if token.type in ("_SEP", "_NL"):
+        end_line, end_column = token.line, token.column + 1
+    span = Span(file, token.line, token.column, end_line, end_column)
+    found = _TOKEN_NAMES.get(token.type, f"`{token}`")
+    if token.type == "EQUAL":
+        found = "`=`"
+        help_text = "`=` joins a name to its value, as in `args weight_decay=0.01`"
+    elif token.type in ("_SEP", "_NL"):
+        help_text = "a `,` or `=` must be followed by a value"
+    else:
+        help_text = None
+    return make("SDX0103", f"unexpected {found}", span, help_text)
+
+
+def _bad_end(lines: list[str], file: str) -> Diagnostic:
+    last = len(lines)
+    while last > 1 and not lines[last - 1].strip():
+        last -= 1
+    text = lines[last - 1] if lines else ""
+    column = len(text.rstrip()) + 1
+    span = Span(file, last, max(column - 1, 1), last, column)
+    return make(
+        "SDX0104",
+        "the recipe ends in the middle of a statement",
+        span,
+        "a trailing `,` or `=` must be followed by a value",
+    )

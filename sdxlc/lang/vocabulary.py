@@ -1,0 +1,457 @@
+"""The words of the recipe language: one table from each statement keyword and clause to the
+recipe-schema path it sets, how its argument is read, and a line of reference text.
+
+The table is data. `sdxlc/lower.py` reads it to lower statements, `sdxlc explain` and the language
+reference (docs/LANGUAGE.md, see `reference_markdown`) read it to describe words.
+
+Contexts: a `statement` entry starts a line; an `any` entry is a clause that may sit on any statement
+line (or stand alone); any other context is the keyword of the statement the clause belongs to. An
+entry whose words are empty is a positional argument of its context (`lr 1e-4 lion`: `lion`).
+Paths with `*` are inside the `data` item of the current statement.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped, unused-ignore]
+
+from sdxlc.check.schemas import load_schema
+from sdxlc.lang import ast
+from sdxlc.lang.ast import LowerError
+from sdxlc.lang.diagnostics import Diagnostic, Span, did_you_mean, make, suggestion
+
+STATEMENT = "statement"
+ANY = "any"
+
+ARG_KINDS: dict[str, str] = {
+    "value": "one value, read by the type of the schema field",
+    "flag": "no argument: sets the fixed value shown",
+    "range": "a range `low..high`: sets both bounds",
+    "cadence": "a count and an optional unit, `500 steps` or `2 epochs`",
+    "steps_or_percent": "a step count (`100`) or a percentage of the run (`5%`)",
+    "strings": "one or more quoted strings",
+    "args": "one or more `name=value` pairs",
+    "section": "no argument: starts a section the clauses fill in",
+    "file": "a recipe file, relative to this one",
+    "setting": "a schema path and a value",
+    "unsupported": "accepted and ignored with a warning: the recipe schema has no field for it yet",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    words: str
+    context: str
+    path: str
+    arg: str
+    doc: str
+    const: Any = None
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The schema paths set: one, or the pair a range or an alternative argument form needs."""
+        return tuple(self.path.split())
+
+
+def _flag(words: str, context: str, path: str, const: Any, doc: str) -> Entry:
+    return Entry(words, context, path, "flag", doc, const)
+
+
+S, A = STATEMENT, ANY
+
+VOCABULARY: tuple[Entry, ...] = (
+    # directives
+    Entry("use", S, "", "file", "Inherit a recipe file: this file overrides it. Comes first (after `sdx`)."),
+    Entry("set", S, "", "setting", "Set any recipe-schema path: `set optimizer.args.weight_decay 0.01`."),
+    # statements
+    Entry("sdx", S, "sdx", "value", "Language version of the recipe: `sdx 1`."),
+    Entry("model", S, "model.source", "value",
+          "Base model: `tiny`, a hub id, a diffusers folder or a single-file SDXL checkpoint."),
+    Entry("vae", S, "model.vae", "value", "Replacement VAE: hub id, diffusers folder or .safetensors file."),
+    Entry("profile", S, "profile", "value", "Hardware profile name, or `auto` to probe the local GPU."),
+    Entry(
+        "data", S, "data.*.path", "value",
+        "Images with caption files: a folder (`10_name` sub-folders repeat 10×) or a .jsonl/.csv manifest.",
+    ),
+    Entry("resolution", S, "resolution.size", "value", "Training resolution: buckets keep about size² px."),
+    Entry("lora", S, "lora", "section", "Train a LoRA; its clauses give rank, alpha, targets and dropout."),
+    Entry("lr", S, "optimizer.lr", "value", "Learning rate; may be followed by the optimizer name."),
+    Entry(
+        "optimizer", S, "optimizer.name", "value",
+        "Optimizer by name; `args` passes extra arguments, checked against schema/optimizers.json.",
+    ),
+    Entry("max_grad_norm", S, "optimizer.max_grad_norm", "value", "Gradient clipping norm; 0 turns it off."),
+    Entry("clip", S, "optimizer.max_grad_norm", "value", "Same as `max_grad_norm`."),
+    Entry("schedule", S, "schedule.name", "value", "Learning-rate schedule; `warmup` sets its warmup."),
+    Entry("block_lr", S, "block_lr", "value", "23 per-block learning rates in kohya order; `x9` repeats."),
+    Entry("batch", S, "training.batch_size", "value", "Images per step; `accumulate` adds accumulation."),
+    Entry("steps", S, "training.steps", "value", "Total optimizer steps."),
+    Entry("epochs", S, "training.epochs", "value", "Total epochs."),
+    Entry("seed", S, "training.seed", "value", "Seed of everything random in the run."),
+    Entry("noise", S, "noise", "section", "Noise settings: `noise offset 0.0357`."),
+    Entry("snr gamma", S, "noise.snr_gamma", "value", "Min-SNR-gamma loss weighting."),
+    Entry("timesteps", S, "noise.timestep_min noise.timestep_max", "range", "Training timestep range."),
+    Entry("loss", S, "loss.type", "value", "Loss: `l2` (squared error) or `huber` (pseudo-Huber)."),
+    Entry("save", S, "save", "section", "Intermediate saves: `save every 500 steps keep 3 fp16`."),
+    Entry("sample", S, "sample", "section", "Sample images during training, with prompts in quotes."),
+    Entry("output", S, "output.dir", "value", "Output folder, relative to the recipe."),
+    Entry("name", S, "output.name", "value", "Base name of the trained artifact."),
+    Entry("log", S, "log", "section", "Logging: `log every 10`."),
+    Entry("fit", S, "fit", "value", "`strict`: over budget is an error; `auto`: use open memory levers."),
+    Entry("gpus", S, "launch.processes", "value", "GPUs to train on, one process each (docs/SCALE.md)."),
+    Entry("processes", S, "launch.processes", "value", "Training processes per machine (same as `gpus`)."),
+    Entry("machines", S, "launch.machines", "value", "Machines of a multi-machine run."),
+    Entry("strategy", S, "launch.strategy", "value",
+          "How processes share the model: `ddp`, `deepspeed-zero2` (shards optimizer state and gradients) "
+          "or `fsdp` (shards weights too)."),
+    Entry("finetune", S, "finetune", "section",
+          "Train every weight of the UNet and/or text encoders: `finetune unet+te1+te2` (docs/METHODS.md)."),
+    Entry("embedding", S, "embedding.token", "value",
+          'Textual inversion of a new token: `embedding "<tok>" init "word" vectors 4` (docs/METHODS.md).'),
+    # clauses for any statement
+    _flag("bf16", A, "precision.mixed", "bf16", "Mixed precision in bfloat16."),
+    _flag("fp16", A, "precision.mixed", "fp16", "Mixed precision in float16."),
+    _flag("fp32", A, "precision.mixed", "fp32", "No mixed precision: compute in float32."),
+    _flag("vae fp32", A, "precision.vae_fp32", True, "Keep the VAE in float32."),
+    _flag("vae_fp32", A, "precision.vae_fp32", True, "Same as `vae fp32`."),
+    _flag("vae sliced", A, "precision.vae_slicing", True,
+          "Encode a batch one image at a time with the VAE: the same latents, a smaller peak."),
+    _flag("cache te", A, "cache.text_encoder", True, "Encode captions once and free the text encoders."),
+    _flag("cache latents", A, "cache.latents", True, "Encode images once and free the VAE."),
+    _flag("to disk", A, "cache.to_disk", True, "Keep caches on disk between runs."),
+    _flag("checkpointing", A, "training.gradient_checkpointing", True, "Gradient checkpointing."),
+    _flag("channels last", A, "training.channels_last", True,
+          "UNet and VAE in channels-last memory format (the default on CUDA profiles)."),
+    _flag("v_prediction", A, "model.prediction", "v_prediction", "The model predicts v."),
+    _flag("vpred", A, "model.prediction", "v_prediction", "Same as `v_prediction`."),
+    _flag("epsilon", A, "model.prediction", "epsilon", "The model predicts the noise."),
+    _flag("debiased", A, "noise.debiased", True, "Debiased-estimation loss weighting, 1/sqrt(SNR)."),
+    _flag(
+        "zero_terminal_snr", A, "noise.zero_terminal_snr", True,
+        "Rescale the noise schedule to zero terminal SNR (v-prediction only).",
+    ),
+    _flag("no buckets", A, "resolution.buckets", False, "Aspect-ratio bucketing off: square crops."),
+    # model
+    Entry("seed", "model", "model.tiny_seed", "value", "Seed the built-in tiny model is built from."),
+    Entry("config", "model", "model.config", "value",
+          "Diffusers config folder of a single-file model (default: the shipped SDXL base configs)."),
+    _flag("allow pickle", "model", "model.allow_pickle", True,
+          "Accept a pickle checkpoint (.ckpt, .pt), read with torch.load(weights_only=True)."),
+    Entry("init normal", "model", "model.init_std", "value",
+          "Train the UNet from scratch: re-initialise it from N(0, std), e.g. `init normal 0.02`."),
+    # data
+    Entry("repeat", "data", "data.*.repeat", "value", "How many times each image is seen per epoch."),
+    Entry("caption", "data", "data.*.caption_ext", "value", "Extension of the caption files."),
+    _flag("shuffle", "data", "data.*.shuffle", True, "Shuffle comma-separated caption tags."),
+    Entry("keep", "data", "data.*.keep_tokens", "value", "Leading tags kept in place when shuffling."),
+    Entry("dropout", "data", "data.*.caption_dropout", "value", "Probability of an empty caption."),
+    _flag("flip", "data", "data.*.flip", True, "Random horizontal flip."),
+    _flag("random crop", "data", "data.*.random_crop", True,
+          "Crop at a random place instead of the centre (the real offset goes into size conditioning)."),
+    Entry("color jitter", "data", "data.*.color_jitter", "value",
+          "Random brightness, contrast and saturation change of up to this fraction."),
+    _flag("as regularization", "data", "data.*.regularization", True,
+          "A folder of regularization (prior-preservation) images, balanced to the training samples."),
+    Entry("loss weight", "data", "data.*.loss_weight", "value",
+          "Weight of this dataset's samples in the loss (kohya's `prior_loss_weight` for regularization)."),
+    Entry("separator", "data", "data.*.separator", "value", "Tag separator of the captions (default `,`)."),
+    Entry("tag dropout", "data", "data.*.tag_dropout", "value", "Probability of dropping each unkept tag."),
+    Entry("prefix", "data", "data.*.prefix", "value", "Text put before every caption."),
+    Entry("suffix", "data", "data.*.suffix", "value", "Text put after every caption."),
+    Entry("default caption", "data", "data.*.default_caption", "value", "Caption of images without one."),
+    Entry("on bad image", "data", "data.*.bad_image", "value", "Bad input files: `skip` or `fail`."),
+    # resolution
+    _flag("buckets", "resolution", "resolution.buckets", True, "Aspect-ratio bucketing on."),
+    Entry("", "resolution", "resolution.min resolution.max", "range", "Smallest and largest bucket side."),
+    Entry("step", "resolution", "resolution.step", "value", "Bucket side step (a multiple of 32)."),
+    _flag("no upscale", "resolution", "resolution.no_upscale", True,
+          "Never upscale: an image smaller than the bucket area gets a bucket of its own size, rounded down "
+          "to the step."),
+    # lora
+    Entry("rank", "lora", "lora.rank", "value", "LoRA rank (network dim)."),
+    Entry("alpha", "lora", "lora.alpha", "value", "LoRA alpha; the update is scaled by alpha / rank."),
+    Entry("on", "lora", "lora.targets", "value", "Models that get LoRA layers: `unet`, `unet+te1+te2`."),
+    Entry("dropout", "lora", "lora.dropout", "value", "Dropout on the LoRA path."),
+    Entry("modules", "lora", "lora.modules", "value",
+          "Layers that get LoRA: `attention`, `attention+ff`, `attention+ff+conv` (docs/METHODS.md)."),
+    Entry("te1 lr", "lora", "lora.lr_te1", "value", "Learning rate of the LoRA on text encoder 1 (CLIP-L)."),
+    Entry("te2 lr", "lora", "lora.lr_te2", "value", "Learning rate of the LoRA on text encoder 2 (bigG)."),
+    Entry("from", "lora", "lora.from", "value",
+          "Continue from a kohya LoRA file; its rank, alpha, models and layers are read from the file."),
+    # finetune
+    Entry("", "finetune", "finetune.targets", "value", "Models trained whole: `unet`, `unet+te1+te2`."),
+    Entry("te1 lr", "finetune", "finetune.lr_te1", "value", "Learning rate of text encoder 1 (CLIP-L)."),
+    Entry("te2 lr", "finetune", "finetune.lr_te2", "value", "Learning rate of text encoder 2 (bigG)."),
+    _flag("full bf16", "finetune", "finetune.full_bf16", True,
+          "Weights, gradients and optimizer state in bfloat16: no fp32 master weights."),
+    _flag("fused backward", "finetune", "finetune.fused_backward", True,
+          "Adafactor steps each weight inside the backward pass: the gradients never all exist at once."),
+    # embedding
+    Entry("init", "embedding", "embedding.init", "value", "Word the new vectors start from."),
+    Entry("vectors", "embedding", "embedding.vectors", "value", "Vectors per token."),
+    Entry("template", "embedding", "embedding.template", "value",
+          "Captions from kohya's `object` or `style` templates with the token, not from the caption files."),
+    # optimizer
+    Entry("", "lr", "optimizer.name", "value", "The optimizer, named after the learning rate."),
+    Entry("lr", "optimizer", "optimizer.lr", "value", "Learning rate."),
+    Entry("args", "optimizer", "optimizer.args", "args", "Extra optimizer arguments: `args eps=1e-8`."),
+    # schedule
+    Entry(
+        "warmup",
+        "schedule",
+        "schedule.warmup_steps schedule.warmup_percent",
+        "steps_or_percent",
+        "Warmup in steps (`warmup 100`) or as a percentage of the run (`warmup 5%`).",
+    ),
+    # batch
+    Entry("accumulate", "batch", "training.accumulate", "value", "Gradient accumulation steps."),
+    # noise
+    Entry("offset", "noise", "noise.offset", "value", "Noise offset."),
+    Entry("snr gamma", "noise", "noise.snr_gamma", "value", "Min-SNR-gamma loss weighting."),
+    Entry("timesteps", "noise", "noise.timestep_min noise.timestep_max", "range", "Training timestep range."),
+    Entry("multires", "noise", "noise.multires_iterations", "value", "Pyramid (multires) noise levels."),
+    Entry("discount", "noise", "noise.multires_discount", "value", "Pyramid-noise discount per level."),
+    Entry("perturbation", "noise", "noise.perturbation", "value", "Input-perturbation noise gamma."),
+    # loss
+    Entry("c", "loss", "loss.huber_c", "value", "Pseudo-Huber threshold: `loss huber c 0.1`."),
+    # save
+    Entry("every", "save", "save.every save.unit", "cadence", "Save cadence: `every 500 steps`."),
+    Entry("keep", "save", "save.keep", "value", "How many intermediate saves to keep."),
+    _flag("fp16", "save", "save.dtype", "fp16", "Save weights in float16."),
+    _flag("bf16", "save", "save.dtype", "bf16", "Save weights in bfloat16."),
+    _flag("fp32", "save", "save.dtype", "fp32", "Save weights in float32."),
+    _flag("diffusers", "save", "save.diffusers", True,
+          "A full fine-tune also saves its final model as a diffusers folder."),
+    # sample
+    Entry("", "sample", "sample.prompts", "strings", "Sample prompts, each in quotes."),
+    Entry("every", "sample", "sample.every sample.unit", "cadence", "Sampling cadence: `every 250 steps`."),
+    Entry("size", "sample", "sample.size", "value", "Sample image side in pixels."),
+    Entry("steps", "sample", "sample.steps", "value", "Denoising steps."),
+    Entry("cfg", "sample", "sample.cfg", "value", "Classifier-free guidance scale."),
+    Entry("seed", "sample", "sample.seed", "value", "Sample seed."),
+    # log
+    Entry("every", "log", "log.every", "value", "Log a line every N steps."),
+    _flag("tensorboard", "log", "log.tensorboard", True,
+          "TensorBoard event files in the output folder's `logs/` (the default)."),
+    _flag("no tensorboard", "log", "log.tensorboard", False, "No TensorBoard event files."),
+)
+
+UNITS = {"steps": "steps", "step": "steps", "epochs": "epochs", "epoch": "epochs"}
+
+
+@cache
+def _index() -> dict[tuple[str, str], Entry]:
+    return {(entry.context, entry.words): entry for entry in VOCABULARY if entry.words}
+
+
+def lookup(words: Sequence[str], context: str) -> tuple[Entry, int] | None:
+    """The longest entry matching the leading `words` in `context` (or among `any` clauses), and its
+    length in words. Entries of the context win over `any` clauses of the same length."""
+    index = _index()
+    for size in range(min(len(words), 3), 0, -1):
+        phrase = " ".join(words[:size])
+        for ctx in (context, ANY):
+            entry = index.get((ctx, phrase))
+            if entry is not None:
+                return entry, size
+    return None
+
+
+def positional(context: str) -> list[Entry]:
+    """The positional entries of a context (entries without words)."""
+    return [entry for entry in VOCABULARY if entry.context == context and not entry.words]
+
+
+def words_in(context: str) -> list[str]:
+    """Every word or phrase usable in a context: its clauses and the `any` clauses."""
+    return [entry.words for entry in VOCABULARY if entry.words and entry.context in (context, ANY)]
+
+
+def is_statement_keyword(word: str) -> bool:
+    """Whether a word starts a statement (and so cannot be a clause)."""
+    return any(entry.context == STATEMENT and entry.words.split()[0] == word for entry in VOCABULARY)
+
+
+# --- the recipe schema, walked by dotted path ---------------------------------------------------
+
+
+def schema_node(path: str) -> dict[str, Any] | None:
+    """The schema of a dotted recipe path; `*` or a number selects an item of an array of objects,
+    any name selects a free-form key (`optimizer.args.weight_decay`)."""
+    node: dict[str, Any] = load_schema("recipe")
+    for part in path.split("."):
+        if node.get("type") == "array" and node.get("items", {}).get("type") == "object":
+            if not (part == "*" or part.isdigit()):
+                return None
+            node = node["items"]
+        elif part in node.get("properties", {}):
+            node = node["properties"][part]
+        elif isinstance(node.get("additionalProperties"), dict) and part:
+            node = node["additionalProperties"]
+        else:
+            return None
+    return node
+
+
+def leaf_paths() -> list[str]:
+    """Every settable path of the recipe schema (`data.*.repeat`, `optimizer.args.*`)."""
+    return list(_leaves(load_schema("recipe"), ""))
+
+
+def _leaves(node: dict[str, Any], prefix: str) -> Iterator[str]:
+    if node.get("type") == "array" and node.get("items", {}).get("type") == "object":
+        yield from _leaves(node["items"], prefix + ".*")
+    elif "properties" in node:
+        for name, child in node["properties"].items():
+            yield from _leaves(child, f"{prefix}.{name}" if prefix else name)
+    elif isinstance(node.get("additionalProperties"), dict):
+        yield prefix + ".*"
+    else:
+        yield prefix
+
+
+def nest(values: dict[str, Any], sections: set[str]) -> dict[str, Any]:
+    """The document of flat dotted-path values, its top-level keys in schema order."""
+    doc: dict[str, Any] = {name: {} for name in sections}
+    for path, value in values.items():
+        _put(doc, path.split("."), list(value) if isinstance(value, list) else value)
+    order = list(load_schema("recipe")["properties"])
+    return {key: doc[key] for key in sorted(doc, key=order.index)}
+
+
+def _put(node: Any, parts: list[str], value: Any) -> None:
+    for part, following in zip(parts, parts[1:], strict=False):
+        empty: Any = [] if following.isdigit() else {}
+        if isinstance(node, list):
+            index = int(part)
+            node.extend({} for _ in range(index + 1 - len(node)))
+            node = node[index]
+        else:
+            node = node.setdefault(part, empty)
+    if isinstance(node, list):
+        node.extend({} for _ in range(int(parts[-1]) + 1 - len(node)))
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def type_text(node: dict[str, Any]) -> str:
+    """A short description of what a schema field accepts, for the reference."""
+    if "enum" in node:
+        return "one of " + ", ".join(f"`{value}`" for value in node["enum"])
+    kind = node.get("type", "any")
+    if kind == "array":
+        item = type_text(node.get("items", {}))
+        fixed = "minItems" in node and node.get("minItems") == node.get("maxItems")
+        count = f"{node['minItems']} × " if fixed else ""
+        return f"list of {count}{item}"
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    bounds = [f"≥ {node['minimum']}"] if "minimum" in node else []
+    bounds += [f"> {node['exclusiveMinimum']}"] if "exclusiveMinimum" in node else []
+    bounds += [f"≤ {node['maximum']}"] if "maximum" in node else []
+    return f"{kind} ({', '.join(bounds)})" if bounds else str(kind)
+
+
+# --- reading values by the schema type of their path -----------------------------------------
+
+
+def coerce(item: ast.Item, path: str) -> Any:
+    """The value of `item` for a schema path, read by the path's type and checked against the schema."""
+    node = schema_node(path)
+    assert node is not None, path
+    spans: list[Span] = []
+    value = ast.read_value(item, node, spans)
+    _check(value, node, path, item.span, spans)
+    return value
+
+
+BLOCK_LR_HELP = (
+    "give 23 values (`x9` repeats one): 0 time/label embed, 1-9 input blocks 0-8, 10-12 mid 0-2, "
+    "13-21 output blocks 0-8, 22 out"
+)
+_RANGE_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+
+
+def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(value), key=lambda e: list(e.path))
+    if not errors:
+        return
+    error = errors[0]
+    where = spans[error.path[0]] if error.path and isinstance(error.path[0], int) else span
+    if error.validator == "enum":
+        choices = [str(choice) for choice in error.validator_value]
+        noun = path.rsplit(".", 1)[0] if path.endswith(".name") else f"`{path}` value"
+        hint = suggestion(str(error.instance), choices) or "use one of: " + ", ".join(choices)
+        raise LowerError(make("SDX0403", f"unknown {noun} `{error.instance}`", where, hint))
+    if path == "block_lr" and error.validator in ("minItems", "maxItems"):
+        message = f"`block_lr` has {len(value)} values; it needs 23"
+        raise LowerError(make("SDX0207", message, span, BLOCK_LR_HELP))
+    code = "SDX0404" if error.validator in _RANGE_KEYWORDS else "SDX0405"
+    raise LowerError(make(code, f"`{path}`: {error.message}", where))
+
+
+def unknown_word(word: ast.Word, context: str, statement: bool = False) -> Diagnostic:
+    """An unknown word, with the closest word of its context (or a clause of another statement)."""
+    hint = suggestion(word.value, words_in(context))
+    if hint is None and statement:
+        clauses = {f"{e.context} {e.words}": e.words for e in VOCABULARY if e.words and e.context != ANY}
+        owner = next((phrase for phrase, words in clauses.items() if words == word.value), None)
+        close = did_you_mean(word.value, clauses.values())
+        owner = owner or next((phrase for phrase, words in clauses.items() if words == close), None)
+        hint = f"did you mean `{owner} …`?" if owner else None
+    if hint is None and not statement:
+        hint = f"`{context}` understands: " + ", ".join(f"`{w}`" for w in words_in(context)[:12])
+    where = "statement" if statement else "word"
+    return make("SDX0201", f"unknown {where} `{word.value}`", word.span, hint)
+
+
+def check_path(path: str, span: Span | None) -> str:
+    """A `set` path, checked against the recipe schema."""
+    node = schema_node(path) if "*" not in path else None
+    if node is None:
+        index = next((part for part in path.split(".") if part.isdigit()), "0")
+        choices = [leaf.replace("*", index) for leaf in leaf_paths()]
+        raise LowerError(make("SDX0402", f"unknown recipe path `{path}`", span, suggestion(path, choices)))
+    if "properties" in node or node.get("items", {}).get("type") == "object":
+        raise LowerError(make("SDX0406", f"`{path}` is a section: set its fields one by one", span))
+    return path
+
+
+# --- the reference ----------------------------------------------------------------------------
+
+
+def _argument(entry: Entry) -> str:
+    if entry.arg == "flag":
+        const = str(entry.const).lower() if isinstance(entry.const, bool) else entry.const
+        return f"sets `{const}`"
+    if entry.arg == "value":
+        node = schema_node(entry.paths[0].replace("*", "0"))
+        return type_text(node) if node is not None else "value"
+    return ARG_KINDS[entry.arg]
+
+
+def reference_markdown() -> str:
+    """The word tables of docs/LANGUAGE.md, generated from VOCABULARY."""
+    contexts = list(dict.fromkeys(entry.context for entry in VOCABULARY))
+    out: list[str] = []
+    for context in contexts:
+        title = {STATEMENT: "Statements", ANY: "Clauses for any statement"}.get(
+            context, f"Clauses of `{context}`"
+        )
+        out += [f"### {title}", "", "| words | sets | argument | meaning |", "|---|---|---|---|"]
+        for entry in (e for e in VOCABULARY if e.context == context):
+            words = f"`{entry.words}`" if entry.words else "*(positional)*"
+            paths = ", ".join(f"`{path}`" for path in entry.paths) or "—"
+            out.append(f"| {words} | {paths} | {_argument(entry)} | {entry.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())

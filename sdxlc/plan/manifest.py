@@ -1,0 +1,138 @@
+"""The sample manifest: every training image as the plan decided it, in a sidecar file the plan hashes.
+
+One entry per image, in training order: its path, the sha256 and size of its bytes, its displayed size,
+its dataset, the caption text and where it came from, how many samples it gives each epoch (repeats
+and regularization balance), its bucket and the crop that cuts the bucket from the resized image.
+
+The plan keeps only the manifest's hash, counts and file name under `data.manifest`, so `plan.json`
+stays small for 50k images. The compiler writes the manifest beside every plan file it writes and into
+`<cache dir>/manifests/`; the runtime reads it, checks its hash against the plan, and derives nothing
+that the manifest already says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdxlc.plan.buckets import Bucket, Crop
+
+MANIFEST_VERSION = 1
+MANIFEST_DIR = "manifests"  # under the cache folder
+
+
+class ManifestError(Exception):
+    """A manifest that is missing, damaged, or not the one the plan names."""
+
+
+@dataclass(frozen=True)
+class ManifestImage:
+    """One training image as the plan decided it."""
+
+    path: str
+    sha256: str
+    size: int  # bytes
+    width: int  # displayed size, EXIF orientation applied
+    height: int
+    dataset: int
+    caption: str
+    caption_source: str  # the caption file, "manifest", or "default" when the image has none
+    count: int  # samples per epoch: repeats, regularization balanced to the training samples
+    bucket: Bucket
+    crop: Crop
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "sha256": self.sha256, "size": self.size, "width": self.width,
+            "height": self.height, "dataset": self.dataset, "caption": self.caption,
+            "caption_source": self.caption_source, "count": self.count, "bucket": list(self.bucket),
+            "crop": [self.crop.scaled_w, self.crop.scaled_h, self.crop.top, self.crop.left],
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> ManifestImage:
+        w, h = entry["bucket"]
+        return cls(
+            str(entry["path"]), str(entry["sha256"]), int(entry["size"]), int(entry["width"]),
+            int(entry["height"]), int(entry["dataset"]), str(entry["caption"]), str(entry["caption_source"]),
+            int(entry["count"]), (int(w), int(h)), Crop(*(int(v) for v in entry["crop"])),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    images: tuple[ManifestImage, ...]
+
+    def text(self) -> str:
+        """The canonical bytes of the sidecar file (what its sha256 is taken over)."""
+        body = {"version": MANIFEST_VERSION, "images": [image.to_json() for image in self.images]}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text().encode("utf-8")).hexdigest()
+
+    @property
+    def file_name(self) -> str:
+        return f"manifest-{self.sha256[:16]}.json"
+
+    def summary(self) -> dict[str, Any]:
+        """What the plan records of its manifest (`data.manifest`)."""
+        return {"file": self.file_name, "sha256": self.sha256, "images": len(self.images),
+                "samples": sum(image.count for image in self.images)}
+
+    def sample_order(self) -> Iterator[int]:
+        """The epoch's samples as image indices: per dataset, round by round, each image while it has
+        samples left (so repeats of one image are spread over the epoch in file order)."""
+        for dataset in sorted({image.dataset for image in self.images}):
+            members = [i for i, image in enumerate(self.images) if image.dataset == dataset]
+            for round_ in range(max((self.images[i].count for i in members), default=0)):
+                yield from (i for i in members if round_ < self.images[i].count)
+
+
+def parse(text: str) -> Manifest:
+    try:
+        body = json.loads(text)
+        if body.get("version") != MANIFEST_VERSION:
+            raise ManifestError(f"manifest version {body.get('version')!r}, not {MANIFEST_VERSION}")
+        return Manifest(tuple(ManifestImage.from_json(entry) for entry in body["images"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ManifestError(f"not a sample manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def candidates(summary: dict[str, Any], plan_file: Path | None, cache_dir: str | None) -> list[Path]:
+    """Where a plan's manifest may be: beside the plan file, then in the cache folder's store."""
+    places = [plan_file.parent / summary["file"]] if plan_file is not None else []
+    if cache_dir:
+        places.append(Path(cache_dir) / MANIFEST_DIR / summary["file"])
+    return places
+
+
+def load(summary: dict[str, Any], places: Sequence[Path]) -> Manifest:
+    """The manifest the plan names, from the first place that holds it with the plan's hash."""
+    seen: list[str] = []
+    for place in places:
+        try:
+            raw = place.read_bytes()
+        except OSError as exc:
+            seen.append(f"{place}: {exc.strerror or type(exc).__name__}")
+            continue
+        if hashlib.sha256(raw).hexdigest() != summary["sha256"]:
+            seen.append(f"{place}: its sha256 is not the one the plan records")
+            continue
+        return parse(raw.decode("utf-8"))
+    where = "; ".join(seen) or "no place to look"
+    raise ManifestError(f"the plan's sample manifest {summary['file']} was not found intact ({where}); "
+                        "keep it beside the plan file, or re-plan with `sdxlc plan RECIPE -o plan.json`")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,294 @@
+"""Resolve the data section: datasets found on disk, the bucket table and the samples of an epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sdxlc.lang.diagnostics import Diagnostic, make
+from sdxlc.lang.layers import Layers, Provenance
+from sdxlc.plan import buckets as bk
+from sdxlc.resolve.balance import Balance, epoch_counts
+from sdxlc.resolve.datasets import DATASET_DEFAULTS, ImageItem, Problem, ScanResult, is_manifest, scan_dataset
+from sdxlc.resolve.index import Index
+
+LISTED = 20  # bad inputs named one by one in a warning or an error; the rest are counted
+CACHE_DIR = ".sdxlc-cache"
+Placement = Callable[[int, int], bk.Bucket]  # (width, height) -> the image's bucket
+
+
+@dataclass
+class DataResolution:
+    section: dict[str, Any]
+    provenance: dict[str, Provenance] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    bucket_sizes: list[int] = field(default_factory=list)
+
+
+def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResolution:
+    """Scan every dataset, place each image in its bucket and count samples and batches per bucket."""
+    provenance: dict[str, Provenance] = {}
+    cache = _cache(layers, recipe_dir, provenance)
+    index = Index.in_dir(cache["dir"])
+    datasets, items, res = _datasets(layers, recipe_dir, index)
+    index.save()
+    res.provenance.update(provenance)
+    size, size_from = layers.get("resolution.size")
+    enabled, enabled_from = layers.get("resolution.buckets")
+    lo, lo_from = layers.get("resolution.min")
+    hi, hi_from = layers.get("resolution.max")
+    step, step_from = layers.get("resolution.step")
+    no_upscale, no_upscale_from = layers.get("resolution.no_upscale")
+    res.provenance.update(
+        {
+            "data.images": {"source": "derived", "at": None},
+            "data.samples_per_epoch": {"source": "derived", "at": None},
+            "data.resolution": size_from,
+            "data.buckets.enabled": enabled_from,
+            "data.buckets.min": lo_from,
+            "data.buckets.max": hi_from,
+            "data.buckets.step": step_from,
+            "data.buckets.no_upscale": no_upscale_from,
+            "data.buckets.table": {"source": "derived", "at": None},
+        }
+    )
+    bucket_list = bk.make_buckets(size, lo, hi, step) if enabled else [(size, size)]
+    if not bucket_list:
+        res.diagnostics.append(
+            make(
+                "SDX0504",
+                f"no bucket fits between {lo} and {hi} at resolution {size}",
+                layers.span("resolution.min"),
+                help="widen `buckets MIN..MAX`",
+            )
+        )
+        bucket_list = [(size, size)]
+    top = hi if enabled else size
+    placement = partial(bk.place, buckets=bucket_list, no_upscale=bool(no_upscale), resolution=size,
+                        step=step, max_side=top)
+    balance = epoch_counts(items, datasets)
+    res.warnings.extend(_balance(layers, datasets, items, balance, res))
+    table = _bucket_table(items, balance.counts, placement, batch_size)
+    res.warnings.extend(_upscaled(items, placement))
+    res.bucket_sizes = [row["samples"] for row in table]
+    samples = sum(res.bucket_sizes)
+    res.section = {
+        "datasets": datasets,
+        "resolution": size,
+        "buckets": {
+            "enabled": bool(enabled),
+            "min": lo,
+            "max": hi,
+            "step": step,
+            "no_upscale": bool(no_upscale),
+            "table": [{k: row[k] for k in ("width", "height", "images", "batches")} for row in table],
+        },
+        "cache": cache,
+        "images": len(items),
+        "samples_per_epoch": samples,
+    }
+    return res
+
+
+def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-bucket report for `sdxlc plan`: images, mean aspect error and share of pixels cropped."""
+    placement = bk.plan_placement(plan["data"])
+    rows: dict[tuple[int, int], dict[str, Any]] = {
+        (row["width"], row["height"]): {"errors": [], "cropped": []}
+        for row in plan["data"]["buckets"]["table"]
+    }
+    index = Index.in_dir(plan["data"]["cache"]["dir"])
+    for number, dataset in enumerate(plan["data"]["datasets"]):
+        for item in scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index).items:
+            bucket = placement(item.width, item.height)
+            rows[bucket]["errors"].append(bk.aspect_error(item.width, item.height, bucket))
+            rows[bucket]["cropped"].append(bk.cropped_fraction(item.width, item.height, bucket))
+    details = []
+    for row in plan["data"]["buckets"]["table"]:
+        stats = rows[(row["width"], row["height"])]
+        n = max(1, len(stats["errors"]))
+        details.append(
+            {**row, "aspect_error": sum(stats["errors"]) / n, "cropped": sum(stats["cropped"]) / n}
+        )
+    return details
+
+
+def _datasets(
+    layers: Layers, recipe_dir: Path, index: Index
+) -> tuple[list[dict[str, Any]], list[ImageItem], DataResolution]:
+    res = DataResolution(section={})
+    given = layers.doc.get("data") or []
+    if not given:
+        res.diagnostics.append(
+            make(
+                "SDX0501",
+                "the recipe names no training data",
+                None,
+                help='add a line such as `data "images/my_concept" repeat 10`',
+            )
+        )
+    datasets: list[dict[str, Any]] = []
+    items: list[ImageItem] = []
+    for number, entry in enumerate(given):
+        base = layers.base_dir(f"data.{number}.path", recipe_dir)
+        source = (base / entry["path"]).resolve()
+        resolved = {**DATASET_DEFAULTS, **entry, "path": str(source)}
+        resolved["source"] = "manifest" if is_manifest(source) else "folder"
+        for key in DATASET_DEFAULTS:
+            res.provenance[f"data.datasets.{number}.{key}"] = (
+                layers.origin(f"data.{number}.{key}") if key in entry else {"source": "default", "at": None}
+            )
+        for key in ("images", "samples", "source"):
+            res.provenance[f"data.datasets.{number}.{key}"] = {"source": "derived", "at": None}
+        res.provenance[f"data.datasets.{number}.path"] = layers.origin(f"data.{number}.path")
+        span = layers.span(f"data.{number}.path")
+        if not (source.is_dir() or is_manifest(source)):
+            res.diagnostics.append(
+                make(
+                    "SDX0502",
+                    f"dataset folder `{entry['path']}` does not exist",
+                    span,
+                    help=f"looked for {source} (a folder, or a .jsonl/.csv manifest)",
+                )
+            )
+            resolved.update(images=0, samples=0)
+            datasets.append(resolved)
+            continue
+        scan = scan_dataset(source, resolved["caption_ext"], number, index=index)
+        _report(entry["path"], resolved, scan, span, res)
+        resolved["images"] = len(scan.items)
+        datasets.append(resolved)
+        items.extend(scan.items)
+    return datasets, items, res
+
+
+def _report(
+    name: str, resolved: dict[str, Any], scan: ScanResult, span: Any, res: DataResolution
+) -> None:
+    """Bad inputs: skipped with one summary warning, or an error listing them under `on bad image fail`."""
+    if scan.problems and resolved["bad_image"] == "fail":
+        res.diagnostics.append(
+            make(
+                "SDX0530",
+                f"{len(scan.problems)} bad input file(s) in `{name}`: " + _listing(scan.problems),
+                span,
+                help="fix or remove them, or use `on bad image skip` to train without them",
+            )
+        )
+    elif scan.problems:
+        listing = _listing(scan.problems)
+        res.warnings.append(f"skipped {len(scan.problems)} bad input file(s) in {name}: {listing}")
+    if scan.missing_captions:
+        fallback = resolved["default_caption"]
+        train_with = f"the default caption {fallback!r}" if fallback else "an empty caption"
+        res.warnings.append(
+            f"{scan.missing_captions} image(s) in {name} have no {resolved['caption_ext']} caption "
+            f"and train with {train_with}"
+        )
+    if not scan.items:
+        res.diagnostics.append(
+            make(
+                "SDX0503",
+                f"dataset `{name}` holds no readable image",
+                span,
+                help="supported: png, jpg, webp, bmp, gif, tiff and whatever else Pillow reads",
+            )
+        )
+
+
+def _listing(problems: list[Problem]) -> str:
+    shown = "; ".join(str(p) for p in problems[:LISTED])
+    more = len(problems) - LISTED
+    return shown + (f"; … and {more} more" if more > 0 else "")
+
+
+def _upscaled(items: list[ImageItem], placement: Placement) -> list[str]:
+    """Images smaller than their bucket: trained upscaled, with one warning naming them."""
+    small = []
+    for item in items:
+        bucket = placement(item.width, item.height)
+        if item.width < bucket[0] or item.height < bucket[1]:
+            small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
+    if not small:
+        return []
+    more = f"; … and {len(small) - LISTED} more" if len(small) > LISTED else ""
+    return [f"{len(small)} image(s) are smaller than their bucket and are upscaled: "
+            + "; ".join(small[:LISTED]) + more]
+
+
+def _balance(
+    layers: Layers, datasets: list[dict[str, Any]], items: list[ImageItem], balance: Balance,
+    res: DataResolution,
+) -> list[str]:
+    """Each dataset's samples per epoch after the regularization balance; what the balance left out."""
+    for dataset in datasets:
+        dataset["samples"] = 0
+    for item, samples in zip(items, balance.counts, strict=True):
+        datasets[item.dataset]["samples"] += samples
+    if not balance.reg_images:
+        return []
+    if not balance.train_samples:
+        first = next(n for n, d in enumerate(datasets) if d["regularization"])
+        res.diagnostics.append(
+            make(
+                "SDX0531",
+                "every dataset is `as regularization`: there is nothing to balance them against",
+                layers.span(f"data.{first}.path"),
+                help="add the training images as a dataset of their own, without `as regularization`",
+            )
+        )
+        return []
+    unused = balance.reg_images - balance.reg_images_used
+    if not unused:
+        return []
+    return [f"regularization: {balance.reg_images_used} of {balance.reg_images} images give the "
+            f"{balance.reg_samples} samples that balance the {balance.train_samples} training samples; "
+            f"the other {unused} are never used (add training repeats to use more)"]
+
+
+def _bucket_table(
+    items: list[ImageItem], counts_per_image: list[int], placement: Placement, batch_size: int
+) -> list[dict[str, Any]]:
+    """Images, samples and batches per bucket, in aspect order (the order `make_buckets` gives). Images
+    that give no sample (regularization images past the balance) are left out."""
+    counts: dict[bk.Bucket, list[int]] = {}
+    for item, samples in zip(items, counts_per_image, strict=True):
+        if not samples:
+            continue
+        bucket = placement(item.width, item.height)
+        count = counts.setdefault(bucket, [0, 0])
+        count[0] += 1
+        count[1] += samples
+    table = []
+    for (width, height), (images, samples) in sorted(counts.items(), key=_aspect_order):
+        if images:
+            table.append(
+                {
+                    "width": width,
+                    "height": height,
+                    "images": images,
+                    "samples": samples,
+                    "batches": bk.batch_count([samples], batch_size),
+                }
+            )
+    return table
+
+
+def _aspect_order(entry: tuple[bk.Bucket, list[int]]) -> tuple[float, int]:
+    (width, height), _ = entry
+    return width / height, width
+
+
+def _cache(layers: Layers, recipe_dir: Path, provenance: dict[str, Provenance]) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for key in ("text_encoder", "latents", "to_disk"):
+        value, origin = layers.get(f"cache.{key}")
+        section[key] = bool(value)
+        provenance[f"data.cache.{key}"] = origin
+    section["dir"] = str((recipe_dir / CACHE_DIR).resolve())
+    provenance["data.cache.dir"] = {"source": "default", "at": None}
+    return section

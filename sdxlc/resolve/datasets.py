@@ -1,0 +1,249 @@
+"""Training images and their captions, from a folder tree or a manifest file, and what is wrong with them.
+
+Sources:
+- a folder, walked recursively (symlinks followed, loops reported, never followed twice); a sub-folder
+  named `<N>_<name>` (kohya style) multiplies the repeats of every image beneath it by N;
+- a manifest, `*.jsonl` (objects with `path`, `caption`, optional `weight`) or `*.csv` (a header row
+  naming `path`, `caption`, optional `weight`): paths are relative to the manifest, `weight` is a
+  whole number of repeats.
+
+Pure Python (Pillow reads the image headers through `sdxlc.index`), shared by the compiler and the
+runtime, so that the plan's counts and the run's batches come from the same list.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdxlc.resolve.index import Index, Probe
+
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".tga", ".qoi",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)
+# Image files Pillow cannot read: reported rather than silently ignored.
+UNSUPPORTED_EXTENSIONS = (".heic", ".heif", ".svg", ".jxl", ".exr", ".raw", ".cr2", ".nef", ".arw", ".dng")
+MANIFEST_EXTENSIONS = (".jsonl", ".csv")
+_KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
+
+# Per-dataset settings and their defaults: the compiler resolves each into the plan.
+DATASET_DEFAULTS: dict[str, Any] = {
+    "repeat": 1,
+    "caption_ext": ".txt",
+    "shuffle": False,
+    "keep_tokens": 0,
+    "separator": ",",
+    "caption_dropout": 0.0,
+    "tag_dropout": 0.0,
+    "prefix": "",
+    "suffix": "",
+    "default_caption": "",
+    "flip": False,
+    "random_crop": False,
+    "color_jitter": 0.0,
+    "regularization": False,
+    "loss_weight": 1.0,
+    "bad_image": "skip",
+}
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One training image: its path, its displayed size (EXIF orientation applied) and its caption."""
+
+    path: str
+    width: int
+    height: int
+    caption: str
+    dataset: int = 0
+    repeat: int = 1  # from a `<N>_name` folder or a manifest weight; the dataset's repeat multiplies it
+    has_caption: bool = True
+    sha256: str = ""  # of the file's bytes, as indexed
+    size: int = 0  # bytes
+    caption_source: str = "default"  # the caption file, "manifest", or "default" when there is none
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that cannot be trained on, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class ScanResult:
+    items: list[ImageItem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    missing_captions: int = 0
+    changed: list[str] = field(default_factory=list)  # unreadable now, readable when last indexed
+
+
+def is_manifest(path: Path) -> bool:
+    return path.suffix.lower() in MANIFEST_EXTENSIONS and path.is_file()
+
+
+def scan_dataset(
+    path: Path,
+    caption_ext: str = ".txt",
+    dataset: int = 0,
+    *,
+    index: Index | None = None,
+    lenient: bool = False,
+) -> ScanResult:
+    """Every image of a folder (recursive, sorted) or manifest, with its size and caption.
+
+    With `lenient`, an image that became unreadable since it was last indexed keeps its indexed size
+    (the run then skips it when it fails to decode) so the batches stay the ones the plan counted.
+    """
+    index = index if index is not None else Index(None)
+    result = ScanResult()
+    if is_manifest(path):
+        _scan_manifest(path, dataset, index, lenient, result)
+    elif path.is_dir():
+        for file, repeat in _walk(path, result):
+            sidecar = file.with_suffix(caption_ext)
+            caption, problem = index.caption(sidecar)
+            _add(file, caption, repeat, dataset, index, lenient, problem, result, str(sidecar))
+    else:
+        result.problems.append(Problem(str(path), "not a folder or a .jsonl/.csv manifest"))
+    return result
+
+
+def _add(
+    file: Path,
+    caption: str | None,
+    repeat: int,
+    dataset: int,
+    index: Index,
+    lenient: bool,
+    caption_problem: str | None,
+    result: ScanResult,
+    caption_from: str,
+) -> None:
+    try:
+        probe = index.image(file, file.stat())
+    except OSError as exc:
+        probe = Probe(0, 0, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
+    if probe.error is not None and lenient:
+        good = index.last_good(file)
+        if good is not None:
+            result.changed.append(f"{file}: {probe.error}")
+            probe = good
+    if probe.error is not None:
+        result.problems.append(Problem(str(file), probe.error))
+        return
+    if caption_problem is not None:
+        result.problems.append(Problem(str(file), caption_problem))
+        return
+    if caption is None:
+        result.missing_captions += 1
+    result.items.append(
+        ImageItem(str(file), probe.width, probe.height, caption or "", dataset, repeat, caption is not None,
+                  probe.sha256, probe.size, caption_from if caption is not None else "default")
+    )
+
+
+def _walk(root: Path, result: ScanResult) -> list[tuple[Path, int]]:
+    """Image files under root, sorted, with the repeat of their nearest `<N>_name` folder."""
+    found: list[tuple[Path, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        try:
+            stat = here.stat()
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            result.problems.append(Problem(str(here), "symlink loop: folder already scanned, not followed"))
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        repeat = _folder_repeat(here.relative_to(root))
+        for name in files:
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_EXTENSIONS:
+                found.append((here / name, repeat))
+            elif suffix in UNSUPPORTED_EXTENSIONS:
+                result.problems.append(Problem(str(here / name), f"unsupported image format ({suffix})"))
+    found.sort(key=lambda pair: str(pair[0]))
+    return found
+
+
+def _folder_repeat(relative: Path) -> int:
+    for part in reversed(relative.parts):
+        match = _KOHYA_FOLDER.match(part)
+        if match:
+            return max(1, int(match.group(1)))
+    return 1
+
+
+def _scan_manifest(path: Path, dataset: int, index: Index, lenient: bool, result: ScanResult) -> None:
+    base = path.parent
+    for where, row in _manifest_rows(path, result):
+        name = row.get("path")
+        if not isinstance(name, str) or not name:
+            result.problems.append(Problem(where, "manifest row has no `path`"))
+            continue
+        file = (base / name).resolve()
+        weight = _weight(row.get("weight"))
+        if weight is None:
+            result.problems.append(Problem(where, f"weight `{row.get('weight')}` is not a whole number ≥ 1"))
+            continue
+        if not file.is_file():
+            result.problems.append(Problem(str(file), f"listed in {where} but does not exist"))
+            continue
+        caption = row.get("caption")
+        text = caption.strip() if isinstance(caption, str) else None
+        _add(file, text, weight, dataset, index, lenient, None, result, "manifest")
+
+
+def _weight(value: Any) -> int | None:
+    if value is None or value == "":
+        return 1
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and number >= 1 else None
+
+
+def _manifest_rows(path: Path, result: ScanResult) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        result.problems.append(Problem(str(path), f"manifest cannot be read as UTF-8 ({exc})"))
+        return []
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            result.problems.append(Problem(str(path), "CSV manifest needs a header row naming `path`"))
+            return []
+        for number, row in enumerate(reader, start=2):
+            rows.append((f"{path}:{number}", dict(row)))
+        return rows
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            result.problems.append(Problem(f"{path}:{number}", f"not a JSON object ({exc})"))
+            continue
+        if not isinstance(row, dict):
+            result.problems.append(Problem(f"{path}:{number}", "not a JSON object"))
+            continue
+        rows.append((f"{path}:{number}", row))
+    return rows

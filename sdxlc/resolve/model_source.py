@@ -1,0 +1,87 @@
+"""Model sources the compiler can check without torch: single-file checkpoints and their config folder.
+
+A `.safetensors` file starts with an 8-byte little-endian header length and a JSON header naming every
+tensor, so the compiler can tell an SDXL checkpoint (original layout: `model.diffusion_model.*` and
+OpenCLIP bigG under `conditioner.embedders.1.model.*`) from a LoRA, a diffusers component or an SD 1.x
+checkpoint by reading that header alone. Pickle checkpoints cannot be inspected without running them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "data" / "sdxl_config"
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SDXL_MARKERS = {
+    "model.diffusion_model.": "the UNet (`model.diffusion_model.*`)",
+    "conditioner.embedders.1.model.": "the OpenCLIP bigG text encoder (`conditioner.embedders.1.model.*`)",
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class HeaderError(Exception):
+    """A file that is not a readable safetensors file."""
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file: tensor name → {dtype, shape, data_offsets}, plus
+    `__metadata__` when present."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise HeaderError("too short to be a safetensors file")
+        length = int.from_bytes(prefix, "little")
+        if length <= 0 or length > min(_MAX_HEADER, size - 8):
+            raise HeaderError("its header length does not fit the file: not a safetensors file")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeaderError(f"its header is not JSON ({exc.__class__.__name__})") from exc
+    if not isinstance(header, dict):
+        raise HeaderError("its header is not a JSON object")
+    return header
+
+
+def _looks_like(keys: list[str]) -> str:
+    if any(k.startswith(("lora_", "lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k
+           for k in keys):
+        return "it looks like a LoRA: load it with `sdxlc gen --lora`, or train on top of a base model"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "it looks like a Stable Diffusion 1.x/2.x checkpoint, not SDXL"
+    if any(k.startswith(("down_blocks.", "encoder.down_blocks.", "text_model.")) for k in keys):
+        return "it looks like one diffusers component: name the diffusers folder that holds it"
+    if any(k.startswith("first_stage_model.") for k in keys) and not any(
+        k.startswith("model.diffusion_model.") for k in keys
+    ):
+        return "it looks like a VAE alone: use it with `vae`"
+    return "it is not an SDXL checkpoint in the original single-file layout"
+
+
+def sdxl_problem(path: Path) -> str | None:
+    """Why `path` is not a usable SDXL single-file checkpoint, or None when it is one."""
+    try:
+        header = read_header(path)
+    except (OSError, HeaderError) as exc:
+        return f"cannot read `{path.name}`: {exc}"
+    keys = [k for k in header if k != "__metadata__"]
+    missing = [what for marker, what in SDXL_MARKERS.items() if not any(k.startswith(marker) for k in keys)]
+    if not missing:
+        return None
+    return f"`{path.name}` has no tensors of {' or '.join(missing)}: {_looks_like(keys)}"
+
+
+def config_problem(folder: Path) -> str | None:
+    """Why `folder` cannot serve as the diffusers config folder of a single file, or None."""
+    if not folder.is_dir():
+        return f"the config folder {folder} does not exist"
+    missing = [name for name in ("model_index.json", "unet/config.json", "vae/config.json",
+                                 "text_encoder/config.json", "text_encoder_2/config.json")
+               if not (folder / name).is_file()]
+    if missing:
+        return f"the config folder {folder} has no {', '.join(missing)}"
+    return None

@@ -1,0 +1,118 @@
+"""May a run resume from a checkpoint of another plan? The same semantic diff as `sdxlc diff`, judged.
+
+- cosmetic, logging (save, sample, log cadence) and estimate changes are accepted;
+- schedule changes (lr, schedule, more or fewer steps) need `--allow schedule`: the runtime then
+  rebuilds the learning-rate schedule from the current step;
+- numerics changes (noise, batch, clipping…) need `--allow numerics`, data changes `--allow data`;
+- resume-breaking changes (method, rank, targets, base model, optimizer family, precision) are refused:
+  start a new run from the last artifact instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdxlc.plan.diff import Change, diff_plans
+
+STATE_FILE = "state.json"
+PREFIX = "step-"
+
+
+class ResumeError(Exception):
+    """No checkpoint to resume, or one that cannot be read."""
+
+
+ACCEPTED = ("cosmetic", "logging", "estimate")
+ALLOWABLE = {"schedule": "schedule", "numerics": "numerics", "cache-invalidating": "data"}
+# Numerics changes that a checkpoint cannot carry across (its weights and state are in those dtypes).
+BREAKING_PATHS = ("precision.", "hardware.device")
+
+
+@dataclass
+class Verdict:
+    accepted: list[Change] = field(default_factory=list)
+    allowed: list[Change] = field(default_factory=list)
+    needs: dict[str, list[Change]] = field(default_factory=dict)  # --allow word → changes
+    breaking: list[Change] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.needs and not self.breaking
+
+    @property
+    def rebuild_schedule(self) -> bool:
+        return any(c.kind == "schedule" for c in self.allowed)
+
+    def explain(self, artifact: Path | None) -> str:
+        lines: list[str] = []
+        if self.breaking:
+            lines.append("these changes cannot be resumed from the checkpoint:")
+            lines += [f"  {_line(c)}" for c in self.breaking]
+            if artifact is not None:
+                lines.append(f'to start a new run from its weights instead, add `lora … from "{artifact}"`')
+        for word, changes in self.needs.items():
+            lines.append(f"these changes need `--allow {word}`:")
+            lines += [f"  {_line(c)}" for c in changes]
+        return "\n".join(lines)
+
+
+def judge(old: dict[str, Any], new: dict[str, Any], allow: frozenset[str] = frozenset()) -> Verdict:
+    """Class every difference between the checkpoint's plan and the new one."""
+    verdict = Verdict()
+    for change in diff_plans(old, new):
+        if change.kind == "resume-breaking" or change.path.startswith(BREAKING_PATHS):
+            verdict.breaking.append(change)
+        elif change.kind in ACCEPTED:
+            verdict.accepted.append(change)
+        elif ALLOWABLE.get(change.kind) in allow:
+            verdict.allowed.append(change)
+        else:
+            verdict.needs.setdefault(ALLOWABLE.get(change.kind, change.kind), []).append(change)
+    return verdict
+
+
+def _line(change: Change) -> str:
+    return f"{change.path}: {change.old!r} → {change.new!r} ({change.kind})"
+
+
+def complete(out: Path) -> list[Path]:
+    """Complete checkpoints under an output folder, oldest first (a torn save has no state file)."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find(out: Path, which: str) -> Path:
+    """`latest` (the newest complete checkpoint under out) or an explicit checkpoint folder."""
+    if which == "latest":
+        found = complete(out)
+        if not found:
+            raise ResumeError(f"no checkpoint to resume under {out / 'checkpoints'}")
+        return found[-1]
+    folder = Path(which)
+    if not (folder / STATE_FILE).is_file():
+        raise ResumeError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
+    return folder
+
+
+def checkpoint_plan(folder: Path) -> dict[str, Any]:
+    """The plan a checkpoint was running."""
+    import json
+
+    try:
+        plan: dict[str, Any] = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"cannot read the plan of checkpoint {folder}: {exc}") from exc
+    return plan
+
+
+def last_artifact(folder: Path, plan: dict[str, Any]) -> Path:
+    """The LoRA file saved with a checkpoint (for the `from "…"` alternative)."""
+    step = int(folder.name.removeprefix(PREFIX))
+    out = Path(plan["output"]["dir"])
+    candidate = out / f"{plan['output']['name']}-step{step:06d}.safetensors"
+    return candidate if candidate.exists() else out / f"{plan['output']['name']}.safetensors"

@@ -3,7 +3,7 @@
 
 Tiny model: the built-in tiny SDXL's VAE at 64x64. With `--full`: a full-size SDXL VAE (the shipped
 config, random weights) at 1024x1024, fp32 on the CPU. Each encoded latent (mean and log-variance, as
-runtime/loop.py caches them) is stored through `runtime.cache.DiskCache`, then read back entry by entry.
+runtime/train/loop.py caches them) is stored through `runtime.cache.DiskCache`, then read back entry by entry.
 Disk reads come from the page cache (the entries were just written); only the VAE forward pass is
 timed for encoding, not decoding the image file.
 """

@@ -163,11 +163,12 @@ def measure(plan: dict[str, Any], pipe: SimpleNamespace, steps: int, baseline: i
         if cuda and not resident:  # the text-encoder and latent caches park these in system RAM
             getattr(loaded.pipe, exact.PARTS[name]).to("cpu")
     parts = {name: getattr(loaded.pipe, exact.PARTS[name]) for name, resident in here.items() if resident}
-    optimizer = make_optimizer(opt, methods.param_groups(plan, loaded.pipe))
+    method = methods.for_plan(plan)
+    optimizer = make_optimizer(opt, method.param_groups(loaded.pipe))
     schedule = make_schedule(plan, optimizer)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     model, optimizer = acc.prepare(loaded.pipe.unet, optimizer)  # as runtime.loop.train, one process
-    for module in (model, *methods.text_encoders(plan, loaded.pipe)):
+    for module in (model, *method.text_encoders(loaded.pipe)):
         module.train()
     fused, max_norm = bool(plan["method"].get("fused_backward")), float(opt["max_grad_norm"])
     measure_norm = max_norm > 0 or bool(plan["log"]["tensorboard"])  # the loop's condition

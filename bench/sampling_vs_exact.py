@@ -3,7 +3,7 @@
 Usage: python bench/sampling_vs_exact.py [--out bench/results/sampling_vs_exact.md]
 
 Every row is a full-size SDXL plan compiled by the real compiler (profile h200-141gb, so every row
-fits) that samples one prompt during training. `runtime/exact_sample.py` simulates what sampling holds:
+fits) that samples one prompt during training. `runtime/exact/sample.py` simulates what sampling holds:
 every component back on the device, the trained weights and optimizer state, the text encoders on the
 prompt, the UNet without gradients on the CFG batch at the sample size under autocast, one VAE decode.
 The estimate's `sample_peak` is compared without `allocator_overhead` and `cuda_context`.

@@ -6,16 +6,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxlc.check.schemas import schema_errors
+from sdxlc.check.paths import dangerous_paths
 from sdxlc.check.semantic import run_checks
+from sdxlc.check.structure import structural as structure
 from sdxlc.estimate.analytic import estimate
+from sdxlc.estimate.disk import disk_bytes
 from sdxlc.estimate.fit import Applied, mark, next_lever
 from sdxlc.estimate.levers import enough, levers
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers
-from sdxlc.lang.lower import Lowered, load_recipe
+from sdxlc.lang.lower import load_recipe
 from sdxlc.lang.migrate import migrate
 from sdxlc.plan.contract import seal
+from sdxlc.plan.manifest import Manifest, store
 from sdxlc.resolve.core import resolve
 from sdxlc.resolve.profiles import Profile
 
@@ -26,6 +29,7 @@ class Compiled:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     profile: Profile | None = None
+    manifest: Manifest | None = None  # the sample manifest the sealed plan names (`data.manifest`)
 
     def ordered(self) -> list[Diagnostic]:
         """Diagnostics in source order (those without a place last), as editors and readers expect."""
@@ -74,6 +78,8 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
         result.diagnostics.extend(_fit(plan, hardware, layers, auto))
         if not result.errors:
             result.plan = seal(plan)
+            if result.manifest is not None:
+                store(result.manifest, plan["data"]["cache"]["dir"])
         return result
 
 
@@ -84,7 +90,9 @@ def _compile_once(
     lowered = load_recipe(path, sets)
     lowered.doc, migrated = migrate(lowered.doc)
     result = Compiled(None, list(lowered.diagnostics), dict(lowered.sources))
-    structural = _structural(lowered, result.diagnostics)
+    if lowered.top not in lowered.sources:  # the recipe itself cannot be read: nothing else to say
+        return result, None, None
+    structural = structure(lowered, result.diagnostics) + dangerous_paths(lowered, path)
     result.diagnostics.extend(structural)
     if any(d.severity == "error" for d in structural):
         return result, None, None
@@ -93,6 +101,7 @@ def _compile_once(
     resolution = resolve(lowered, path, profile)
     result.diagnostics.extend(resolution.diagnostics)
     result.profile = resolution.profile
+    result.manifest = resolution.manifest
     plan = resolution.plan
     if plan is None or resolution.profile is None:
         return result, None, None
@@ -103,27 +112,8 @@ def _compile_once(
     if result.errors:
         return result, None, None
     plan["estimate"] = estimate(plan, resolution.profile)
+    plan["estimate"]["disk_bytes"] = disk_bytes(plan)
     return result, plan, layers
-
-
-def _structural(lowered: Lowered, known: list[Diagnostic]) -> list[Diagnostic]:
-    """Recipe-schema violations that the lowering did not already report at the same place."""
-    taken = {(d.span.file, d.span.line, d.span.column) for d in known if d.span is not None}
-    found = []
-    for path, message in schema_errors("recipe", lowered.doc):
-        origin = lowered.provenance.get(path)
-        span = origin.span if origin else None
-        if span is not None and (span.file, span.line, span.column) in taken:
-            continue
-        found.append(
-            make(
-                "SDX0401",
-                f"`{path or 'recipe'}`: {message}",
-                span,
-                help="see `sdxlc explain " + (path or "recipe") + "`",
-            )
-        )
-    return found
 
 
 def _fit(plan: dict[str, Any], profile: Profile, layers: Layers, auto: bool) -> list[Diagnostic]:
@@ -138,7 +128,7 @@ def _fit(plan: dict[str, Any], profile: Profile, layers: Layers, auto: bool) -> 
         make(
             "SDX0610",
             f"the run needs about {need} but {profile.title} has {have}{tried}{spills}",
-            layers.span("profile"),
+            layers.place("profile", "model.source"),
             help=_fit_help(plan, profile),
         )
     ]

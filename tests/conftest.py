@@ -33,7 +33,7 @@ def _base_plan(out: Path) -> dict[str, Any]:
         "plan_version": 1, "sdxlc_version": "0.1.0", "plan_hash": "0" * 64,
         "sources": [{"file": "tests/conftest.py", "sha256": "0" * 64}],
         "model": {"source": "tiny", "kind": "tiny", "vae": None, "prediction": "epsilon", "tiny_seed": 0,
-                  "base_model_version": "sdxl_base_v1-0"},
+                  "base_model_version": "sdxl_base_v1-0", "files": []},
         "hardware": {"profile": "cpu", "device": "cpu", "name": "CPU", "vram_bytes": 0, "bf16": False,
                      "fp16": False},
         "method": {"kind": "lora", "targets": ["unet"], "block_lr": None, "lr_te1": None, "lr_te2": None,
@@ -119,6 +119,7 @@ def _derive(plan: dict[str, Any]) -> None:
                   for (w, h) in sorted(images, key=lambda wh: (wh[0] / wh[1], wh[0]))]
     data["images"] = sum(images.values())
     data["samples_per_epoch"] = len(sample_buckets)
+    _manifest(plan)
     training["batches_per_epoch"] = len(bk.epoch_batches(sample_buckets, training["batch_size"], 0, 0))
     training["effective_batch"] = training["batch_size"] * training["accumulate"]
     plan["launch"].update(batch_per_process=training["batch_size"], batches_per_step=training["accumulate"],
@@ -127,12 +128,30 @@ def _derive(plan: dict[str, Any]) -> None:
     training["epochs"] = math.ceil(training["total_steps"] / training["steps_per_epoch"])
 
 
+def _manifest(plan: dict[str, Any]) -> None:
+    """The sample manifest, as the compiler writes it: named by the plan, kept in the cache folder."""
+    from sdxlc.plan import buckets as bk
+    from sdxlc.plan.manifest import store
+    from sdxlc.resolve.balance import epoch_counts
+    from sdxlc.resolve.data import manifest
+    from sdxlc.resolve.datasets import scan_dataset
+    from sdxlc.resolve.optimizers import optimizer_table
+
+    data = plan["data"]
+    items = [item for index, dataset in enumerate(data["datasets"])
+             for item in scan_dataset(Path(dataset["path"]), dataset["caption_ext"], index).items]
+    made = manifest(items, epoch_counts(items, data["datasets"]).counts, bk.plan_placement(data))
+    store(made, data["cache"]["dir"])
+    data["manifest"] = made.summary()
+    plan["optimizer"]["class"] = optimizer_table()[plan["optimizer"]["name"]]["class"]
+
+
 def build_plan(out: Path, **overrides: Any) -> dict[str, Any]:
     """A valid plan for the quickstart data, writing under `out`."""
     import jsonschema
 
-    from sdxlc.check.schemas import load_schema
     from sdxlc.plan.contract import plan_hash
+    from sdxlc.plan.schemas import load_schema
 
     plan = _base_plan(Path(out))
     _apply(plan, copy.deepcopy(overrides))

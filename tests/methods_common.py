@@ -49,15 +49,17 @@ def fixed_batch_losses(plan: dict[str, Any], steps: int) -> list[float]:
     """Train the plan's method on one fixed batch (same noise and timesteps every step)."""
     from runtime.methods import registry as methods
     from runtime.train import loop
+    from runtime.train.conditioning import Conditioning
     from runtime.train.data import setup_data
     from runtime.train.run import setup_model
 
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
-    conditioning.text_grad, conditioning.captions = methods.trains_text(plan), methods.caption_map(plan)
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
+    method = methods.for_plan(plan)
+    conditioning.text_grad, conditioning.captions = method.trains_text, method.caption_map()
     batch = conditioning.batch(data.epoch(0)[0], random.Random(0))
-    optimizer = loop.make_optimizer(plan["optimizer"], methods.param_groups(plan, models.pipe))
+    optimizer = loop.make_optimizer(plan["optimizer"], method.param_groups(models.pipe))
     unet = models.pipe.unet.train()
     losses = []
     for _ in range(steps):

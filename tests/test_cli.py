@@ -14,9 +14,9 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from sdxlc.check.schemas import load_schema
 from sdxlc.cli.main import main
 from sdxlc.plan.contract import plan_hash
+from sdxlc.plan.schemas import load_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"

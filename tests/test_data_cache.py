@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -89,7 +90,10 @@ def test_without_to_disk_there_is_nothing_to_precompute(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "nothing to precompute" in result.output
 
 
-def test_a_file_corrupted_after_planning_is_skipped_and_the_run_finishes(tmp_path: Path) -> None:
+def test_a_file_corrupted_after_planning_stops_the_run_before_it_writes(tmp_path: Path) -> None:
+    """The plan recorded the image's bytes: a run never trains on (or around) other bytes."""
+    from runtime import InputChanged
+
     recipe = dataset(tmp_path)
     text = recipe.read_text(encoding="utf-8").replace("cache latents to disk\ncache te to disk\n", "")
     recipe.write_text(text, encoding="utf-8")
@@ -97,8 +101,9 @@ def test_a_file_corrupted_after_planning_is_skipped_and_the_run_finishes(tmp_pat
     assert compiled.plan is not None
     broken = tmp_path / "d" / "0.png"
     broken.write_bytes(broken.read_bytes()[:60])
-    result, _ = run_plan(compiled.plan, progress=False)
-    assert result.steps == compiled.plan["training"]["total_steps"] and result.lora_path.is_file()
+    with pytest.raises(InputChanged, match="0.png: its bytes changed"):
+        run_plan(compiled.plan, progress=False)
+    assert not Path(compiled.plan["output"]["dir"], "plan.json").exists()
 
 
 def test_nan_latents_are_encoded_again_in_fp32(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -108,7 +113,7 @@ def test_nan_latents_are_encoded_again_in_fp32(make_plan, tmp_path: Path) -> Non
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     from runtime.model.load import setup_model
-    from runtime.train import loop
+    from runtime.train.conditioning import Conditioning
     from runtime.train.data import load_pixels, setup_data
 
     plan = make_plan(tmp_path, data={"cache": {"text_encoder": False, "latents": True, "to_disk": False,
@@ -129,7 +134,7 @@ def test_nan_latents_are_encoded_again_in_fp32(make_plan, tmp_path: Path) -> Non
 
     vae.encode = encode_nan_once  # type: ignore[method-assign]
     said: list[str] = []
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"], said.append)
+    conditioning = Conditioning(models, data, plan["data"]["cache"], said.append)
     images = list(dict.fromkeys(s.image for s in data.samples))  # in the order they are encoded
     third = data.images[images[2]]
     bf16 = torch.bfloat16

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sdxlc.check.schemas import load_schema
 from sdxlc.cli.lang import diff_command
 from sdxlc.pipeline import compile_recipe
 from sdxlc.plan.contract import to_text
 from sdxlc.plan.diff import KINDS, Change, diff_plans, kind_of, render_changes
+from sdxlc.plan.schemas import load_schema
 from sdxlc.tools.diff import SideError, load_side
 
 ROOT = Path(__file__).resolve().parent.parent

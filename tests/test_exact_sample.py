@@ -1,4 +1,4 @@
-"""The sampling peak simulated on fake tensors (runtime/exact_sample.py) against the estimate's
+"""The sampling peak simulated on fake tensors (runtime/exact/sample.py) against the estimate's
 `sample_peak`: every component back on the device, the UNet at the sample size, one VAE decode."""
 
 from __future__ import annotations

@@ -1,117 +1,80 @@
-"""No input makes the compiler raise: every failure is a diagnostic with a position.
+"""No input makes the compiler raise, hang or report an error without a place.
 
-Hypothesis mutates the shipped recipes (deleting, duplicating, swapping and corrupting tokens and
-characters) and also builds statements from the language's own words with random arguments.
+Each family of generated inputs (tests/fuzzing.py) runs a few dozen cases here; bench/fuzz_recipes.py
+runs over ten thousand. Every input that ever crashed the compiler is kept in tests/fuzz_corpus/ and
+replayed. Every training method must plan under every launch strategy.
 """
 
 from __future__ import annotations
 
-import string
+import json
 from pathlib import Path
 
+import pytest
+from fuzzing import FAMILIES, Case, run_case, sandbox
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from sdxlc.lang.vocabulary import VOCABULARY
 from sdxlc.pipeline import compile_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
-SHIPPED = [p.read_text(encoding="utf-8") for p in sorted(RECIPES.glob("*.sdx"))]
-WORDS = sorted({w for entry in VOCABULARY for w in entry.words})
-PIECES = WORDS + [
-    "1e-4",
-    "8",
-    "0",
-    "-1",
-    "5%",
-    "512..2048",
-    "x9",
-    ",",
-    ";",
-    '"',
-    '"data"',
-    "#",
-    "\n",
-    "..",
-    "1e999",
-    "nan",
-    "12GB",
-    "unet+te1",
-    "\t",
-    "\\",
-    "é",
-    "🙂",
-]
-SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+SLOW = 5.0
+EXAMPLES = {"mutated": 30, "words": 20, "text": 20, "numbers": 40, "controls": 40, "long": 8, "includes": 20,
+            "sets": 40, "paths": 30, "launch": 20}
 
 
-def _compile(tmp: Path, text: str) -> None:
-    (tmp / "data").mkdir(exist_ok=True)
-    if not (tmp / "data" / "quickstart").exists():
-        (tmp / "data" / "quickstart").symlink_to(RECIPES / "data" / "quickstart")
-    base = tmp / "base"
-    if not base.exists():
-        base.symlink_to(RECIPES / "base", target_is_directory=True)
-    recipe = tmp / "fuzz.sdx"
-    recipe.write_text(text, encoding="utf-8")
-    result = compile_recipe(recipe)
-    for diag in result.diagnostics:
-        assert diag.code.startswith("SDX") and diag.message
-        if diag.span is not None:
-            assert diag.span.line >= 1 and diag.span.column >= 1
-    if result.plan is None:
-        assert result.errors, "no plan and no error"
+def _check(case: Case, folder: Path) -> None:
+    outcome = run_case(case, folder)
+    assert outcome.exit in (0, 1), outcome.crash or outcome.unlocated
+    assert outcome.unlocated == [], outcome.codes
+    assert outcome.seconds < SLOW
 
 
-def _mutate(text: str, ops: list[tuple[int, int, str]]) -> str:
-    tokens = text.replace("\n", " \n ").split(" ")
-    for kind, where, piece in ops:
-        if not tokens:
-            break
-        i = where % len(tokens)
-        if kind == 0:
-            del tokens[i]
-        elif kind == 1:
-            tokens.insert(i, piece)
-        elif kind == 2:
-            tokens[i] = piece
-        elif kind == 3:
-            tokens.insert(i, tokens[(i * 7 + 3) % len(tokens)])
-        else:
-            token = tokens[i]
-            if token:
-                cut = where % len(token)
-                tokens[i] = token[:cut] + piece[:1] + token[cut + 1 :]
-    return " ".join(tokens).replace(" \n ", "\n")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generated_inputs_end_in_a_plan_or_located_errors(family: str, tmp_path_factory: pytest.TempPathFactory
+                                                          ) -> None:
+    folder = sandbox(tmp_path_factory.mktemp(family) / "case")
+
+    @settings(max_examples=EXAMPLES[family], deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(FAMILIES[family])
+    def run(case: Case) -> None:
+        _check(case, folder)
+
+    run()
 
 
-_ops = st.lists(
-    st.tuples(st.integers(0, 4), st.integers(0, 10_000), st.sampled_from(PIECES)), min_size=1, max_size=6
-)
+def _corpus() -> list[Path]:
+    return sorted(CORPUS.glob("*.json"))
 
 
-@SETTINGS
-@given(recipe=st.sampled_from(SHIPPED), ops=_ops)
-def test_mutated_recipes_never_raise(
-    tmp_path_factory: object, recipe: str, ops: list[tuple[int, int, str]]
-) -> None:
-    tmp = tmp_path_factory.mktemp("fuzz")  # type: ignore[attr-defined]
-    _compile(tmp, _mutate(recipe, ops))
+@pytest.mark.parametrize("entry", _corpus(), ids=lambda path: path.stem)
+def test_every_input_that_ever_crashed(entry: Path, tmp_path: Path) -> None:
+    _check(Case.from_json(json.loads(entry.read_text(encoding="utf-8"))), sandbox(tmp_path / "case"))
 
 
-_statement = st.lists(st.sampled_from(PIECES), min_size=1, max_size=8).map(" ".join)
+def test_the_corpus_covers_every_family() -> None:
+    families = {json.loads(entry.read_text(encoding="utf-8"))["family"] for entry in _corpus()}
+    assert {"numbers", "controls", "long", "includes", "sets", "paths", "launch"} <= families
 
 
-@SETTINGS
-@given(lines=st.lists(_statement, min_size=1, max_size=10))
-def test_statements_from_the_vocabulary_never_raise(tmp_path_factory: object, lines: list[str]) -> None:
-    tmp = tmp_path_factory.mktemp("words")  # type: ignore[attr-defined]
-    _compile(tmp, 'model tiny\ndata "data/quickstart"\n' + "\n".join(lines) + "\n")
+METHODS = {
+    "lora": "lora rank 4",
+    "lora on the text encoders": "lora on unet+te1+te2",
+    "finetune": "finetune unet",
+    "finetune all": "finetune unet+te1+te2",
+    "full bf16": "finetune unet full bf16",
+    "embedding": 'embedding "<t>" init "cat"',
+}
 
 
-@settings(max_examples=400, deadline=None)
-@given(text=st.text(alphabet=string.printable + "é…🙂\x00", max_size=200))
-def test_arbitrary_text_never_raises(tmp_path_factory: object, text: str) -> None:
-    tmp = tmp_path_factory.mktemp("text")  # type: ignore[attr-defined]
-    _compile(tmp, text)
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed-zero2", "fsdp"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_every_method_plans_under_every_strategy(tmp_path: Path, method: str, strategy: str, gpus: int) -> None:
+    folder = sandbox(tmp_path / "case")
+    recipe = folder / "fuzz.sdx"
+    recipe.write_text(f'model tiny\nprofile a100-80gb\ndata "data/quickstart"\n{METHODS[method]}\n'
+                      f"strategy {strategy}\ngpus {gpus}\n", encoding="utf-8")
+    compiled = compile_recipe(recipe)
+    assert compiled.plan is not None, [d.message for d in compiled.errors]
+    assert compiled.plan["launch"]["strategy"] == strategy

@@ -4,7 +4,7 @@ are on: each rank encodes half the images and captions and the ranks exchange th
 
 The comparison needs both runs to draw the same noise for the same batch: the loop reseeds torch before
 every batch from the batch's position in the global batch order (rank r's c-th batch is global batch c·N
-+ r; runtime/loop.py `batch_seed`), so the runs differ only in how the gradients are averaged: all-
++ r; runtime/train/loop.py `batch_seed`), so the runs differ only in how the gradients are averaged: all-
 reduced over two ranks versus accumulated over two micro-steps in one. Those sums are the same numbers
 added in another order. With two ranks over gloo the order happens to be the same too (g0/2 + g1/2 both
 ways) and the weights come out bitwise equal; the tolerance, 1e-6 absolute on weights of size ~1, leaves
@@ -44,9 +44,10 @@ def plan_for(out: Path, world: int, to_disk: bool = False, steps: int = STEPS) -
     return plan
 
 
-def counting(loop: Any, counts: dict[str, int], made: list[Any]) -> None:
+def counting(conditioning: Any, counts: dict[str, int], made: list[Any]) -> None:
     """Count the images and captions this process encodes itself; keep the Conditioning it builds."""
-    encode_finite, encode_text, init = loop.encode_finite, loop.encode_text, loop.Conditioning.__init__
+    encode_finite, encode_text = conditioning.encode_finite, conditioning.encode_text
+    init = conditioning.Conditioning.__init__
 
     def images(*args: Any) -> Any:
         counts["images"] += 1
@@ -60,14 +61,15 @@ def counting(loop: Any, counts: dict[str, int], made: list[Any]) -> None:
         init(self, *args, **kwargs)
         made.append(self)
 
-    loop.encode_finite, loop.encode_text, loop.Conditioning.__init__ = images, captions, build
+    conditioning.encode_finite, conditioning.encode_text = images, captions
+    conditioning.Conditioning.__init__ = build
 
 
 def rank_main(out: str, to_disk: bool = False, steps: int = STEPS) -> None:
     """One rank of the two-process run (inherits the test process by fork)."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from runtime.train import loop
+    from runtime.train import conditioning
     from runtime.train.run import run_plan
     from sdxlc.plan.contract import plan_hash
 
@@ -77,7 +79,7 @@ def rank_main(out: str, to_disk: bool = False, steps: int = STEPS) -> None:
     plan = plan_for(Path(out) / "run2", 2, to_disk, steps)
     plan["plan_hash"] = plan_hash(plan)
     counts, made = {"images": 0, "captions": 0}, []  # type: ignore[var-annotated]
-    counting(loop, counts, made)
+    counting(conditioning, counts, made)
     _, models = run_plan(plan, progress=False)
     totals = {"latents": vars(made[0].latent_counts), "text": vars(made[0].text_counts),
               "cached": (len(made[0].latents), len(made[0].text))}
@@ -109,13 +111,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Pa
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    from runtime.train import loop
+    from runtime.train.conditioning import Conditioning
 
-    original = loop.Conditioning.batch
+    original = Conditioning.batch
     try:
         _, models = run_plan(plan_for(tmp_path / "run1", 1), progress=False)
     finally:
-        loop.Conditioning.batch = original  # type: ignore[method-assign]
+        Conditioning.batch = original  # type: ignore[method-assign]
     single = lora_state(models)
     initial = {name: p for name, p in single.items() if "lora_B" in name}
     assert any(p.abs().max() > 0 for p in initial.values())  # lora_B starts at zero: training moved it
@@ -137,7 +139,8 @@ def test_two_processes_share_the_disk_cache(tmp_path: Path) -> None:
         assert r["totals"]["latents"] == {"encoded": 12, "reused": 0}
     assert len(list((tmp_path / "cache" / "latents").rglob("*.safetensors"))) == 12
     assert len(list((tmp_path / "cache" / "text").rglob("*.safetensors"))) == captions
-    # a second run encodes nothing: every rank reuses its share and reads the rest
+    # a second run (its first run's results moved aside) encodes nothing: every rank reuses its share
+    (tmp_path / "run2").rename(tmp_path / "run1-moved")
     debug_launcher(rank_main, args=(str(tmp_path), True, 1), num_processes=2)
     again = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for r in again:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 
-from runtime.train import loop
 from runtime.train import loss as objective
+from runtime.train.conditioning import Conditioning
 from runtime.train.data import setup_data
 from runtime.train.run import setup_model
 
@@ -35,7 +35,7 @@ def setup(request: pytest.FixtureRequest, make_plan, tmp_path_factory: pytest.Te
                      training__batch_size=4)
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
     batch = conditioning.batch(data.epoch(0)[0], random.Random(0))
     latents, states, pooled = conditioning.encode(batch)
     assert latents.shape[0] == len(TIMESTEPS)

@@ -14,8 +14,8 @@ import torch
 from accelerate.utils import set_seed
 
 from runtime.model.load import training_noise_scheduler
-from runtime.train import loop
 from runtime.train import loss as objective
+from runtime.train.conditioning import Conditioning
 from runtime.train.data import setup_data
 from runtime.train.run import run_plan, setup_model
 
@@ -31,7 +31,7 @@ def setup(make_plan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     plan = make_plan(tmp_path_factory.mktemp("loss"), model__prediction="v_prediction")
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
     batch = conditioning.batch(data.epoch(0)[0], random.Random(0))
     latents, states, pooled = conditioning.encode(batch)
     yield models, (latents, states, pooled, batch.time_ids)

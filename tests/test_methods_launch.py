@@ -27,7 +27,7 @@ def plan_for(out: Path, world: int, kind: str) -> dict[str, Any]:
 
 
 def trained(models: Any) -> dict[str, torch.Tensor]:
-    from runtime.methods.registry import trainable_state
+    from runtime.methods.base import trainable_state
 
     return {name: p.detach().cpu().clone() for name, p in trainable_state(models.pipe).items()}
 

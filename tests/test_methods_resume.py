@@ -1,5 +1,5 @@
 """Exact resume for every training method: a run resumed from its checkpoint ends with the very weights
-of one never stopped (the checkpoint holds what runtime/methods.py names trainable)."""
+of one never stopped (the checkpoint holds what runtime/methods/registry.py names trainable)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def test_migration_notes_reach_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_pat
     """A compiler at version 2 reads a version-1 recipe through its migration."""
     import copy
 
-    from sdxlc.check import schemas
+    from sdxlc.plan import schemas
 
     def one_to_two(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         return doc, ["nothing to change"]

@@ -20,6 +20,7 @@ from methods_common import METHODS, method_plan
 
 from runtime.methods import registry as methods
 from runtime.train import loop
+from runtime.train.conditioning import Conditioning
 from runtime.train.data import setup_data
 from runtime.train.optim import make_optimizer, optimizer_class
 from runtime.train.run import setup_model
@@ -60,10 +61,11 @@ def setup(request: pytest.FixtureRequest,
                        training__batch_size=1)
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
-    conditioning.text_grad, conditioning.captions = methods.trains_text(plan), methods.caption_map(plan)
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
+    method = methods.for_plan(plan)
+    conditioning.text_grad, conditioning.captions = method.trains_text, method.caption_map()
     batch = conditioning.batch(data.epoch(0)[0], random.Random(0))
-    trained = methods.trainable_state(models.pipe)
+    trained = method.trainable_state(models.pipe)
     initial = {name: p.detach().clone() for name, p in trained.items()}
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     yield kind, plan, models, conditioning, batch, trained, initial
@@ -75,15 +77,15 @@ def run_steps(setup: tuple[Any, ...], name: str) -> tuple[list[float], torch.opt
         for key, parameter in trained.items():
             parameter.copy_(initial[key])
     lr = LR[name][kind]
-    spec = {"name": name, "lr": lr, "args": {**OPTIMIZER_ARGS.get(name, {}), **EXTRA_ARGS.get(name, {})},
-            "max_grad_norm": 0.0}
+    spec = {"name": name, "class": optimizer_table()[name]["class"], "lr": lr,
+            "args": {**OPTIMIZER_ARGS.get(name, {}), **EXTRA_ARGS.get(name, {})}, "max_grad_norm": 0.0}
     method_lrs = {"lr_te1": plan["method"]["lr_te1"] and lr, "lr_te2": plan["method"]["lr_te2"] and lr}
     plan = {**plan, "optimizer": spec, "method": {**plan["method"], **method_lrs}}
     unet = models.pipe.unet.train()
     losses = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = make_optimizer(spec, methods.param_groups(plan, models.pipe))
+        optimizer = make_optimizer(spec, methods.for_plan(plan).param_groups(models.pipe))
         for _ in range(STEPS):
             torch.manual_seed(1)  # the same noise and timestep every step: a fixed batch
             latents, states, pooled = conditioning.encode(batch)
@@ -99,7 +101,7 @@ def run_steps(setup: tuple[Any, ...], name: str) -> tuple[list[float], torch.opt
 def test_optimizer_trains_the_method(setup: tuple[Any, ...], name: str) -> None:
     kind, _, _, _, _, trained, initial = setup
     losses, optimizer = run_steps(setup, name)
-    assert isinstance(optimizer, optimizer_class(name))
+    assert isinstance(optimizer, optimizer_class(name, optimizer_table()[name]["class"]))
     assert all(math.isfinite(loss) for loss in losses), losses
     moved = [key for key, parameter in trained.items() if not torch.equal(parameter.detach(), initial[key])]
     assert moved, "no trained parameter changed"

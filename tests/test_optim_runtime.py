@@ -15,10 +15,12 @@ from accelerate.utils import set_seed
 
 from runtime.methods.lora import param_groups
 from runtime.train import loop
+from runtime.train.conditioning import Conditioning
 from runtime.train.data import setup_data
 from runtime.train.optim import make_optimizer, make_schedule, optimizer_class
 from runtime.train.run import setup_model
 from sdxlc.lang.defaults import OPTIMIZER_ARGS
+from sdxlc.resolve.optimizers import optimizer_table
 
 # Learning rates that move the tiny LoRA visibly in a few steps (not advice for SDXL).
 CASES: dict[str, tuple[float, dict[str, Any]]] = {
@@ -40,7 +42,7 @@ def setup(make_plan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     plan = make_plan(tmp_path_factory.mktemp("optim"))
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
     batch = conditioning.batch(data.epoch(0)[0], random.Random(0))
     latents, states, pooled = conditioning.encode(batch)
     unet = models.pipe.unet.train()
@@ -52,7 +54,8 @@ def setup(make_plan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def losses_with(setup: tuple[Any, ...], name: str, lr: float, args: dict[str, Any]) -> list[float]:
     plan, models, unet, initial, (latents, states, pooled, time_ids) = setup
     unet.load_state_dict(initial, strict=False)
-    spec = {"name": name, "lr": lr, "args": {**OPTIMIZER_ARGS.get(name, {}), **args}, "max_grad_norm": 0.0}
+    spec = {"name": name, "class": optimizer_table()[name]["class"], "lr": lr,
+            "args": {**OPTIMIZER_ARGS.get(name, {}), **args}, "max_grad_norm": 0.0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # paged optimizers on the CPU fall back to unpaged, with a warning
         optimizer = make_optimizer(spec, param_groups(unet, plan["method"], lr))
@@ -64,7 +67,7 @@ def losses_with(setup: tuple[Any, ...], name: str, lr: float, args: dict[str, An
             optimizer.step()
             optimizer.zero_grad()
             losses.append(loss.item())
-    assert isinstance(optimizer, optimizer_class(name))
+    assert isinstance(optimizer, optimizer_class(name, optimizer_table()[name]["class"]))
     if name.endswith("8bit"):  # the 8-bit path, not fp32 state for small tensors
         states8 = [s["state1"] for s in optimizer.state.values()]
         assert states8 and all(state.dtype == torch.uint8 for state in states8)
@@ -79,7 +82,8 @@ def test_optimizer_lowers_the_loss_of_a_fixed_batch(setup: tuple[Any, ...], name
 
 
 def test_adafactor_relative_step_computes_its_own_lr(setup: tuple[Any, ...], tmp_path: Path) -> None:
-    plan = {"optimizer": {"name": "adafactor", "lr": 1e-3, "max_grad_norm": 0.0,
+    plan = {"optimizer": {"name": "adafactor", "class": "transformers.optimization.Adafactor", "lr": 1e-3,
+                          "max_grad_norm": 0.0,
                           "args": {"relative_step": True, "scale_parameter": False, "warmup_init": True}},
             "schedule": {"name": "constant", "warmup_steps": 0}, "training": {"total_steps": 3}}
     weight = torch.nn.Parameter(torch.randn(8, 8))

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from runtime.train.optim import optimizer_class
-from sdxlc.check.schemas import load_schema
 from sdxlc.lang.defaults import OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
+from sdxlc.plan.schemas import load_schema
 from sdxlc.resolve.optimizers import optimizer_table
 
 NAMES = sorted(optimizer_table())
@@ -28,7 +28,8 @@ def _plain(value: Any) -> Any:
 @pytest.mark.parametrize("name", NAMES)
 def test_table_matches_the_class_signature(name: str) -> None:
     entry = optimizer_table()[name]
-    parameters = inspect.signature(optimizer_class(name).__init__).parameters
+    cls = optimizer_class(name, optimizer_table()[name]["class"])
+    parameters = inspect.signature(cls.__init__).parameters
     keywords = {key: p for key, p in parameters.items() if key not in ("self", "params", "lr")}
     assert set(entry["args"]) | set(entry["reserved"]) == set(keywords)
     assert not set(entry["args"]) & set(entry["reserved"])

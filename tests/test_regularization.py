@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime.train import loop
 from runtime.train import loss as objective
+from runtime.train.conditioning import Conditioning
 from runtime.train.data import TrainData, setup_data
 from runtime.train.run import setup_model
 from sdxlc.cli.report import render_plan
@@ -137,7 +137,7 @@ def test_the_runtime_trains_the_samples_the_plan_counted(balanced_run: Run) -> N
 def test_regularization_samples_carry_their_loss_weight(balanced_run: Run) -> None:
     plan, data = balanced_run
     models = setup_model(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
     folder = [Path(data.images[s.image].path).parent.name for s in data.samples]
     reg, train = folder.index("reg"), folder.index("train")
     batch = conditioning.batch([train, reg], random.Random(0))

@@ -158,17 +158,17 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_keeps_the_last_save(
     from runtime.train import checkpoint as ckpt
 
     plan = _plan(tmp_path)
-    real = ckpt.save_file
+    real = ckpt.write_safetensors
     calls = {"n": 0}
 
-    def fill_up(tensors: dict, filename: str) -> None:
+    def fill_up(filename: Path, tensors: dict, metadata: dict | None = None) -> None:
         calls["n"] += 1
-        if "step-000006" in filename:
+        if "step-000006" in str(filename):
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(tensors, filename)
+        real(filename, tensors, metadata)
 
-    monkeypatch.setattr(ckpt, "save_file", fill_up)
-    with pytest.raises(RunError, match="No space left on device; the previous save is intact"):
+    monkeypatch.setattr(ckpt, "write_safetensors", fill_up)
+    with pytest.raises(RunError, match=r"No space left on device \(.* free on its disk\); the previous save is"):
         execute(plan, progress=False)
     out = Path(plan["output"]["dir"])
     assert [p.name for p in checkpoint.complete(out)] == ["step-000003"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from runtime import RunError
+from runtime import InputChanged, RunError
 from runtime.train.data import make_batch, process_caption, setup_data, time_ids
 from runtime.train.run import run_plan
 from sdxlc.plan import buckets as bk
@@ -86,13 +86,15 @@ def test_captions_drop_out_and_shuffle_after_kept_tokens() -> None:
     assert process_caption(caption, {**settings, "caption_dropout": 1.0}, random.Random(0)) == ""
 
 
-def test_empty_dataset_is_a_run_error(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    plan = make_plan(tmp_path)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    plan["data"]["datasets"][0]["path"] = str(empty)
-    with pytest.raises(RunError, match="no readable image"):
+def test_images_gone_since_planning_stop_the_run(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "data"
+    shutil.copytree(QUICKSTART, folder)
+    plan = make_plan(tmp_path, data__datasets__0__path=str(folder))
+    for image in folder.glob("0[0-2].png"):
+        image.unlink()
+    with pytest.raises(InputChanged, match=r"(?s)3 input.*00.png: gone") as caught:
         setup_data(plan)
+    assert len(caught.value.changes) == 3 and "sdxlc plan" in str(caught.value)
 
 
 def test_changed_data_is_a_run_error(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -102,12 +104,16 @@ def test_changed_data_is_a_run_error(make_plan, tmp_path: Path) -> None:  # type
         setup_data(plan)
 
 
-def test_unreadable_image_is_a_run_error(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_image_changed_after_the_check_stops_the_run_when_read(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same size, other bytes: caught when the bytes are read, never trained on nor substituted."""
     folder = tmp_path / "data"
     shutil.copytree(QUICKSTART, folder)
     data = setup_data(make_plan(tmp_path, data__datasets__0__path=str(folder)))
-    broken = folder / "00.png"
-    broken.write_bytes(b"no longer an image")
-    first = next(i for i, s in enumerate(data.samples) if data.images[s.image].path == str(broken))
-    with pytest.raises(RunError, match="cannot read image .*00.png"):
-        make_batch(data, [first], random.Random(0))
+    changed = folder / "00.png"
+    raw = bytearray(changed.read_bytes())
+    raw[-20] ^= 0xFF
+    changed.write_bytes(bytes(raw))
+    first = next(i for i, s in enumerate(data.samples) if data.images[s.image].path == str(changed))
+    for substitute in (False, True):
+        with pytest.raises(InputChanged, match="00.png: its bytes changed"):
+            make_batch(data, [first], random.Random(0), substitute=substitute)

@@ -15,15 +15,17 @@ from runtime import RunError
 from runtime.methods.lora import param_groups
 from runtime.model.load import training_noise_scheduler
 from runtime.train import loop
+from runtime.train.conditioning import Conditioning, encode_pixels
 from runtime.train.data import setup_data
 from runtime.train.run import run_plan, setup_model
+from sdxlc.resolve.optimizers import optimizer_table
 
 
 def test_loss_goes_down_on_a_fixed_batch(make_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plan = make_plan(tmp_path, optimizer__lr=1e-2)
     set_seed(0)
     models, data = setup_model(plan), setup_data(plan)
-    conditioning = loop.Conditioning(models, data, plan["data"]["cache"])
+    conditioning = Conditioning(models, data, plan["data"]["cache"])
     batch = conditioning.batch(data.epoch(0)[0], random.Random(0))
     latents, states, pooled = conditioning.encode(batch)
     unet = models.pipe.unet.train()
@@ -110,7 +112,8 @@ def test_optimizers(name: str, kind: type) -> None:
     args = {"min_8bit_size": 16} if name.endswith("8bit") else {"weight_decay": 0.0}
     if name == "sgd":  # the compiler resolves SGD's Nesterov momentum into the plan
         args |= {"momentum": 0.9, "nesterov": True}
-    optimizer = loop.make_optimizer({"name": name, "lr": 1e-3, "args": args}, [{"params": [weight]}])
+    spec = {"name": name, "class": optimizer_table()[name]["class"], "lr": 1e-3, "args": args}
+    optimizer = loop.make_optimizer(spec, [{"params": [weight]}])
     assert isinstance(optimizer, kind)
     (weight**2).sum().backward()
     optimizer.step()
@@ -155,11 +158,11 @@ def test_vae_slicing_encodes_one_image_at_a_time_to_the_same_latents(make_plan, 
     seen: list[int] = []
     hook = sliced.pipe.vae.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
     try:
-        one_by_one = loop.encode_pixels(sliced, pixels)
+        one_by_one = encode_pixels(sliced, pixels)
     finally:
         hook.remove()
     assert seen == [1, 1, 1]
-    torch.testing.assert_close(one_by_one, loop.encode_pixels(whole, pixels), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(one_by_one, encode_pixels(whole, pixels), rtol=1e-4, atol=1e-5)
 
 
 def test_placement_casts_before_it_moves(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
-"""Content-addressed caches on disk: VAE latents and text-encoder outputs, their keys, and the
-`sdxlc cache` command's work.
+"""Content-addressed caches on disk: VAE latents and text-encoder outputs, their keys and entries.
+What to encode (and `sdxlc cache`'s work) is decided in `runtime.train.conditioning`.
 
 May import `runtime.model` and `sdxlc.plan`; nothing of `runtime.train`.
 """

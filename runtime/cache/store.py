@@ -3,26 +3,32 @@
 A latent's key hashes the image bytes, the bucket, the crop, the flip, the VAE's identity (its config
 and a fingerprint of its weights) and the VAE dtype; a text entry's key hashes the processed caption
 and the identities of both tokenizers and both encoders. A changed input changes the key, so a stale
-entry is never read; identical inputs share entries, across recipes too. Entries are written to a
-temporary file and moved into place (os.replace), so a crash never leaves half an entry.
+entry is never read; identical inputs share entries, across recipes too. Identities are canonical:
+a config is hashed without diffusers' bookkeeping fields (`_use_default_values`, `_diffusers_version`,
+`_name_or_path`…), whose contents and order change between processes, so entries hit across processes.
+Entries are written atomically (sdxlc/plan/files.py), so a crash never leaves half an entry, and checked
+on every read: a truncated file, a damaged header, a missing tensor or a non-finite value is reported
+and the entry is encoded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from runtime import saving
+from runtime.formats.safetensors_file import write as write_safetensors
 from sdxlc.plan import buckets as bk
+from sdxlc.plan.files import atomic_path
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: configs hashed without diffusers' bookkeeping fields
+EXPECTED = {"latents": ("parameters",), "text": ("states", "pooled")}  # the tensors of each kind
 
 
 @dataclass
@@ -54,14 +60,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def latent_key(image_hash: str, bucket: bk.Bucket, crop: bk.Crop, flip: bool, vae: str, dtype: str) -> str:
     return _key({
         "kind": "latent", "image": image_hash, "bucket": list(bucket),
@@ -79,9 +77,15 @@ def _key(fields: dict[str, Any]) -> str:
 
 
 def _plain(config: Any) -> Any:
+    """The config fields that change the module's output, in a canonical form (no `_`-prefixed fields)."""
     if hasattr(config, "to_dict"):
-        return config.to_dict()
-    return dict(config) if hasattr(config, "items") else config
+        config = config.to_dict()
+    if hasattr(config, "items"):
+        return {str(k): _plain(v) for k, v in sorted(config.items(), key=lambda kv: str(kv[0]))
+                if not str(k).startswith("_")}
+    if isinstance(config, (list, tuple)):
+        return [_plain(v) for v in config]
+    return config
 
 
 class DiskCache:
@@ -89,51 +93,70 @@ class DiskCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.warnings: list[str] = []  # damaged entries found on read
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
     def load(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
-        """The entry's tensors, or None when it is absent or unreadable (then it is encoded again)."""
+        """The entry's tensors, checked; None when it is absent, or damaged (then `warnings` names it, and
+        the caller encodes it again and stores it over the damaged file)."""
         file = self.path(kind, key)
         if not file.is_file():
             return None
+        problem = None
         try:
             tensors: dict[str, torch.Tensor] = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on damage
+            problem = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+        else:
+            problem = entry_problem(kind, tensors)
+        if problem is None:
             return tensors
-        except (OSError, ValueError, RuntimeError):  # safetensors raises on a damaged file
-            return None
+        self.warnings.append(f"cache entry {file} is damaged ({problem}): encoded again")
+        return None
 
     def store(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         file = self.path(kind, key)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=file.parent, prefix=".entry-", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
-            os.replace(temp, file)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        with saving(file, "the cache entries written before are intact"), atomic_path(file) as temp:
+            write_safetensors(temp, {k: v.detach() for k, v in tensors.items()})
+
+    def entries(self) -> list[Path]:
+        return sorted(p for kind in EXPECTED for p in (self.root / kind).glob("*/*.safetensors"))
 
 
-@dataclass
-class CacheReport:
-    latents: Counts
-    text: Counts
-    warnings: list[str]
+def entry_problem(kind: str, tensors: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with an entry's tensors: a missing or extra tensor, a non-float or non-finite one."""
+    expected = EXPECTED.get(kind, ())
+    if set(tensors) != set(expected):
+        return f"holds {sorted(tensors)}, expected {list(expected)}"
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.ndim == 0:
+            return f"`{name}` is {tensor.dtype} of shape {tuple(tensor.shape)}"
+        if not bool(torch.isfinite(tensor).all()):
+            return f"`{name}` holds NaN or infinite values"
+    return None
 
-    def lines(self) -> list[str]:
-        return [f"latent cache: {self.latents}", f"text-encoder cache: {self.text}", *self.warnings]
+
+def verify(root: str | Path) -> tuple[int, list[str]]:
+    """Check every entry under `root`; damaged ones are removed (they are encoded again when needed).
+    Returns how many entries were checked and what was wrong with the damaged ones."""
+    cache, damaged = DiskCache(root), []
+    entries = cache.entries()
+    for file in entries:
+        if cache.load(file.parent.parent.name, file.stem) is None:
+            file.unlink(missing_ok=True)
+    damaged = [warning.removesuffix(": encoded again") + ": removed" for warning in cache.warnings]
+    return len(entries), damaged
 
 
-def precompute(plan: dict[str, Any]) -> CacheReport:
-    """Fill the disk caches the plan asks for (`sdxlc cache`): load the model and data, encode, report."""
-    from runtime.model.load import setup_model
-    from runtime.train import loop
-    from runtime.train.data import setup_data
-
-    loaded = setup_model(plan)
-    data = setup_data(plan)
-    conditioning = loop.Conditioning(loaded, data, plan["data"]["cache"])
-    return CacheReport(conditioning.latent_counts, conditioning.text_counts, list(data.warnings))
+def prune(root: str | Path, used: set[str]) -> tuple[int, int]:
+    """Remove the entries whose key is not in `used`; (kept, removed)."""
+    kept = removed = 0
+    for file in DiskCache(root).entries():
+        if file.stem in used:
+            kept += 1
+        else:
+            file.unlink(missing_ok=True)
+            removed += 1
+    return kept, removed

@@ -2,7 +2,7 @@
 
 The plan's pipeline is built on the meta device at full size (no weights, no memory) from the shipped
 SDXL configs (or the tiny model's), cast to the plan's dtypes, and given its method exactly as the
-runtime does (``runtime.methods.attach``: LoRA layers, fine-tuned weights in fp32 or bf16, or the new
+runtime does (``Method.attach``: LoRA layers, fine-tuned weights in fp32 or bf16, or the new
 embedding rows). Every parameter then becomes a CPU ``FakeTensor``, and one training micro-batch runs
 the runtime's own pieces: VAE encode and text-encoder forward when those are not cached (with gradients
 when the method trains the encoders or their embeddings), noise, UNet forward under autocast, loss,
@@ -105,14 +105,14 @@ def setup_fake(
         # the memory of a LoRA does not depend on where its starting weights come from
         method_only = {**plan, "method": {**plan["method"], "init_from": None}}
         with torch.device("meta"):
-            methods.attach(method_only, SimpleNamespace(pipe=pipe))
+            methods.for_plan(method_only).attach(pipe)
     finally:
         quiet.setLevel(level)
     if plan["training"]["gradient_checkpointing"]:
         pipe.unet.enable_gradient_checkpointing()
     if plan["precision"]["vae_slicing"]:
         pipe.vae.enable_slicing()
-    for module in (pipe.unet, *methods.text_encoders(plan, pipe)):
+    for module in (pipe.unet, *methods.for_plan(plan).text_encoders(pipe)):
         module.train()
     parts = {name: getattr(pipe, PARTS[name]) for name, here in resident(plan).items() if here}
     for module in parts.values():
@@ -135,16 +135,17 @@ class _Autocast(torch.nn.Module):  # type: ignore[misc]
 
 
 def fake_optimizer(plan: dict[str, Any], pipe: SimpleNamespace) -> torch.optim.Optimizer:
-    from runtime.train.optim import make_optimizer
-    from sdxlc.resolve.optimizers import optimizer_table
+    import inspect
+
+    from runtime.train.optim import make_optimizer, optimizer_class
 
     opt = plan["optimizer"]
-    groups = methods.param_groups(plan, pipe)
-    entry = optimizer_table()[opt["name"]]
-    if entry["class"].startswith("bitsandbytes."):  # CUDA kernels only
+    groups = methods.for_plan(plan).param_groups(pipe)
+    if opt["class"].startswith("bitsandbytes."):  # CUDA kernels only
         return StatePlaceholder(groups, opt["lr"], opt["name"])
     args = opt["args"]
-    if plan["hardware"]["device"] == "cuda" and "foreach" in entry["args"] and args.get("foreach") is None \
+    takes_foreach = "foreach" in inspect.signature(optimizer_class(opt["name"], opt["class"])).parameters
+    if plan["hardware"]["device"] == "cuda" and takes_foreach and args.get("foreach") is None \
             and not args.get("fused"):  # what torch chooses for CUDA tensors (fake ones are CPU tensors)
         opt = {**opt, "args": {**args, "foreach": True}}
     return make_optimizer(opt, groups)
@@ -166,11 +167,11 @@ def largest_bucket(plan: dict[str, Any]) -> tuple[int, int]:
 def _text(
     plan: dict[str, Any], parts: dict[str, torch.nn.Module], batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """runtime.train.loop.text_states on token ids: with gradients when the method trains the encoders or
-    their embeddings (then every id row holds the new tokens)."""
+    """runtime.train.conditioning.text_states on token ids: with gradients when the method trains the
+    encoders or their embeddings (then every id row holds the new tokens)."""
     new_tokens = len(plan["method"]["tokens"]) if plan["method"]["kind"] == "embedding" else 0
     states, pooled = [], None
-    with torch.set_grad_enabled(methods.trains_text(plan)):
+    with torch.set_grad_enabled(methods.for_plan(plan).trains_text):
         for name in ("te1", "te2"):
             encoder = parts[name]
             vocab = int(encoder.config.vocab_size)
@@ -188,8 +189,8 @@ def _text(
 def conditioning(
     plan: dict[str, Any], parts: dict[str, torch.nn.Module], models: Any, batch: int, width: int, height: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(latents, prompt embeddings, pooled) as runtime.loop.Conditioning.encode makes them."""
-    from runtime.train.loop import encode_pixels, sample_latents
+    """(latents, prompt embeddings, pooled) as runtime.train.conditioning.Conditioning.encode makes them."""
+    from runtime.train.conditioning import encode_pixels, sample_latents
 
     config = parts["unet"].config
     if "vae" in parts:  # pixels arrive in fp32 from the loader

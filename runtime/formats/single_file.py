@@ -36,17 +36,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
-from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 
+from runtime.formats.safetensors_file import write as write_safetensors
 from runtime.formats.sai_names import unet_original
+from sdxlc.plan.files import atomic_path
 
 SDXL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "sdxlc" / "data" / "sdxl_config"
 
@@ -190,14 +190,8 @@ def save_single_file(
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         tensors[key] = tensor.contiguous()
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temp:
+        write_safetensors(temp, tensors, dict(metadata) if metadata else None)
     return target
 
 

@@ -1,7 +1,7 @@
 """Image generation with a base model, weighted LoRAs and textual-inversion embeddings (`sdxlc gen`).
 
 What kohya's `sdxl_gen_img.py` is used for, on diffusers: the base model loads as for training
-(runtime/models.py), kohya-format LoRA files load with `load_lora_weights` and are mixed with
+(runtime/model/load.py), kohya-format LoRA files load with `load_lora_weights` and are mixed with
 `set_adapters`, embeddings in the `{"clip_l", "clip_g"}` format load into both text encoders. Every
 image is a PNG whose text chunks say how to make it again.
 """
@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from runtime import RunError
-from runtime.gen.sample import png_text
+from runtime.gen.sample import png_text, save_png
 from runtime.model.load import DTYPES, load_pipeline
 
 # sampler name -> (scheduler class, extra config)
@@ -70,7 +70,7 @@ class Job:
 
 
 def model_spec(source: str, vae: str | None = None) -> dict[str, Any]:
-    """The `model` section runtime/models.py loads from: `tiny`, a diffusers folder, a single-file
+    """The `model` section runtime/model/load.py loads from: `tiny`, a diffusers folder, a single-file
     SDXL checkpoint (with the shipped SDXL configs), or a hub id."""
     if source == "tiny":
         return {"kind": "tiny", "source": "tiny", "tiny_seed": 0, "vae": vae}
@@ -224,7 +224,7 @@ def generate(request: GenRequest, on_file: Callable[[Path], None] | None = None,
         for job, image in zip(group, images, strict=True):
             path = request.out / f"{number:05d}-p{job.prompt_index:02d}-s{job.seed}.png"
             info = png_text(job.prompt, parameters(request, job, width, height, model), request.negative)
-            image.save(path, pnginfo=info)
+            save_png(image, path, info)
             files.append(path)
             number += 1
             if on_file is not None:

@@ -20,6 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from runtime.model.load import Models
 from runtime.train.tblog import TensorBoardLog
+from sdxlc.plan.files import atomic_path
 
 
 @dataclass
@@ -75,6 +76,12 @@ def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Ima
     return sheet
 
 
+def save_png(image: Image.Image, path: Path, info: Any) -> None:
+    """A PNG written atomically (a full disk never leaves half an image)."""
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG", pnginfo=info)
+
+
 def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
                   log: TensorBoardLog | None = None) -> SampleFiles:
     """Render every sample prompt, save them and their grid under <output.dir>/samples/."""
@@ -96,15 +103,15 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
             for index, prompt in enumerate(settings["prompts"]):
                 image = render(pipe, settings, prompt)
                 path = folder / f"{stem}-{index:02d}.png"
-                image.save(path, pnginfo=png_text(prompt, {**parameters, "prompt_index": index}))
+                save_png(image, path, png_text(prompt, {**parameters, "prompt_index": index}))
                 images.append(image)
                 files.images.append(path)
     finally:
         pipe.unet.train(training)
     sheet = grid(images)
     files.grid = folder / f"{stem}-grid.png"
-    sheet.save(files.grid, pnginfo=png_text(" | ".join(settings["prompts"]),
-                                             {**parameters, "prompts": settings["prompts"]}))
+    save_png(sheet, files.grid, png_text(" | ".join(settings["prompts"]),
+                                         {**parameters, "prompts": settings["prompts"]}))
     if log is not None:
         log.images(step, [*((f"{i:02d}", image) for i, image in enumerate(images)), ("grid", sheet)])
     return files

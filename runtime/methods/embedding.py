@@ -11,15 +11,15 @@ A token of n vectors is n tokens, `<tok>`, `<tok>_1` … `<tok>_{n-1}` (diffuser
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 
 from runtime import RunError
-from runtime.methods.lora import write_atomic
+from runtime.formats.safetensors_file import to_bytes as safetensors_bytes
+from runtime.methods.base import CaptionMap, Method, keep_fp32, training_metadata
+from sdxlc.plan.files import write_atomic
 
 FILE_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
 
@@ -127,7 +127,7 @@ def save(path: Path, pipe: Any, dtype: torch.dtype, meta: dict[str, str]) -> Pat
     return path
 
 
-def caption_map(method: dict[str, Any]) -> Callable[[list[str]], list[str]]:
+def caption_map(method: dict[str, Any]) -> CaptionMap:
     """Captions for a batch: a template caption where the plan asks for templates or the caption is
     empty, the token put in front of a caption that lacks it, and the token expanded to all its vectors.
     Templates are drawn with torch's generator (the loop seeds it per batch)."""
@@ -149,3 +149,23 @@ def caption_map(method: dict[str, Any]) -> Callable[[list[str]], list[str]]:
         return out
 
     return apply
+
+
+class EmbeddingMethod(Method):
+    """`embedding`: new token rows of both encoders, saved as `{"clip_l", "clip_g"}`."""
+
+    def attach(self, pipe: Any) -> None:
+        attach(pipe, self.spec)
+        keep_fp32(pipe)
+
+    def param_groups(self, pipe: Any) -> list[dict[str, Any]]:
+        return param_groups(pipe, self.plan["optimizer"]["lr"])
+
+    def caption_map(self) -> CaptionMap:
+        return caption_map(self.spec)
+
+    def save(self, path: Path, pipe: Any, step: int, epoch: int, started: float) -> Path:
+        meta = {**training_metadata(self.plan, step, epoch, started, self.lineage),
+                "modelspec.architecture": "stable-diffusion-xl-v1-base/textual-inversion",
+                "ss_token_string": self.spec["token"], "ss_num_vectors": str(self.spec["vectors"])}
+        return save(path, pipe, self.save_dtype, meta)

@@ -1,10 +1,10 @@
 """Full fine-tuning: every weight of the UNet and/or the text encoders, per-block learning rates, the
 fused backward pass, and the single-file (and diffusers folder) save.
 
-block_lr groups follow kohya's 23 blocks (runtime/lora.py `block_index`); a 0 leaves the block's weights
-frozen and out of the optimizer. The fused backward pass (kohya's `--fused_backward_pass`) steps
-Adafactor on each weight from a hook that runs as soon as the weight's gradient is complete, then drops
-the gradient, so the gradients of the whole model never exist at once.
+block_lr groups follow kohya's 23 blocks (runtime/methods/lora.py `block_index`); a 0 leaves the
+block's weights frozen and out of the optimizer. The fused backward pass (kohya's
+`--fused_backward_pass`) steps Adafactor on each weight from a hook that runs as soon as the weight's
+gradient is complete, then drops the gradient, so the gradients of the whole model never exist at once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from torch.utils.hooks import RemovableHandle
 
 from runtime import RunError
 from runtime.formats.single_file import save_single_file, to_original
-from runtime.methods.lora import TEXT_ENCODERS, block_index, sai_name
+from runtime.methods.base import TEXT_ENCODERS, Method, training_metadata
+from runtime.methods.lora import block_index, sai_name
 
 
 def attach(pipe: Any, method: dict[str, Any]) -> None:
@@ -110,6 +111,20 @@ def single_file_state(pipe: Any) -> dict[str, torch.Tensor]:
 
 def save(path: Path, pipe: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path:
     return save_single_file(path, single_file_state(pipe), metadata=meta, dtype=dtype)
+
+
+class FinetuneMethod(Method):
+    """`finetune`: every weight of the targeted models, saved as one single-file SDXL checkpoint."""
+
+    def attach(self, pipe: Any) -> None:
+        attach(pipe, self.spec)  # fp32, or bf16 with `full_bf16`: no fp32 copy of the trained weights
+
+    def param_groups(self, pipe: Any) -> list[dict[str, Any]]:
+        return param_groups(pipe, self.spec, self.plan["optimizer"]["lr"])
+
+    def save(self, path: Path, pipe: Any, step: int, epoch: int, started: float) -> Path:
+        meta = training_metadata(self.plan, step, epoch, started, self.lineage)
+        return save(path, pipe, self.save_dtype, meta)
 
 
 def save_diffusers(folder: Path, pipe: Any, dtype: torch.dtype) -> Path:

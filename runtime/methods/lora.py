@@ -10,10 +10,7 @@ parameter for `block_lr` and the key it is saved under. Text-encoder keys are `l
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +19,15 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
 from runtime import RunError
 from runtime.formats import sai_names
-from sdxlc.plan.contract import canonical
+from runtime.formats.safetensors_file import to_bytes as safetensors_bytes
+from runtime.methods.base import TEXT_ENCODERS, Method, keep_fp32, training_metadata
+from sdxlc.plan.files import write_atomic
 
 ADAPTER = "default"
 BLOCKS = 23  # 0 time/label embed, 1-9 input 0-8, 10-12 middle 0-2, 13-21 output 0-8, 22 out
-
-TEXT_ENCODERS = {"te1": "text_encoder", "te2": "text_encoder_2"}  # plan target → pipeline attribute
 
 
 def _config(method: dict[str, Any], modules: list[str]) -> LoraConfig:
@@ -190,7 +186,9 @@ def load_kohya(path: Path, layers: dict[str, LoraLayer]) -> None:
                 weight.copy_(value.to(weight.device, weight.dtype))
 
 
-def metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dict[str, str]:
+def metadata(
+    plan: dict[str, Any], step: int, epoch: int, started: float, lineage: list[str] | None = None
+) -> dict[str, str]:
     """kohya `ss_*` and `modelspec.*` metadata of a LoRA file, plus the plan that produced it."""
     method = plan["method"]
     lrs = [method[f"lr_{t}"] for t in ("te1", "te2") if method[f"lr_{t}"] is not None]
@@ -206,78 +204,9 @@ def metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dic
         "ss_text_encoder_lr": str(lrs[0]) if lrs else "None",
         "ss_network_train_unet_only": str(method["targets"] == ["unet"]),
         "ss_network_weights": str(method["init_from"]) if method["init_from"] else "None",
-        **training_metadata(plan, step, epoch, started),
+        **training_metadata(plan, step, epoch, started, lineage),
         "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
     }
-
-
-def training_metadata(plan: dict[str, Any], step: int, epoch: int, started: float) -> dict[str, str]:
-    """kohya's `ss_*` keys of the training run (optimizer, schedule, noise and loss settings), the
-    `modelspec.*` keys every saved file carries, and the plan."""
-    data, training, optimizer = plan["data"], plan["training"], plan["optimizer"]
-    args = " ".join(f"{key}={value}" for key, value in sorted(optimizer["args"].items()))
-    snr = training["snr_gamma"]
-    return {
-        "ss_base_model_version": plan["model"]["base_model_version"],
-        "ss_steps": str(step),
-        "ss_epoch": str(epoch),
-        "ss_learning_rate": str(plan["optimizer"]["lr"]),
-        "ss_lr_scheduler": plan["schedule"]["name"],
-        "ss_resolution": f"({data['resolution']}, {data['resolution']})",
-        "ss_batch_size_per_device": str(plan["training"]["batch_size"]),
-        "ss_gradient_accumulation_steps": str(plan["training"]["accumulate"]),
-        "ss_training_started_at": str(started),
-        "ss_training_finished_at": str(time.time()),
-        "ss_seed": str(plan["training"]["seed"]),
-        "ss_max_train_steps": str(training["total_steps"]),
-        "ss_mixed_precision": plan["precision"]["mixed"],
-        "ss_gradient_checkpointing": str(training["gradient_checkpointing"]),
-        "ss_max_grad_norm": str(optimizer["max_grad_norm"]),
-        "ss_lr_warmup_steps": str(plan["schedule"]["warmup_steps"]),
-        "ss_optimizer": f"{optimizer['name']}({args})" if args else optimizer["name"],
-        "ss_noise_offset": str(training["noise_offset"]),
-        "ss_multires_noise_iterations": str(training["multires_iterations"]),
-        "ss_multires_noise_discount": str(training["multires_discount"]),
-        "ss_ip_noise_gamma": str(training["input_perturbation"]),
-        "ss_min_snr_gamma": "None" if snr is None else str(snr),
-        "ss_debiased_estimation": str(training["debiased"]),
-        "ss_zero_terminal_snr": str(training["zero_terminal_snr"]),
-        "ss_loss_type": training["loss"],
-        "ss_huber_c": str(training["huber_c"]),
-        "ss_cache_latents": str(data["cache"]["latents"]),
-        **_dataset_metadata(data["datasets"]),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-xl-v1-base",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
-        "modelspec.title": plan["output"]["name"],
-        "sdxlc_plan_hash": plan["plan_hash"],
-        "sdxlc_plan": canonical(plan),
-    }
-
-
-def _dataset_metadata(datasets: list[dict[str, Any]]) -> dict[str, str]:
-    """kohya's dataset counts: training samples per epoch, regularization images, their loss weight."""
-    reg = [d for d in datasets if d["regularization"]]
-    return {
-        "ss_num_train_images": str(sum(d["samples"] for d in datasets if not d["regularization"])),
-        "ss_num_reg_images": str(sum(d["images"] for d in reg)),
-        "ss_prior_loss_weight": str(reg[0]["loss_weight"] if reg else 1.0),
-    }
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write a file so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_lora(path: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path:
@@ -286,9 +215,27 @@ def save_lora(path: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) 
     return path
 
 
+class LoraMethod(Method):
+    """`lora`: LoRA layers on the targeted models, kept in fp32, saved as one kohya file."""
+
+    def attach(self, pipe: Any) -> None:
+        attach(pipe, self.spec)
+        keep_fp32(pipe)
+
+    def param_groups(self, pipe: Any) -> list[dict[str, Any]]:
+        """block_lr groups (or one group) for the UNet, one group per trained text encoder."""
+        unet = param_groups(pipe.unet, self.spec, self.plan["optimizer"]["lr"]) \
+            if "unet" in self.spec["targets"] else []
+        return unet + text_param_groups(pipe, self.spec)
+
+    def save(self, path: Path, pipe: Any, step: int, epoch: int, started: float) -> Path:
+        return save_lora(path, pipe, self.save_dtype, metadata(self.plan, step, epoch, started, self.lineage))
+
+
 def prune_checkpoints(folder: Path, name: str, keep: int) -> None:
     """Keep only the newest `keep` step files `<name>-stepNNNNNN.safetensors`."""
     pattern = re.compile(re.escape(name) + r"-step(\d{6,})\.safetensors")
     found = sorted((int(m[1]), p) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))
     for _, old in found[:-keep]:
         old.unlink()
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)

@@ -9,8 +9,8 @@ previous checkpoint whole. Older checkpoints are pruned only after the new one i
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -19,12 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from runtime import RunError
-from sdxlc.tools import resume
-from sdxlc.tools.resume import PREFIX as _PREFIX
-from sdxlc.tools.resume import STATE_FILE
+from runtime.formats.safetensors_file import write as write_safetensors
+from sdxlc.plan import layout
+from sdxlc.plan.files import atomic_folder
+from sdxlc.plan.layout import PREFIX as _PREFIX
+from sdxlc.plan.layout import STATE_FILE
+from sdxlc.plan.sums import write_folder_sums
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Position:
     epoch: int
     batch_index: int
     losses: list[float] = field(default_factory=list)
+    lineage: list[str] = field(default_factory=list)  # hashes of the plans that trained to here, oldest first
 
 
 @dataclass
@@ -67,32 +71,25 @@ def save_state(
 ) -> Path:
     """Write one checkpoint folder atomically and return its final path."""
     final = folder_for(out, position.step)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        save_file(
-            {k: v.detach().float().cpu().contiguous() for k, v in trainable.items()},
-            str(tmp / "trainable.safetensors"),
-        )
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    with atomic_folder(final) as tmp:
+        write_safetensors(tmp / "trainable.safetensors", {k: v.float() for k, v in trainable.items()})
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            _torch_save(scaler.state_dict(), tmp / "scaler.pt")
         _save_rng(tmp, data_rng)
         (tmp / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(asdict(position)), encoding="utf-8")
-        for file in tmp.iterdir():
-            _fsync(file)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_folder_sums(tmp)  # last: a folder whose files all match it is a whole checkpoint
     return final
+
+
+def _torch_save(state: Any, path: Path) -> None:
+    """torch.save through memory, so that a full disk is an OSError (torch's own writer raises a
+    RuntimeError) and is reported as one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.write_bytes(buffer.getbuffer())
 
 
 def prune(out: Path, keep: int) -> None:
@@ -100,7 +97,7 @@ def prune(out: Path, keep: int) -> None:
     root = out / "checkpoints"
     if not root.is_dir():
         return
-    for stale in root.glob(f".{_PREFIX}*.tmp-*"):
+    for stale in root.glob(f".{_PREFIX}*.tmp-*"):  # `atomic_folder`'s temporary folders
         shutil.rmtree(stale, ignore_errors=True)
     for old in complete(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -108,14 +105,14 @@ def prune(out: Path, keep: int) -> None:
 
 def complete(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    return resume.complete(out)
+    return layout.complete(out)
 
 
 def find(out: Path, which: str) -> Path:
-    """`latest` (the newest complete checkpoint under out) or an explicit checkpoint folder."""
+    """`latest` (the newest intact checkpoint under out) or an explicit checkpoint folder, verified."""
     try:
-        return resume.find(out, which)
-    except resume.ResumeError as exc:
+        return layout.find(out, which)
+    except layout.ResumeError as exc:
         raise RunError(str(exc)) from exc
 
 
@@ -159,7 +156,7 @@ def _save_rng(folder: Path, data_rng: random.Random) -> None:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(tensors, str(folder / "rng.safetensors"))
+    write_safetensors(folder / "rng.safetensors", tensors)
 
 
 def _load_rng(folder: Path) -> dict[str, Any]:
@@ -184,12 +181,3 @@ def _py_state(state: tuple[Any, ...]) -> list[Any]:
 def _py_unstate(state: list[Any]) -> tuple[Any, ...]:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-
-
-def _fsync(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

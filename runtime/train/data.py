@@ -1,27 +1,32 @@
-"""Datasets to batches: scan the sources, place images in the plan's buckets, load and crop pixels.
+"""The sample manifest to batches: the images the plan decided, checked against it, loaded and cropped.
 
-The bucket placement and the batch order come from `sdxlc.buckets`, the same code the compiler used
-to count the plan's steps, so the batches built here are the ones the plan counted. An image that
-fails to decode during the run is skipped with a warning and replaced by another sample of the same
+Every image, its caption, samples per epoch, bucket and crop come from the plan's sample manifest
+(`sdxlc.plan.manifest`); the batch order from `sdxlc.plan.buckets`, the same code the compiler used to
+count the plan's steps. Nothing here scans a folder or places an image: the runtime trains what the
+plan says. Before training, every image is checked to exist with the planned size; every time an
+image's bytes are read, their sha256 is checked against the manifest, so a run never trains on an
+image that changed since it was planned (it stops with `InputChanged`, which names the file). An image
+whose planned bytes fail to decode is skipped with a warning and replaced by another sample of the same
 bucket, so every batch keeps its size and bucket and the step count stays the plan's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from runtime import RunError
+from runtime import InputChanged, RunError
 from sdxlc.plan import buckets as bk
-from sdxlc.resolve.balance import epoch_counts
-from sdxlc.resolve.datasets import ImageItem, scan_dataset
-from sdxlc.resolve.index import Index
+from sdxlc.plan import manifest as mf
+from sdxlc.plan.manifest import Manifest, ManifestImage
 
 WHITE = (255, 255, 255)
 
@@ -46,7 +51,7 @@ class Batch:
 
 @dataclass
 class TrainData:
-    images: list[ImageItem]
+    images: list[ManifestImage]
     samples: list[Sample]
     datasets: list[dict[str, Any]]
     batch_size: int
@@ -98,53 +103,63 @@ def setting(dataset: dict[str, Any], key: str) -> Any:
     return dataset[key]
 
 
-def scan_images(data: dict[str, Any], warnings: list[str] | None = None) -> list[ImageItem]:
-    """The images of every dataset, through the index the compiler wrote under the cache folder."""
-    index = Index.in_dir(data["cache"]["dir"])
-    images: list[ImageItem] = []
-    for number, dataset in enumerate(data["datasets"]):
-        scan = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index, lenient=True)
-        found = scan.items
-        if not found:
-            raise RunError(f"dataset {dataset['path']} holds no readable image")
-        if len(found) != dataset["images"]:
-            raise RunError(f"dataset {dataset['path']} now holds {len(found)} images, the plan counted "
-                           f"{dataset['images']}: make the plan again")
-        if warnings is not None:
-            warnings.extend(f"changed since planning: {c}" for c in scan.changed)
-        images.extend(found)
-    index.save()
-    return images
+def load_manifest(plan: dict[str, Any], plan_file: str | os.PathLike[str] | None = None) -> Manifest:
+    """The plan's sample manifest, from beside the plan file or the cache folder's store, hash-checked."""
+    from pathlib import Path
+
+    summary = plan["data"]["manifest"]
+    places = mf.candidates(summary, Path(plan_file) if plan_file else None, plan["data"]["cache"]["dir"])
+    try:
+        return mf.load(summary, places)
+    except mf.ManifestError as exc:
+        raise RunError(str(exc)) from exc
 
 
-def setup_data(plan: dict[str, Any]) -> TrainData:
-    """Scan every dataset and place each sample in its bucket: images repeated per dataset and folder,
-    regularization images balanced to the training samples (`sdxlc.balance`, as the plan counted)."""
+def check_inputs(manifest: Manifest) -> None:
+    """Every planned image still exists with its planned size (bytes are checked as they are read)."""
+    changed = []
+    for image in manifest.images:
+        try:
+            size = os.stat(image.path).st_size
+        except OSError as exc:
+            changed.append(f"{image.path}: gone ({exc.strerror or type(exc).__name__})")
+            continue
+        if size != image.size:
+            changed.append(f"{image.path}: its bytes changed ({size} bytes, {image.size} when planned)")
+    if changed:
+        raise InputChanged(changed)
+
+
+def setup_data(plan: dict[str, Any], manifest: Manifest | None = None) -> TrainData:
+    """The plan's samples: each manifest image as many times as the manifest counts, in bucket and crop."""
     data, training = plan["data"], plan["training"]
-    warnings: list[str] = []
-    images = scan_images(data, warnings)
-    placement = bk.plan_placement(data)
-    counts = epoch_counts(images, data["datasets"]).counts
-    samples: list[Sample] = []
-    for dataset_index in range(len(data["datasets"])):
-        members = [i for i, item in enumerate(images) if item.dataset == dataset_index]
-        for round_ in range(max((counts[i] for i in members), default=0)):
-            for i in members:
-                if round_ >= counts[i]:
-                    continue
-                bucket = placement(images[i].width, images[i].height)
-                samples.append(Sample(i, bucket, bk.cover_crop(images[i].width, images[i].height, bucket)))
+    manifest = manifest if manifest is not None else load_manifest(plan)
+    check_inputs(manifest)
+    images = list(manifest.images)
+    samples = [Sample(i, images[i].bucket, images[i].crop) for i in manifest.sample_order()]
     rank, world = topology()
     result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"],
-                       warnings=warnings, rank=rank, world=world)
+                       rank=rank, world=world)
     expected = (plan.get("launch") or {}).get("world_size", 1)
     if world != expected:
         raise RunError(f"{world} process(es) are running, the plan is for {expected}: "
                        "start it with `sdxlc run` (it launches the processes) or the command it prints")
     if len(result.all_batches(0)) != training["batches_per_epoch"]:
-        raise RunError(f"the data gives {len(result.all_batches(0))} batches per epoch, the plan counted "
-                       f"{training['batches_per_epoch']}: make the plan again")
+        raise RunError(f"the manifest gives {len(result.all_batches(0))} batches per epoch, the plan counted "
+                       f"{training['batches_per_epoch']}: the plan and its manifest disagree; plan again")
     return result
+
+
+def read_checked(image: ManifestImage) -> bytes:
+    """The image's bytes, which must be the planned ones (InputChanged otherwise)."""
+    try:
+        with open(image.path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise InputChanged([f"{image.path}: gone ({exc.strerror or type(exc).__name__})"]) from exc
+    if hashlib.sha256(raw).hexdigest() != image.sha256:
+        raise InputChanged([f"{image.path}: its bytes changed since it was planned"])
+    return raw
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -161,12 +176,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
+def load_pixels(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
                 jitter: tuple[float, float, float] | None = None) -> torch.Tensor:
     """The image resized to cover the bucket, cut at the crop, maybe mirrored and colour-jittered
     (brightness, contrast, saturation factors): (3, H, W) in [-1, 1]."""
+    data = read_checked(item)
     try:
-        with Image.open(item.path) as raw:
+        with Image.open(io.BytesIO(data)) as raw:
             raw.load()
             image = to_rgb(ImageOps.exif_transpose(raw))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -183,7 +199,7 @@ def load_pixels(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def time_ids(item: ImageItem, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> list[int]:
+def time_ids(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> list[int]:
     """SDXL size conditioning: original (h, w), crop (top, left) in the resized image, target (h, w)."""
     left = crop.scaled_w - bucket[0] - crop.left if flip else crop.left
     return [item.height, item.width, crop.top, left, bucket[1], bucket[0]]
@@ -229,6 +245,8 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
         if pixels:
             try:
                 tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
+            except InputChanged:
+                raise
             except RunError as exc:
                 if not substitute:
                     raise
@@ -264,6 +282,8 @@ def replacement(data: TrainData, index: int) -> int:
         item = data.images[sample.image]
         try:
             load_pixels(item, sample.crop, sample.bucket, False)
+        except InputChanged:
+            raise
         except RunError as exc:
             mark_bad(data, sample.image, str(exc))
             continue

@@ -1,7 +1,7 @@
 """The optimizer and learning-rate schedule the plan names.
 
-Every class comes from schema/optimizers.json (the table the compiler checks `args` against), and
-every argument from the plan: the runtime adds none of its own.
+The class is the plan's `optimizer.class` (the compiler resolved it from schema/optimizers.json, the
+table it checks `args` against), and every argument is the plan's: the runtime adds none of its own.
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from runtime import RunError
-from sdxlc.resolve.optimizers import optimizer_table
 
 
-def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The class of a named optimizer, imported from the module path in the table."""
-    try:
-        path = optimizer_table()[name]["class"]
-    except KeyError:
-        raise RunError(f"unknown optimizer {name!r}") from None
+def optimizer_class(name: str, path: str) -> type[torch.optim.Optimizer]:
+    """The optimizer class at `path` (module path and name), as the plan names it."""
     module, _, attribute = path.rpartition(".")
     try:
         cls: type[torch.optim.Optimizer] = getattr(importlib.import_module(module), attribute)
@@ -37,7 +32,7 @@ def relative_step(optimizer: dict[str, Any]) -> bool:
 
 def make_optimizer(optimizer: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """The optimizer the plan names, with exactly the plan's arguments."""
-    cls, args = optimizer_class(optimizer["name"]), dict(optimizer["args"])
+    cls, args = optimizer_class(optimizer["name"], optimizer["class"]), dict(optimizer["args"])
     if relative_step(optimizer):  # the class refuses an explicit lr; group lrs are ignored
         return cls(groups, lr=None, **args)
     return cls(groups, lr=optimizer["lr"], **args)

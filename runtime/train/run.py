@@ -5,9 +5,8 @@ The plan is the whole truth: every setting used here is read from it, none is de
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,21 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from runtime import RunError
+from runtime import RunError, saving, timestamp
 from runtime.gen import sample
 from runtime.methods import finetune, lora
 from runtime.methods import registry as methods
 from runtime.model import load as models
 from runtime.train import checkpoint, loop
 from runtime.train import data as datamod
+from runtime.train.inputs import check_model
 from runtime.train.progress import Progress
 from runtime.train.tblog import TensorBoardLog, open_log
 from sdxlc.plan import contract as plans
+from sdxlc.plan import layout
+from sdxlc.plan.files import write_atomic
+from sdxlc.plan.manifest import Manifest
+from sdxlc.plan.sums import write_artifact_sum
 
 
 @dataclass
@@ -64,39 +68,48 @@ def check_device(plan: dict[str, Any]) -> None:
         )
 
 
-def write_plan(plan: dict[str, Any]) -> Path:
-    """The plan that runs, and beside it (in `recipe/`) the recipe files it was compiled from."""
+def write_plan(plan: dict[str, Any], manifest: Manifest, resuming: bool = False) -> Path:
+    """The plan that runs with its sample manifest (`plan.json`; a resumed segment's plan goes to
+    `plans/resume-N.json`, the original is never replaced), and (in `recipe/`) the recipe files it was
+    compiled from, where they are still the bytes the plan recorded."""
     out = Path(plan["output"]["dir"])
-    path = out / "plan.json"
-    lora.write_atomic(path, plans.to_text(plan).encode("utf-8"))
+    path = plans.write(layout.plan_file_for(out, plan["plan_hash"], resuming), plan, manifest)
     for source in plan["sources"]:
         file = Path(source["file"])
         git = source.get("git")
         name = Path(git["path"]) if git else Path(file.name)
         if file.is_file():
-            lora.write_atomic(out / "recipe" / name, file.read_bytes())
+            data = file.read_bytes()
+            if hashlib.sha256(data).hexdigest() == source["sha256"]:
+                write_atomic(out / "recipe" / name, data)
     return path
 
 
+def lineage_after(lineage: list[str], old: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The plans that trained a resumed run's weights: the checkpoint's, then this one if it differs."""
+    chain = list(lineage) or [old["plan_hash"]]  # a checkpoint of an older sdxlc records none
+    return chain if chain[-1] == plan["plan_hash"] else [*chain, plan["plan_hash"]]
+
+
+def claim_output(plan: dict[str, Any], resuming: bool) -> None:
+    """A fresh run never replaces another run's results (`sdxlc run --overwrite` moves them aside first)."""
+    if resuming:
+        return
+    try:
+        layout.claim(Path(plan["output"]["dir"]), plan["plan_hash"], overwrite=False)
+    except layout.OutputInUse as exc:
+        raise RunError(str(exc)) from exc
+
+
 def setup_model(plan: dict[str, Any]) -> models.Models:
-    """Load and place the base model, then make the method's parameters trainable (runtime/methods.py)."""
+    """Load and place the base model, then make the method's parameters trainable (runtime/methods/)."""
     loaded = models.setup_model(plan)
-    methods.attach(plan, loaded)
+    methods.for_plan(plan).attach(loaded.pipe)
     return loaded
 
 
-def setup_data(plan: dict[str, Any]) -> datamod.TrainData:
-    return datamod.setup_data(plan)
-
-
-@contextmanager
-def saving(path: Path) -> Iterator[None]:
-    """A save that fails (a full disk, a lost mount) stops the run cleanly: the previous save is intact."""
-    try:
-        yield
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise RunError(f"could not write {path}: {reason}; the previous save is intact") from exc
+def setup_data(plan: dict[str, Any], manifest: Manifest | None = None) -> datamod.TrainData:
+    return datamod.setup_data(plan, manifest)
 
 
 class Run:
@@ -110,8 +123,10 @@ class Run:
         log: TensorBoardLog | None = None,
     ) -> None:
         self.plan, self.models, self.progress, self.log = plan, loaded, progress, log
+        self.method = methods.for_plan(plan)
         self.stats = loop.TrainStats()  # filled in by the loop; what a checkpoint saves
-        self.started = time.time()
+        self.started = timestamp()
+        self.clock = time.monotonic()
         self.out = Path(plan["output"]["dir"])
         self.result = RunResult(
             lora_path=self.out / f"{plan['output']['name']}.safetensors",
@@ -120,8 +135,11 @@ class Run:
         )
 
     def save(self, path: Path, step: int, epoch: int) -> Path:
+        """The method's artifact, then its `.sha256` beside it (what `sdxlc runs verify` checks)."""
         with saving(path):
-            return methods.save(path, self.plan, self.models.pipe, step, epoch, self.started)
+            written = self.method.save(path, self.models.pipe, step, epoch, self.started)
+            write_artifact_sum(written)
+        return written
 
     @property
     def main(self) -> bool:
@@ -147,10 +165,11 @@ class Run:
         """The whole training state at the current step, atomically; older states pruned after."""
         stats = self.stats
         assert stats.data_rng is not None
-        position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses))
+        position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses),
+                                       list(self.method.lineage))
         with saving(checkpoint.folder_for(self.out, stats.steps)):
             folder = checkpoint.save_state(
-                self.out, position, self.plan, loop.trainable_state(self.models.pipe), stats.optimizer,
+                self.out, position, self.plan, self.method.trainable_state(self.models.pipe), stats.optimizer,
                 stats.schedule,
                 self.models.accelerator.scaler, stats.data_rng,
             )
@@ -158,7 +177,8 @@ class Run:
         return folder
 
     def write_samples(self, step: int) -> None:
-        files = sample.write_samples(self.models, self.plan, step, self.quiet, self.log)
+        with saving(self.out / "samples", "the samples written before are intact"):
+            files = sample.write_samples(self.models, self.plan, step, self.quiet, self.log)
         self.result.samples += files.images
         self.result.grids += [files.grid] if files.grid is not None else []
 
@@ -216,37 +236,46 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
             run.progress.message(f"saved {folder}")
         run.write_samples(stats.steps)
     result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
-    result.seconds = time.time() - run.started
+    result.seconds = time.monotonic() - run.clock
     return result
 
 
 def execute(
-    plan: dict[str, Any], *, progress: bool = True, resume: Path | None = None, rebuild_schedule: bool = False
+    plan: dict[str, Any], *, plan_file: Path | None = None, progress: bool = True, resume: Path | None = None,
+    rebuild_schedule: bool = False,
 ) -> RunResult:
     """Run the plan and write its artifacts under output.dir.
 
+    `plan_file`: where the plan was read from; its sample manifest is looked for beside it first, then
+    in the cache folder's store.
     `resume`: a checkpoint folder (`<output.dir>/checkpoints/step-NNNNNN`) to continue from exactly;
     `rebuild_schedule` builds the plan's lr schedule anew from the checkpoint's step instead of
     restoring the old one (for a resume whose schedule changed).
     """
-    return run_plan(plan, progress=progress, resume=resume, rebuild_schedule=rebuild_schedule)[0]
+    return run_plan(plan, plan_file=plan_file, progress=progress, resume=resume,
+                    rebuild_schedule=rebuild_schedule)[0]
 
 
 def run_plan(
-    plan: dict[str, Any], *, progress: bool = True, resume: Path | None = None, rebuild_schedule: bool = False
+    plan: dict[str, Any], *, plan_file: Path | None = None, progress: bool = True, resume: Path | None = None,
+    rebuild_schedule: bool = False,
 ) -> tuple[RunResult, models.Models]:
     """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
     check_plan(plan)
     check_device(plan)
-    restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
+    manifest = datamod.load_manifest(plan, plan_file)
+    check_model(plan)
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
+    data = setup_data(plan, manifest)  # every input checked before anything is written
+    restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
     if main:
-        write_plan(plan)
+        claim_output(plan, resuming=resume is not None)
+        with saving(Path(plan["output"]["dir"]), "nothing was trained yet"):
+            write_plan(plan, manifest, resuming=resume is not None)
     log = open_log(plan, main)  # before the model: a missing tensorboard package fails fast
     set_seed(plan["training"]["seed"])
     try:
         loaded = setup_model(plan)
-        data = setup_data(plan)
         training = plan["training"]
         reporter = Progress(
             training["total_steps"],
@@ -255,6 +284,8 @@ def run_plan(
             device=loaded.device.type,
         )
         run = Run(plan, loaded, reporter, log)
+        if restart is not None:
+            run.method.lineage = lineage_after(restart.saved.position.lineage, restart.saved.plan, plan)
         stats = train(plan, loaded, data, run, restart)
         return finish(run, stats), loaded
     finally:

@@ -1,5 +1,5 @@
 """Named checks of the training method (docs/METHODS.md): one method per recipe, and the settings each
-method needs or cannot use. Registered in sdxlc/checks.py's CHECKS."""
+method needs or cannot use. Registered in sdxlc/check/semantic.py's CHECKS."""
 
 from __future__ import annotations
 

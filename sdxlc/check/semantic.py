@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sdxlc.check.bounds import BOUND_CHECKS
 from sdxlc.check.method import METHOD_CHECKS, cached_te_message
 from sdxlc.lang.diagnostics import Diagnostic, make, suggestion
 from sdxlc.lang.layers import Layers
@@ -335,6 +336,7 @@ CHECKS: tuple[Check, ...] = (
     zero_terminal_snr_needs_v_prediction,
     launch_combination,
     *METHOD_CHECKS,
+    *BOUND_CHECKS,
 )
 
 

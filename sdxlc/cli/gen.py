@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 EXIT_USAGE, EXIT_RUN = 2, 3
-SAMPLERS = ("euler", "euler_a", "dpm++2m", "ddim")  # runtime/generate.py maps them to diffusers schedulers
+SAMPLERS = ("euler", "euler_a", "dpm++2m", "ddim")  # runtime/gen/generate.py maps them to schedulers
 
 
 def parse_lora(text: str) -> tuple[Path, float]:
@@ -115,4 +115,7 @@ def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings:
         generate(request, on_file=lambda path: click.echo(str(path)), progress=not quiet)
     except RunError as exc:
         click.echo(f"error: generation failed: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    except OSError as exc:  # a full disk or an unwritable folder: the images written so far are whole
+        click.echo(f"error: could not write to {exc.filename or out}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_RUN)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from sdxlc.lang.diagnostics import did_you_mean, render_text
+from sdxlc.plan.files import write_atomic
 
 EXIT_OK, EXIT_RECIPE = 0, 1
 
@@ -57,7 +58,11 @@ def fmt_command(files: tuple[Path, ...], check: bool, show_diff: bool) -> None:
         if check or show_diff:
             click.echo(f"would reformat {file}", err=True)
         else:
-            file.write_text(result, encoding="utf-8", newline="")
+            try:
+                write_atomic(file, result.encode("utf-8"))  # a full disk never truncates the recipe
+            except OSError as exc:
+                click.echo(f"error: cannot write {file}: {exc.strerror or exc}; it is unchanged", err=True)
+                sys.exit(3)
             click.echo(f"reformatted {file}", err=True)
     verb = "would be reformatted" if check or show_diff else "reformatted"
     unchanged = len(files) - changed - failed

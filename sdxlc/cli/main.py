@@ -15,9 +15,11 @@ from typing import Any
 import click
 
 from sdxlc import __version__
+from sdxlc.cli.report import print_plan_warnings
 from sdxlc.lang.diagnostics import render_text, to_json
 from sdxlc.pipeline import Compiled, compile_recipe
 from sdxlc.plan.contract import to_text
+from sdxlc.plan.contract import write as write_plan_file
 
 EXIT_OK, EXIT_RECIPE, EXIT_USAGE, EXIT_RUN = 0, 1, 2, 3
 
@@ -110,8 +112,12 @@ def plan(
     _print_diagnostics(compiled)
     if compiled.plan is None:
         sys.exit(EXIT_RECIPE)
-    if output is not None:
-        output.write_text(to_text(compiled.plan), encoding="utf-8")
+    if output is not None and compiled.manifest is not None:
+        try:
+            write_plan_file(output, compiled.plan, compiled.manifest)
+        except OSError as exc:
+            click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_RUN)
     click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan), nl=False)
     if exact:
         _print_exact(compiled.plan)
@@ -184,7 +190,7 @@ def _print_exact_sampling(plan_: dict[str, Any]) -> None:
 
 
 @main.command()
-@_recipe_arg
+@click.argument("target", metavar="RECIPE|PLAN.json", type=click.Path(dir_okay=False, path_type=Path))
 @_set_opt
 @_profile_opt
 @click.option(
@@ -203,18 +209,32 @@ def _print_exact_sampling(plan_: dict[str, Any]) -> None:
     type=click.Choice(["schedule", "numerics", "data"]),
     help="Accept these kinds of recipe changes when resuming (repeatable).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start afresh in an output folder that holds another run's results, moving them into "
+    "<output>/previous/ first (nothing is deleted).",
+)
 def run(
-    recipe: Path, sets: tuple[str, ...], profile: str | None, resume_from: str | None, allow: tuple[str, ...]
+    target: Path, sets: tuple[str, ...], profile: str | None, resume_from: str | None, allow: tuple[str, ...],
+    overwrite: bool,
 ) -> None:
-    """Compile RECIPE and train it (or resume it with --resume)."""
-    compiled = _compile(recipe, sets, profile)
-    _print_diagnostics(compiled)
-    if compiled.plan is None:
-        sys.exit(EXIT_RECIPE)
-    plan_ = compiled.plan
+    """Train a plan: a recipe is compiled and its plan.json written first; a plan file runs as it is.
+
+    Every process of a run executes the written plan file: nothing is compiled again, and the images and
+    model are checked against the hashes the plan recorded.
+    """
+    if resume_from is not None and not resume_from.strip():
+        raise click.UsageError("--resume takes `latest` or a checkpoint folder, not an empty value")
+    if resume_from is not None and overwrite:
+        raise click.UsageError("--resume continues the run in the output folder; --overwrite moves it aside")
+    resuming = resume_from is not None
+    plan_, plan_file = _plan_to_run(target, sets, profile, resuming=resuming, overwrite=overwrite)
     from sdxlc.cli.launch import relaunch
 
-    launched = relaunch(plan_, sys.argv[1:])  # several processes: run this command under accelerate
+    forwarded = [*(["--resume", resume_from] if resume_from else []),
+                 *(arg for word in allow for arg in ("--allow", word))]
+    launched = relaunch(plan_, ["run", str(plan_file), *forwarded])  # several processes: run the plan file
     if launched is not None:
         sys.exit(launched)
     folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
@@ -226,14 +246,72 @@ def run(
         click.echo(f"error: cannot start the runtime: {exc}", err=True)
         sys.exit(EXIT_RUN)
     try:
-        result = execute(plan_, resume=folder, rebuild_schedule=rebuild)
+        result = execute(plan_, plan_file=plan_file, resume=folder, rebuild_schedule=rebuild)
     except RunError as exc:
         click.echo(f"error: the run failed: {exc}", err=True)
         sys.exit(EXIT_RUN)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: the last completed save is intact", err=True)
         sys.exit(EXIT_RUN)
-    click.echo(f"done in {time.monotonic() - started:.1f} s")
+    _print_result(plan_, result, time.monotonic() - started)
+
+
+def _plan_to_run(
+    target: Path, sets: tuple[str, ...], profile: str | None, *, resuming: bool, overwrite: bool
+) -> tuple[dict[str, Any], Path]:
+    """The sealed plan to execute and the file it is in: a plan file as it is (checked against the plan
+    schema and its own hash), or a recipe compiled and written to `<output>/plan.json` with its manifest
+    (`plans/resume-N.json` for a resumed segment). The output folder is claimed first: another run's
+    results in it stop a fresh run (exit 2) unless `--overwrite` moves them aside."""
+    from sdxlc.plan import contract, layout
+
+    if contract.is_plan_file(target):
+        if sets or profile:
+            raise click.UsageError("--set and --profile change a recipe; a plan file runs as it is")
+        try:
+            plan_ = contract.read(target)
+        except contract.PlanError as exc:
+            click.echo(f"error: {target}: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        click.echo(f"running plan {target} ({plan_['plan_hash'][:12]})", err=True)
+        _claim(plan_, resuming, overwrite)
+        return plan_, target
+    compiled = _compile(target, sets, profile)
+    _print_diagnostics(compiled)
+    if compiled.plan is None or compiled.manifest is None:
+        sys.exit(EXIT_RECIPE)
+    out = Path(compiled.plan["output"]["dir"])
+    _claim(compiled.plan, resuming, overwrite)
+    plan_file = layout.plan_file_for(out, compiled.plan["plan_hash"], resuming)
+    try:
+        contract.write(plan_file, compiled.plan, compiled.manifest)
+    except OSError as exc:
+        click.echo(f"error: cannot write {plan_file}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_RUN)
+    click.echo(f"compiled {target} → {plan_file}", err=True)
+    return compiled.plan, plan_file
+
+
+def _claim(plan_: dict[str, Any], resuming: bool, overwrite: bool) -> None:
+    """Another run's results in the output folder stop a fresh run, unless --overwrite moves them aside."""
+    from sdxlc.plan import layout
+
+    if resuming:
+        return
+    try:
+        aside = layout.claim(Path(plan_["output"]["dir"]), plan_["plan_hash"], overwrite)
+    except layout.OutputInUse as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        click.echo(f"error: cannot move the earlier results aside: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    if aside is not None:
+        click.echo(f"moved the earlier run's results to {aside}", err=True)
+
+
+def _print_result(plan_: dict[str, Any], result: Any, seconds: float) -> None:
+    click.echo(f"done in {seconds:.1f} s")
     label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:"}[plan_["method"]["kind"]]
     click.echo(f"  {label:<8} {result.lora_path}")
     if result.diffusers_path is not None:
@@ -249,18 +327,27 @@ def run(
 
 def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[Path, bool]:
     """The checkpoint to continue from, after judging what changed since it was written."""
+    from sdxlc.plan import layout
     from sdxlc.tools import resume
 
+    skipped: list[str] = []
     try:
-        folder = resume.find(Path(plan_["output"]["dir"]), which)
-        old = resume.checkpoint_plan(folder)
-    except resume.ResumeError as exc:
+        folder = layout.find(Path(plan_["output"]["dir"]), which, skipped)
+        old = layout.checkpoint_plan(folder)
+    except layout.ResumeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_RUN)
+    for line in skipped:
+        click.echo(line, err=True)
+    if old["output"]["name"] != plan_["output"]["name"]:
+        click.echo(f"error: {folder} is a checkpoint of `{old['output']['name']}`, not of "
+                   f"`{plan_['output']['name']}`: another recipe's run shares this output folder; "
+                   "give each recipe its own `output \"…\"`", err=True)
+        sys.exit(EXIT_RECIPE)
     verdict = resume.judge(old, plan_, allow)
     if not verdict.ok:
         click.echo(
-            f"error: cannot resume from {folder}\n{verdict.explain(resume.last_artifact(folder, old))}",
+            f"error: cannot resume from {folder}\n{verdict.explain(layout.last_artifact(folder, old))}",
             err=True,
         )
         sys.exit(EXIT_RECIPE)
@@ -278,7 +365,7 @@ def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[P
 @click.argument("name", type=click.Choice(["recipe", "plan", "profile"]), default="recipe")
 def schema(name: str) -> None:
     """Print a JSON Schema (recipe, plan or profile), for editors and tools."""
-    from sdxlc.check.schemas import load_schema
+    from sdxlc.plan.schemas import load_schema
 
     click.echo(json.dumps(load_schema(name), indent=2))
 
@@ -314,6 +401,7 @@ def _method_text(method: dict[str, Any]) -> str:
 
 
 def _print_run_header(plan_: dict[str, Any]) -> None:
+    print_plan_warnings(plan_)
     est, t = plan_["estimate"], plan_["training"]
     click.echo(
         f"plan {plan_['plan_hash'][:12]}: {_method_text(plan_['method'])} on {plan_['model']['source']}, "
@@ -330,8 +418,9 @@ def _register_language_tools() -> None:
     from sdxlc.cli.data import cache_command
     from sdxlc.cli.gen import gen_command
     from sdxlc.cli.lang import diff_command, explain_command, fmt_command
+    from sdxlc.cli.runs import runs_command
 
-    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command):
+    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command, runs_command):
         main.add_command(command)
 
 

@@ -3,6 +3,7 @@ buckets, the memory estimate and its verdict."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sdxlc.resolve.data import bucket_details
@@ -135,7 +136,40 @@ def _estimate(plan: dict[str, Any]) -> str:
     if est.get("spills"):
         lines.append("  this card's driver spills to system RAM when VRAM runs out: the run would not stop, "
                      "it would crawl (10-100x slower steps)")
-    return "\n".join(lines + _time(plan))
+    return "\n".join(lines + _time(plan) + _disk(plan))
+
+
+def _disk(plan: dict[str, Any]) -> list[str]:
+    """What the run writes to disk at most, by kind, and whether the disks have the room."""
+    from sdxlc.estimate.disk import room
+
+    disk = plan["estimate"].get("disk_bytes")
+    if not disk:
+        return []
+    parts = ", ".join(f"{kind} {_mib(size)}" for kind, size in disk.items() if kind != "total" and size)
+    lines = [f"disk: writes up to {_mib(disk['total'])}" + (f" ({parts})" if parts else "")]
+    entries, size = _cache_usage(Path(plan["data"]["cache"]["dir"]))
+    if entries:
+        lines.append(f"  cache {plan['data']['cache']['dir']}: {entries} entries, {_mib(size)} "
+                     "(`sdxlc cache --verify`, `--prune`)")
+    return lines + [f"  warning: {warning}" for warning in room(plan)]
+
+
+def _cache_usage(root: Path) -> tuple[int, int]:
+    """Entries of the latent and text-encoder disk caches, and their bytes."""
+    count = size = 0
+    for kind in ("latents", "text"):
+        for entry in (root / kind).glob("*/*.safetensors"):
+            try:
+                size += entry.stat().st_size
+            except OSError:
+                continue
+            count += 1
+    return count, size
+
+
+def _mib(n: int) -> str:
+    return _gib(n) if n >= 1 << 30 else f"{n / 2**20:.1f} MiB"
 
 
 def _time(plan: dict[str, Any]) -> list[str]:
@@ -191,3 +225,14 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def print_plan_warnings(plan: dict[str, Any]) -> None:
+    """The plan's warnings (bad input files skipped with path and reason, upscaled images…) and the
+    disks' room for what the run writes, on stderr: `run` and `cache` say what `plan` says."""
+    import click
+
+    from sdxlc.estimate.disk import room
+
+    for warning in [*plan["warnings"], *room(plan)]:
+        click.echo(f"warning: {warning}", err=True)

@@ -236,7 +236,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     terms["gradients"] = trained * grad_bytes
     if method.get("fused_backward"):  # each gradient is freed by its own step: about one tensor at a time
         terms["gradients"] = int(model["largest_tensor_params"]) * grad_bytes
-    terms["optimizer_state"] = _optimizer_state_bytes(plan, model, trained)
+    terms["optimizer_state"] = optimizer_state_bytes(plan, model, trained)
 
     sizes = _bucket_sizes(plan)
     max_px = max(_latent_px(w, h, model) for w, h, _ in sizes)
@@ -321,14 +321,15 @@ def shard_terms(plan: dict[str, Any], terms: dict[str, int]) -> dict[str, int]:
         return terms
     out = dict(terms)
     if strategy == "ddp":
-        out["ddp_gradient_buckets"] = terms["gradients"]
+        out["ddp_gradient_buckets"] = terms.get("gradients", 0)
         return out
     sharded = ["gradients", "optimizer_state"]
     if strategy == "fsdp":
         sharded += ["unet_weights", "trainable_params"]
     suffix = "_zero2_shard" if strategy == "deepspeed-zero2" else "_fsdp_shard"
-    for key in sharded:
-        out[key + suffix] = -(-out.pop(key) // world)
+    for key in sharded:  # a term the method's peak does not hold (a fine-tune's weights are trained) stays out
+        if key in out:
+            out[key + suffix] = -(-out.pop(key) // world)
     return out
 
 
@@ -462,7 +463,7 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
     }
 
 
-def _optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained: int) -> int:
+def optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained: int) -> int:
     """Optimizer-state bytes, from schema/optimizers.json (measured there).
 
     A factored optimizer (Adafactor) keeps, per tensor of two or more dimensions, fp32 second moments

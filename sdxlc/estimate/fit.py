@@ -1,6 +1,6 @@
 """The fit solver: with `fit auto`, apply the memory levers the recipe left open until the run fits.
 
-Levers come from `sdxlc/levers.py`, cheapest first. A lever is applied only where no recipe layer
+Levers come from `sdxlc/estimate/levers.py`, cheapest first. A lever is applied only where no recipe layer
 (the recipe, a `use`d file, `--set`) pinned the setting it changes — except a smaller batch, which keeps
 the effective batch and so needs only `accumulate` open (OPEN_PATHS); each one applied is recorded in the
 plan's provenance (source `solver`) and warnings with what it saved.

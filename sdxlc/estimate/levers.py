@@ -1,8 +1,9 @@
 """Memory levers: the settings a plan has left unused that would lower its peak, cheapest first.
 
 Each lever is a set of plan changes; its saving is the drop in the estimate when only that lever is
-applied (`sdxlc.estimate.estimate` on a modified copy). The fit solver (`sdxlc/fit.py`) applies them one
-by one; `fit strict` lists them in the help of an over-budget error. docs/ESTIMATE.md describes each.
+applied (`sdxlc.estimate.analytic.estimate` on a modified copy). The fit solver (`sdxlc/estimate/fit.py`)
+applies them one by one; `fit strict` lists them in the help of an over-budget error. docs/ESTIMATE.md
+describes each.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The recipe language: grammar, parser, typed syntax tree, lowering to the recipe document, the
 vocabulary table, `use` layers and defaults, language versions, the formatter and the diagnostics catalog.
 
-Pure Python (lark and the standard library). Imports nothing else of sdxlc but `sdxlc.check.schemas`.
+Pure Python (lark and the standard library). Imports nothing else of sdxlc but `sdxlc.plan.schemas`.
 """

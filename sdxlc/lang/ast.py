@@ -1,7 +1,7 @@
 """Typed syntax nodes of a recipe, built from the lark tree; every node carries its source span.
 
 A statement is its first item (the keyword) followed by its other items; how those items group into
-clauses is the vocabulary's business (see sdxlc/vocabulary.py and sdxlc/lower.py).
+clauses is the vocabulary's business (see sdxlc/lang/vocabulary.py and sdxlc/lang/lower.py).
 """
 
 from __future__ import annotations
@@ -61,10 +61,14 @@ class Word:
 
 @dataclass(frozen=True)
 class Bad:
-    """A bare token of no known shape (`8x`, `1e-`): reported when it is used."""
+    """A bare token of no known shape (`8x`, `1e-`), or a number too long to read: reported when used."""
 
     text: str
     span: Span
+    note: str = ""  # why it cannot be read, when the shape is right
+
+    def message(self) -> str:
+        return f"malformed value `{self.text}`" + (f": {self.note}" if self.note else "")
 
 
 @dataclass(frozen=True)
@@ -152,21 +156,26 @@ def _elem(node: Tree[Token], file: str) -> Value:
     value = _scalar(tokens[0], file)
     if len(tokens) == 1:
         return value
-    count = int(str(tokens[1])[1:])
-    if count > MAX_REPEAT:
-        return Bad(f"{tokens[0]} {tokens[1]}", _tree_span(node, file))
-    return Repeat(value, count, _tree_span(node, file))
+    digits = str(tokens[1])[1:]
+    if len(digits) > len(str(MAX_REPEAT)) or int(digits) > MAX_REPEAT:
+        note = f"at most {MAX_REPEAT} repetitions"
+        return Bad(f"{tokens[0]} {tokens[1]}", _tree_span(node, file), note)
+    return Repeat(value, int(digits), _tree_span(node, file))
 
 
 MAX_REPEAT = 10_000  # `x` repetitions: far above any real list (block_lr has 23 values)
+MAX_NUMBER_CHARS = 40  # a number literal longer than this is a mistake (and past what a value may hold)
 
 
 def _scalar(token: Token, file: str) -> Value:
     span = _token_span(token, file)
     text = str(token)
     kind = token.type
-    if kind in ("NUMBER", "PERCENT", "SIZE", "RANGE") and not _finite(text):
-        return Bad(text, span)
+    if kind in ("NUMBER", "PERCENT", "SIZE", "RANGE"):
+        if len(text) > MAX_NUMBER_CHARS:
+            return Bad(text, span, f"{len(text)} characters; a number has at most {MAX_NUMBER_CHARS}")
+        if not _finite(text):
+            return Bad(text, span, "beyond the range of a number")
     if kind == "NUMBER":
         return Number(number(text), text, span)
     if kind == "PERCENT":
@@ -288,7 +297,7 @@ NUMBER_HELP = "numbers are written like `8`, `0.5`, `1e-4`; quote text that has 
 def reject(item: Item, expected: str) -> NoReturn:
     """Raise the error for an item of the wrong kind (or a malformed one)."""
     if isinstance(item, Bad):
-        raise LowerError(make("SDX0202", f"malformed value `{item.text}`", item.span, NUMBER_HELP))
+        raise LowerError(make("SDX0202", item.message(), item.span, NUMBER_HELP))
     raise LowerError(make("SDX0203", f"expected {expected}, found {describe(item)}", item.span))
 
 

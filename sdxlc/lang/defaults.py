@@ -92,3 +92,8 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "prodigy": {"optimizer.lr": 1.0},
     "adafactor": {"optimizer.max_grad_norm": 0.0},
 }
+
+
+def default_output(stem: str) -> str:
+    """The output folder of a recipe that names none, relative to the recipe: `out/<recipe name>`."""
+    return f"out/{stem}"

@@ -16,6 +16,9 @@ carets under the span, `= help:` and any related spans ("first set here") beneat
 from __future__ import annotations
 
 import difflib
+import functools
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -62,6 +65,8 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0206": ("error", "statement does not start with a keyword"),
     "SDX0207": ("error", "block_lr needs 23 values"),
     "SDX0208": ("warning", "word not supported by this recipe schema; ignored"),
+    "SDX0209": ("error", "control character in a string"),
+    "SDX0210": ("error", "string or path too long"),
     # SDX03xx structure, duplicates, use
     "SDX0301": ("error", "the same setting is given two different values"),
     "SDX0302": ("warning", "the same setting is given twice"),
@@ -69,6 +74,10 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0304": ("error", "`use` after other statements"),
     "SDX0305": ("error", "cannot read recipe file"),
     "SDX0306": ("error", "malformed `--set`"),
+    "SDX0307": ("error", "recipe file is not a regular file, or too large"),
+    "SDX0308": ("error", "`use` chain too deep"),
+    "SDX0309": ("error", "a dataset index beyond the recipe's datasets"),
+    "SDX0310": ("error", "too many errors in one file; the rest is not checked"),
     # SDX04xx schema
     "SDX0401": ("error", "not allowed by the recipe schema"),
     "SDX0402": ("error", "unknown recipe path"),
@@ -76,6 +85,7 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0404": ("error", "value out of range"),
     "SDX0405": ("error", "value does not have the required form"),
     "SDX0406": ("error", "a section cannot be set as a whole"),
+    "SDX0407": ("warning", "value outside the usual range"),
     # SDX05xx data and semantic checks
     "SDX0501": ("error", "no training data"),
     "SDX0502": ("error", "dataset folder does not exist"),
@@ -84,12 +94,15 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0505": ("error", "both steps and epochs given"),
     "SDX0506": ("error", "the constant schedule has no warmup"),
     "SDX0507": ("error", "warmup as long as the run"),
+    "SDX0508": ("error", "data or output folder at a filesystem root or in a system folder"),
+    "SDX0509": ("error", "output folder and data folder inside each other"),
     "SDX0510": ("error", "model file missing or not an SDXL single-file checkpoint"),
     "SDX0511": ("error", "model is neither a folder nor a hub id"),
     "SDX0512": ("error", "pickle checkpoint without `allow pickle`"),
     "SDX0513": ("error", "config folder of a single-file model is missing or incomplete"),
     "SDX0514": ("warning", "`config` for a model that is not a single file"),
     "SDX0515": ("warning", "`init normal` with a LoRA"),
+    "SDX0516": ("error", "a path that cannot be resolved"),
     "SDX0520": ("error", "cached text-encoder outputs with caption shuffle or dropout"),
     "SDX0521": ("error", "cached text-encoder outputs with text-encoder training"),
     "SDX0522": ("error", "bucket step or resolution not a multiple of 32"),
@@ -100,6 +113,8 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0529": ("error", "every block learning rate is 0"),
     "SDX0530": ("error", "bad input files with `on bad image fail`"),
     "SDX0531": ("error", "regularization images without training images"),
+    "SDX0532": ("error", "every training dataset has loss weight 0"),
+    "SDX0533": ("error", "a derived count beyond its limit"),
     "SDX0540": ("error", "unknown optimizer argument"),
     "SDX0541": ("error", "optimizer argument of the wrong type"),
     "SDX0542": ("error", "optimizer needs CUDA"),
@@ -137,16 +152,55 @@ def make(
     help: str | None = None,
     related: Iterable[tuple[Span, str]] = (),
 ) -> Diagnostic:
-    """A diagnostic whose severity comes from the catalog (an uncatalogued code is an error)."""
+    """A diagnostic whose severity comes from the catalog (an uncatalogued code is an error).
+
+    Values quoted in the message or help are made printable and long ones shortened (`shown`)."""
     severity, _title = CATALOG.get(code, ("error", ""))
-    return Diagnostic(code, severity, message, span, help, tuple(related))
+    help_text = _tidy(help) if help is not None else None
+    return Diagnostic(code, severity, _tidy(message), span, help_text, tuple(related))
+
+
+# Characters a terminal would act on or hide: controls, surrogates, format characters, line separators.
+_INVISIBLE = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
+_LONG_QUOTE = re.compile(r"`([^`]{81,})`")
+
+
+def invisible(char: str) -> bool:
+    """Whether a character cannot be shown as itself (a control, a surrogate, a format character)."""
+    return unicodedata.category(char) in _INVISIBLE
+
+
+def printable(text: str) -> str:
+    """`text` with every invisible character written as an escape (`\\x1b`, `\\u202e`)."""
+    if text.isprintable():
+        return text
+    return "".join(ascii(char)[1:-1] if invisible(char) else char for char in text)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A value as a message quotes it: printable, and at most about `limit` characters."""
+    text = printable(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 11]}…{text[-10:]}"
+
+
+def _tidy(text: str) -> str:
+    text = printable(text) if not text.isprintable() else text
+    if len(text) <= 80:
+        return text
+    return _LONG_QUOTE.sub(lambda m: f"`{shown(m.group(1))}` ({len(m.group(1))} characters)", text)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """The choice closest to `word`, or None when nothing is close enough."""
-    options = list(dict.fromkeys(choices))
+    return _closest(word.lower(), tuple(dict.fromkeys(choices)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _closest(word: str, options: tuple[str, ...]) -> str | None:
     lowered = {option.lower(): option for option in options}
-    found = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    found = difflib.get_close_matches(word, list(lowered), n=1, cutoff=0.6)
     return lowered[found[0]] if found else None
 
 
@@ -195,12 +249,12 @@ def _snippet(
     bar = paint("gutter", "|")
     out = [f"{pad}{paint('gutter', '-->')} {span.at()}"]
     text = sources.get(span.file)
-    source_lines = text.splitlines() if text is not None else []
+    source_lines = text.split("\n") if text is not None else []  # as the parser counts lines
     if not 1 <= span.line <= len(source_lines):
         if label:
             out.append(f"{pad} {paint('gutter', '=')} note: {label}")
         return out
-    line_text = source_lines[span.line - 1].expandtabs(1)
+    line_text = _visible(source_lines[span.line - 1].removesuffix("\r").expandtabs(1))
     start = max(span.column - 1, 0)
     end = span.end_column - 1 if span.end_line == span.line else len(line_text)
     count = max(end - start, 1)
@@ -209,6 +263,21 @@ def _snippet(
     out.append(f"{paint('gutter', str(span.line).rjust(width))} {bar} {line_text}")
     out.append(f"{pad} {bar} {' ' * start}{underline}")
     return out
+
+
+def _visible(line: str) -> str:
+    """A source line as the snippet prints it: one visible character for each invisible one, so that
+    the carets stay under their columns and the terminal never acts on the text."""
+    if line.isprintable():
+        return line
+    return "".join(_picture(char) if invisible(char) else char for char in line)
+
+
+def _picture(char: str) -> str:
+    code = ord(char)
+    if code < 0x20:
+        return chr(0x2400 + code)  # the Unicode control pictures: ␀ ␁ … ␛ …
+    return "\u2421" if code == 0x7F else "\ufffd"
 
 
 def to_json(diags: list[Diagnostic]) -> list[dict[str, Any]]:

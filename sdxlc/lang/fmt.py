@@ -115,7 +115,10 @@ class _Layout:
 
 
 def format_recipe(text: str, file: str) -> str:
-    """The canonical layout of a recipe; RecipeSyntaxError (with every syntax error) when it has any."""
+    """The canonical layout of a recipe; RecipeSyntaxError (with every syntax error) when it has any.
+    A UTF-8 byte-order mark at the start is kept, and the rest formatted."""
+    if text.startswith("\ufeff"):
+        return "\ufeff" + format_recipe(text[1:], file)
     before = _statements(text, file)
     layout = _Layout()
     for token in _lexer().lex(text, dont_ignore=True):

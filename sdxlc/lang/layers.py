@@ -12,7 +12,7 @@ from typing import Any
 
 from sdxlc.lang.defaults import DEFAULTS, MODEL_DEFAULTS
 from sdxlc.lang.diagnostics import Span
-from sdxlc.lang.lower import Lowered
+from sdxlc.lang.lower import SET_FILE, Lowered
 
 Provenance = dict[str, str | None]
 
@@ -26,6 +26,8 @@ class Layers:
         self.doc = lowered.doc
         self.origins = lowered.provenance
         self.family_defaults = MODEL_DEFAULTS[family]
+        self.top = lowered.top
+        self.sections = lowered.sections
 
     def given(self, path: str) -> bool:
         """Whether a recipe layer (not a default) set this path."""
@@ -54,13 +56,27 @@ class Layers:
         return {"source": origin.source, "at": origin.at()}
 
     def span(self, path: str) -> Span | None:
+        """Where a recipe layer set `path` (or a field inside it, or opened it as a section)."""
         origin = self.origins.get(path)
         if origin is None:
             for key, candidate in self.origins.items():
                 if key.startswith(path + "."):
                     return candidate.span
-            return None
+            return self.sections.get(path)
         return origin.span
+
+    def anchor(self) -> Span:
+        """Where a problem of the recipe as a whole is shown (nothing names data, a default that does
+        not fit): the start of the recipe file."""
+        return Span(self.top, 1, 1, 1, 1)
+
+    def place(self, *paths: str) -> Span:
+        """The span of the first of `paths` a recipe layer set, or the start of the recipe."""
+        for path in paths:
+            span = self.span(path)
+            if span is not None:
+                return span
+        return self.anchor()
 
     def related(self, path: str, label: str) -> tuple[tuple[Span, str], ...]:
         """A labelled secondary span for a diagnostic ("set here"), when the path was set in a file."""
@@ -70,7 +86,7 @@ class Layers:
     def base_dir(self, path: str, fallback: Path) -> Path:
         """The folder a path-valued setting is relative to: that of the file that set it."""
         span = self.span(path)
-        if span is not None and span.file and Path(span.file).exists():
+        if span is not None and span.file and span.file != SET_FILE and Path(span.file).exists():
             return Path(span.file).resolve().parent
         return fallback
 
@@ -80,7 +96,7 @@ def _dig(doc: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
             return _MISSING

@@ -1,6 +1,6 @@
 """Lower recipe statements into the recipe document (schema/recipe.schema.json), with provenance.
 
-Each statement is read against the vocabulary table (sdxlc/vocabulary.py): its keyword, then its
+Each statement is read against the vocabulary table (sdxlc/lang/vocabulary.py): its keyword, then its
 clauses, each clause setting the schema path(s) its entry names. Values are read by the schema type
 of their path and checked there, so an error points at the word that caused it. A bad statement or
 clause is reported and skipped; the rest of the file is still lowered.
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sdxlc.lang import ast
+from sdxlc.lang import ast, limits
 from sdxlc.lang import vocabulary as vocab
 from sdxlc.lang.ast import LowerError, join, missing, reject
-from sdxlc.lang.diagnostics import Diagnostic, Span, make
+from sdxlc.lang.diagnostics import Diagnostic, Span, make, shown
 from sdxlc.lang.parser import parse_recovering, parse_value
 from sdxlc.lang.vocabulary import check_path, coerce
 
@@ -47,6 +47,8 @@ class Lowered:
     provenance: dict[str, Origin]
     sources: dict[str, str]
     diagnostics: list[Diagnostic]
+    top: str = ""  # the recipe file itself (the others are `use`d)
+    sections: dict[str, Span] = field(default_factory=dict)  # where a statement opened each section
 
 
 @dataclass
@@ -54,7 +56,7 @@ class _Layer:
     """The flat settings of one file with the files it uses folded underneath."""
 
     settings: dict[str, tuple[Any, Span | None]] = field(default_factory=dict)
-    sections: set[str] = field(default_factory=set)
+    sections: dict[str, Span] = field(default_factory=dict)  # sections a statement opened, and where
     has_data: bool = False
 
     def under(self, upper: _Layer) -> _Layer:
@@ -198,7 +200,7 @@ def _apply_flag(low: _FileLowering, c: _Clause) -> None:
 
 
 def _apply_section(low: _FileLowering, c: _Clause) -> None:
-    low.layer.sections.add(c.paths[0])
+    low.layer.sections.setdefault(c.paths[0], c.span)
 
 
 def _apply_range(low: _FileLowering, c: _Clause) -> None:
@@ -224,7 +226,12 @@ def _apply_warmup(low: _FileLowering, c: _Clause) -> None:
 
 
 def _apply_strings(low: _FileLowering, c: _Clause) -> None:
-    low.put(c.paths[0], [item.value for item in c.args if isinstance(item, ast.String)], c.span)
+    item_node = (vocab.schema_node(c.paths[0]) or {}).get("items", {})
+    strings = [item for item in c.args if isinstance(item, ast.String)]
+    for item in strings:
+        if (problem := limits.string_problem(c.paths[0], item.value, item_node)) is not None:
+            raise LowerError(make(problem.code, problem.message, item.span, problem.help))
+    low.put(c.paths[0], [item.value for item in strings], c.span)
 
 
 def _apply_args(low: _FileLowering, c: _Clause) -> None:
@@ -242,6 +249,8 @@ def _apply_use(low: _FileLowering, c: _Clause) -> None:
     item = c.arg("a recipe file in quotes")
     if not isinstance(item, ast.String | ast.Word):
         reject(item, "a recipe file in quotes")
+    if (problem := limits.string_problem("use", item.value, {})) is not None:
+        raise LowerError(make(problem.code, problem.message, item.span, problem.help))
     if not low.started:
         low.uses.append((item.value, c.span))
 
@@ -319,7 +328,7 @@ def _fits_positional(entry: vocab.Entry, item: ast.Item) -> bool:
 
 def _unexpected(item: ast.Item, context: str) -> Diagnostic:
     if isinstance(item, ast.Bad):
-        return make("SDX0202", f"malformed value `{item.text}`", item.span, ast.NUMBER_HELP)
+        return make("SDX0202", item.message(), item.span, ast.NUMBER_HELP)
     hint = f"`{context}` takes no value here" if context != vocab.ANY else None
     return make("SDX0203", f"unexpected {ast.describe(item)}", item.span, hint)
 
@@ -332,26 +341,36 @@ class _Loader:
         self.sources: dict[str, str] = {}
         self.diags: list[Diagnostic] = []
         self.done: dict[Path, _Layer] = {}
+        self.room = limits.MAX_TOTAL_BYTES  # bytes the files still to read may take together
 
     def load(self, file: str, stack: tuple[tuple[Path, str], ...], at: Span | None) -> _Layer:
-        real = Path(file).resolve()
+        chain = " → ".join([name for _, name in stack] + [file])
+        if len(stack) >= limits.MAX_USE_DEPTH:
+            hint = f"`use` chains are at most {limits.MAX_USE_DEPTH} files long: use the deeper files directly"
+            self.diags.append(make("SDX0308", f"`use` chain too deep: {chain}", at, hint))
+            return _Layer()
+        real = _real(file)
         if real in (seen for seen, _ in stack):
-            chain = " → ".join([name for _, name in stack] + [file])
             self.diags.append(make("SDX0303", f"`use` cycle: {chain}", at, "remove one of these `use` lines"))
             return _Layer()
         if real in self.done:
             return self.done[real]
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            self.diags.append(make("SDX0305", f"cannot read `{file}`: {error}", at))
+        text = self._read(file, at)
+        if text is None:
             return _Layer()
         self.sources[file] = text
         tree, syntax = parse_recovering(text, file)
         self.diags.extend(syntax)
         lowering = _FileLowering(file)
+        errors = len(syntax)
         for stmt in ast.build(tree, file):
+            if errors >= limits.MAX_FILE_ERRORS:
+                message = f"more than {limits.MAX_FILE_ERRORS} errors: the rest of `{file}` is not checked"
+                lowering.report("SDX0310", message, stmt.span, "fix the errors above first")
+                break
+            before = len(lowering.diags)
             lowering.statement(stmt)
+            errors += sum(d.severity == "error" for d in lowering.diags[before:])
         self.diags.extend(lowering.diags)
         layer = _Layer()
         for target, span in lowering.uses:
@@ -359,6 +378,40 @@ class _Loader:
             layer = layer.under(self.load(path, (*stack, (real, file)), span))
         self.done[real] = layer = layer.under(lowering.layer)
         return layer
+
+    def _read(self, file: str, at: Span | None) -> str | None:
+        """The text of a recipe file, or None after reporting why it cannot be read (at the `use` line,
+        or at the top of the recipe itself)."""
+        where = at or Span(file, 1, 1, 1, 1)
+        try:
+            text = limits.read_recipe(Path(file))
+            if len(text.encode("utf-8")) > self.room:
+                raise limits.RecipeFileError(
+                    "SDX0307", f"`{file}` takes the recipe past {limits.MAX_TOTAL_BYTES // 1024} KiB with "
+                    "the files it uses", "recipes are read whole and kept small: merge or trim the used files")
+        except limits.RecipeFileError as error:
+            if error.at is not None:  # a bad byte: point at it, and at the `use` line that read the file
+                line, column = error.at
+                related = [(at, "used here")] if at is not None else []
+                where = Span(file, line, column, line, column + 1)
+                self.diags.append(make(error.code, error.message, where, error.help, related))
+            else:
+                self.diags.append(make(error.code, error.message, where, error.help))
+            return None
+        self.room -= len(text.encode("utf-8"))
+        return text
+
+
+def _real(file: str) -> Path:
+    """The file's path with links resolved, to recognise a file reached twice (the path as written when
+    it cannot be resolved: reading it then reports why)."""
+    try:
+        return Path(file).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return Path(os.path.abspath(file))
+
+
+SET_FILE = "--set"  # where `--set` values are written: line N is the N-th `--set`
 
 
 def load_recipe(path: Path, sets: Sequence[str] = ()) -> Lowered:
@@ -371,34 +424,65 @@ def load_recipe(path: Path, sets: Sequence[str] = ()) -> Lowered:
         for key, (_, span) in layer.settings.items()
     }
     values = {key: value for key, (value, _) in layer.settings.items()}
-    for text in sets:
+    for line, text in enumerate(sets, start=1):
         try:
-            key, value = _parse_set(text)
+            key, value, span = _parse_set(text, line)
         except LowerError as error:
             loader.diags.append(error.diagnostic)
             continue
         values[key] = value
-        provenance[key] = Origin("set", None)
-    doc = vocab.nest(values, layer.sections)
-    return Lowered(doc, provenance, loader.sources, loader.diags)
+        provenance[key] = Origin("set", span)
+    if sets:  # shown under `--set` diagnostics; one line per option
+        loader.sources[SET_FILE] = "\n".join(text.replace("\n", "\u2424") for text in sets)
+    loader.diags.extend(_missing_datasets(values, provenance))
+    doc = vocab.nest(values, set(layer.sections))
+    return Lowered(doc, provenance, loader.sources, loader.diags, top, layer.sections)
 
 
-def _parse_set(text: str) -> tuple[str, Any]:
-    path, sep, value_text = (part.strip() for part in text.partition("="))
+def _missing_datasets(values: dict[str, Any], provenance: dict[str, Origin]) -> list[Diagnostic]:
+    """Settings of a dataset the recipe does not have (`set data.3.repeat 2` with one `data` line, or a
+    `data.N.path` that would leave a gap): reported at the setting, and removed."""
+    def index(key: str) -> str | None:
+        parts = key.split(".")
+        return parts[1] if parts[0] == "data" and len(parts) > 2 else None
+
+    named = {index(key) for key in values if key.endswith(".path")}
+    count = 0
+    while str(count) in named:
+        count += 1
+    found = []
+    for key in [key for key in values if index(key) is not None]:
+        number = index(key)
+        if number is None or (len(number) < 7 and int(number) < count):
+            continue
+        del values[key]
+        span = provenance.pop(key).span
+        have = "the recipe has none" if not count else "the recipe has 1 (`data.0`)" if count == 1 else (
+            f"the recipe has {count} (`data.0` … `data.{count - 1}`)")
+        hint = (f"a new dataset takes the next index, `data.{count}`" if number in named
+                else "add a `data` statement for it, or set its `path` first")
+        found.append(make("SDX0309", f"`{key}`: there is no dataset {shown(number, 12)}; {have}", span, hint))
+    return found
+
+
+def _parse_set(text: str, line: int) -> tuple[str, Any, Span]:
+    """The path, value and place of one `--set path=value` (the `line`-th)."""
+    whole = Span(SET_FILE, line, 1, line, len(text) + 1)
+    raw_path, sep, rest = text.partition("=")
+    path, value_text = raw_path.strip(), rest.strip()
     if not sep or not path:
         hint = "write it like `--set optimizer.lr=1e-4`"
-        raise LowerError(make("SDX0306", f"`--set {text}` is not `path=value`", None, hint))
-    check_path(path, None)
-    items = parse_value(value_text, "--set")
+        raise LowerError(make("SDX0306", f"`--set {text}` is not `path=value`", whole, hint))
+    column = len(raw_path) - len(raw_path.lstrip()) + 1
+    path = check_path(path, Span(SET_FILE, line, column, line, column + len(path)))
+    column = len(raw_path) + 2 + len(rest) - len(rest.lstrip())
+    place = Span(SET_FILE, line, column, line, column + max(len(value_text), 1))
+    items = parse_value("\n" * (line - 1) + " " * (column - 1) + value_text, SET_FILE)
     node = vocab.schema_node(path) or {}
     texty = "string" in (node.get("type"), node.get("items", {}).get("type"))
     if texty and not (len(items) == 1 and isinstance(items[0], ast.String | ast.Word)):
-        items = (ast.String(value_text, Span("--set", 1, 1, 1, len(value_text) + 1)),)
+        items = (ast.String(value_text, place),)
     if len(items) != 1:
         hint = "quote text with spaces or commas: --set 'sample.prompts=\"a cat\"'"
-        raise LowerError(make("SDX0306", f"cannot read the value of `--set {text}`", None, hint))
-    try:
-        return path, coerce(items[0], path)
-    except LowerError as error:
-        diag = error.diagnostic
-        raise LowerError(make(diag.code, f"{diag.message} (in `--set {text}`)", None, diag.help)) from None
+        raise LowerError(make("SDX0306", f"cannot read the value of `--set {text}`", place, hint))
+    return path, coerce(items[0], path), whole

@@ -1,12 +1,17 @@
 """Parse recipe text into a lark tree with positions, turning syntax errors into diagnostics.
 
 The grammar lives in `grammar/sdx.lark`; the LALR parser is built once. `parse_recovering` reports
-every syntax error of a file: after an error it blanks the offending line (keeping every other line
-and column where it was) and parses again, so the statements around a bad line are still read.
+every syntax error of a file: it parses the text one statement group at a time (a line, with the lines
+a trailing `,` continues it onto), and after an error it blanks the offending line of that group
+(keeping every other line and column where it was) and parses the group again, so the statements
+around a bad line are still read. Re-parsing is bounded: a group whose errors would cost more than the
+file's parse budget is dropped after its first error, so no text takes long to read.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from functools import cache
 from pathlib import Path
 
@@ -17,6 +22,8 @@ from sdxlc.lang.diagnostics import Diagnostic, Span, make
 
 GRAMMAR = Path(__file__).resolve().parent / "grammar" / "sdx.lark"
 _MAX_ERRORS = 50
+_BUDGET_FLOOR = 32 * 1024  # characters any file may re-parse while recovering; a long one, half its size
+_CODE = re.compile(r'"(?:[^"\\]|\\.)*"?|#.*|[^"#]+')
 
 _TOKEN_NAMES = {
     "NUMBER": "a number",
@@ -64,17 +71,78 @@ def parse(text: str, file: str) -> Tree[Token]:
 
 def parse_recovering(text: str, file: str) -> tuple[Tree[Token], list[Diagnostic]]:
     """Parse recipe text, skipping bad lines; return the tree of what could be read and the errors."""
-    diags: list[Diagnostic] = []
     lines = text.split("\n")
-    for _ in range(_MAX_ERRORS):
-        try:
-            return parser().parse("\n".join(lines)), diags
-        except UnexpectedInput as error:
-            diag, line = _diagnose(error, lines, file)
-            diags.append(diag)
-            if not _blank(lines, line):
-                break
-    return Tree("start", []), diags
+    recovery = _Recovery(len(text) + max(len(text) // 2, _BUDGET_FLOOR))
+    statements: list[Tree[Token] | Token] = []
+    for start, end in _groups(lines):
+        group = lines[start:end] + ([""] if end < len(lines) else [])  # keeps the group's line end
+        tree = recovery.parse(group, file, start)
+        if tree is not None:
+            statements.extend(tree.children)
+        if len(recovery.diags) >= _MAX_ERRORS:
+            break
+    return Tree("start", statements), recovery.diags
+
+
+class _Recovery:
+    """Parses statement groups, blanking bad lines and parsing again while its budget lasts."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.diags: list[Diagnostic] = []
+
+    def parse(self, lines: list[str], file: str, offset: int) -> Tree[Token] | None:
+        """The tree of one group (its positions moved down by `offset` lines); None when unreadable."""
+        while len(self.diags) < _MAX_ERRORS:
+            text = "\n".join(lines)
+            self.budget -= len(text)
+            try:
+                return _shift(parser().parse(text), offset)
+            except UnexpectedInput as error:
+                diag, line = _diagnose(error, lines, file)
+                self.diags.append(_moved(diag, offset))
+                if self.budget < 0 or not _blank(lines, line):
+                    return None
+        return None
+
+
+def _groups(lines: list[str]) -> list[tuple[int, int]]:
+    """The line ranges [start, end) of the statement groups: a line ending in `,` (outside strings and
+    comments) continues onto the next line that has code."""
+    groups, start = [], 0
+    for index, line in enumerate(lines):
+        code = "".join(part for part in _CODE.findall(line) if not part.startswith("#")).strip()
+        if code and not code.endswith(","):
+            groups.append((start, index + 1))
+            start = index + 1
+    if start < len(lines):
+        groups.append((start, len(lines)))
+    return groups
+
+
+def _shift(tree: Tree[Token], offset: int) -> Tree[Token]:
+    """Move every position of a parsed group down by `offset` lines, to where the group is in its file."""
+    if offset == 0:
+        return tree
+    for node in tree.iter_subtrees():
+        meta = node.meta
+        if not meta.empty:
+            meta.line += offset
+            meta.end_line += offset
+        for child in node.children:
+            if isinstance(child, Token) and child.line is not None:
+                child.line += offset
+                if child.end_line is not None:
+                    child.end_line += offset
+    return tree
+
+
+def _moved(diag: Diagnostic, offset: int) -> Diagnostic:
+    span = diag.span
+    if span is None or offset == 0:
+        return diag
+    return dataclasses.replace(diag, span=Span(span.file, span.line + offset, span.column,
+                                               span.end_line + offset, span.end_column))
 
 
 def parse_value(text: str, file: str) -> tuple[ast.Item, ...]:

@@ -14,10 +14,12 @@ from typing import Any
 
 
 def describe(sources: dict[str, str]) -> list[dict[str, Any]]:
-    """One entry per file read: path, sha256 of its text, and its git state when it is in a repository."""
+    """One entry per file read: path, sha256 of its text, and its git state when it is in a repository.
+    The `--set` options (kept with the sources to show their diagnostics) are no file."""
     return [
         {"file": name, "sha256": hashlib.sha256(text.encode()).hexdigest(), "git": git_state(Path(name))}
         for name, text in sources.items()
+        if name != "--set"
     ]
 
 

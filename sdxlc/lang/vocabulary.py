@@ -1,7 +1,7 @@
 """The words of the recipe language: one table from each statement keyword and clause to the
 recipe-schema path it sets, how its argument is read, and a line of reference text.
 
-The table is data. `sdxlc/lower.py` reads it to lower statements, `sdxlc explain` and the language
+The table is data. `sdxlc/lang/lower.py` reads it to lower statements, `sdxlc explain` and the language
 reference (docs/LANGUAGE.md, see `reference_markdown`) read it to describe words.
 
 Contexts: a `statement` entry starts a line; an `any` entry is a clause that may sit on any statement
@@ -20,10 +20,10 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]
 
-from sdxlc.check.schemas import load_schema
-from sdxlc.lang import ast
+from sdxlc.lang import ast, limits
 from sdxlc.lang.ast import LowerError
 from sdxlc.lang.diagnostics import Diagnostic, Span, did_you_mean, make, suggestion
+from sdxlc.plan.schemas import load_schema
 
 STATEMENT = "statement"
 ANY = "any"
@@ -286,7 +286,7 @@ def schema_node(path: str) -> dict[str, Any] | None:
     node: dict[str, Any] = load_schema("recipe")
     for part in path.split("."):
         if node.get("type") == "array" and node.get("items", {}).get("type") == "object":
-            if not (part == "*" or part.isdigit()):
+            if not (part == "*" or is_index(part)):
                 return None
             node = node["items"]
         elif part in node.get("properties", {}):
@@ -325,8 +325,10 @@ def nest(values: dict[str, Any], sections: set[str]) -> dict[str, Any]:
 
 
 def _put(node: Any, parts: list[str], value: Any) -> None:
-    for part, following in zip(parts, parts[1:], strict=False):
-        empty: Any = [] if following.isdigit() else {}
+    """Put a value at its path; only `data` holds a list (whose indices lowering has checked): any
+    other all-digit part is a key (`optimizer.args.9`)."""
+    for depth, (part, following) in enumerate(zip(parts, parts[1:], strict=False)):
+        empty: Any = [] if depth == 0 and part == "data" else {}
         if isinstance(node, list):
             index = int(part)
             node.extend({} for _ in range(index + 1 - len(node)))
@@ -352,10 +354,13 @@ def type_text(node: dict[str, Any]) -> str:
         return f"list of {count}{item}"
     if isinstance(kind, list):
         return " or ".join(kind)
-    bounds = [f"≥ {node['minimum']}"] if "minimum" in node else []
-    bounds += [f"> {node['exclusiveMinimum']}"] if "exclusiveMinimum" in node else []
-    bounds += [f"≤ {node['maximum']}"] if "maximum" in node else []
-    return f"{kind} ({', '.join(bounds)})" if bounds else str(kind)
+    marks = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+    bounds = [f"{mark} {node[key]}" for key, mark in marks if key in node]
+    bounds += [f"a multiple of {node['multipleOf']}"] if "multipleOf" in node else []
+    usual = node.get("x-usual", {})
+    range_ = " to ".join(str(usual[key]) for key in ("minimum", "maximum") if key in usual)
+    note = f"; usually {'≤ ' if 'minimum' not in usual else ''}{range_}" if usual else ""
+    return f"{kind} ({', '.join(bounds)}{note})" if bounds else str(kind)
 
 
 # --- reading values by the schema type of their path -----------------------------------------
@@ -379,11 +384,15 @@ _RANGE_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 
 
 def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
+    _check_strings(value, node, path, span, spans)
     errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(value), key=lambda e: list(e.path))
     if not errors:
         return
     error = errors[0]
     where = spans[error.path[0]] if error.path and isinstance(error.path[0], int) else span
+    if error.validator in _RANGE_KEYWORDS:
+        raise LowerError(make("SDX0404", _beyond(path, error.instance, error.validator, error.validator_value),
+                              where, error.schema.get("x-why") or node.get("x-why")))
     if error.validator == "enum":
         choices = [str(choice) for choice in error.validator_value]
         noun = path.rsplit(".", 1)[0] if path.endswith(".name") else f"`{path}` value"
@@ -392,8 +401,44 @@ def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[
     if path == "block_lr" and error.validator in ("minItems", "maxItems"):
         message = f"`block_lr` has {len(value)} values; it needs 23"
         raise LowerError(make("SDX0207", message, span, BLOCK_LR_HELP))
-    code = "SDX0404" if error.validator in _RANGE_KEYWORDS else "SDX0405"
-    raise LowerError(make(code, f"`{path}`: {error.message}", where))
+    if error.validator == "multipleOf":
+        step = int(error.validator_value)
+        low = int(error.instance) // step * step
+        hint = f"use {low} or {low + step}" if low else f"use {step}"
+        raise LowerError(make("SDX0405", f"`{path}` is {number_text(error.instance)}, not a multiple of {step}",
+                              where, hint))
+    raise LowerError(make("SDX0405", f"`{path}`: {error.message}", where))
+
+
+def _check_strings(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
+    """Control characters and lengths of a string, or of each string of a list (sdxlc/lang/limits.py)."""
+    values, item = (value, node.get("items", {})) if isinstance(value, list) else ([value], node)
+    for index, text in enumerate(values):
+        if isinstance(text, str) and (problem := limits.string_problem(path, text, item)) is not None:
+            where = spans[index] if isinstance(value, list) and index < len(spans) else span
+            raise LowerError(make(problem.code, problem.message, where, problem.help))
+
+
+_BOUND_WORDS = {
+    "minimum": "below its lowest value",
+    "exclusiveMinimum": "not above",
+    "maximum": "above its highest value",
+    "exclusiveMaximum": "not below",
+}
+
+
+def _beyond(path: str, value: Any, keyword: str, bound: Any) -> str:
+    """`training.steps` is 1000000000, above its highest value 100000000."""
+    return f"`{path}` is {number_text(value)}, {_BOUND_WORDS[keyword]} {number_text(bound)}"
+
+
+def number_text(value: Any) -> str:
+    """A number as a message writes it: whole numbers in full, others shortest (`1e-05`, `0.3`)."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:g}"
+    if isinstance(value, float):
+        return str(int(value)) if abs(value) < 1e16 else f"{value:g}"
+    return str(value)
 
 
 def unknown_word(word: ast.Word, context: str, statement: bool = False) -> Diagnostic:
@@ -411,11 +456,19 @@ def unknown_word(word: ast.Word, context: str, statement: bool = False) -> Diagn
     return make("SDX0201", f"unknown {where} `{word.value}`", word.span, hint)
 
 
+def is_index(part: str) -> bool:
+    """Whether a part of a dotted path is a list index (ASCII digits: `²` is no index)."""
+    return part.isascii() and part.isdigit()
+
+
 def check_path(path: str, span: Span | None) -> str:
-    """A `set` path, checked against the recipe schema."""
+    """A `set` path, checked against the recipe schema; a list index comes back without leading zeros."""
+    parts = path.split(".")
+    if len(parts) > 1 and parts[0] == "data" and is_index(parts[1]):  # `data.01.repeat` is `data.1.repeat`
+        path = ".".join([parts[0], parts[1].lstrip("0") or "0", *parts[2:]])
     node = schema_node(path) if "*" not in path else None
     if node is None:
-        index = next((part for part in path.split(".") if part.isdigit()), "0")
+        index = next((part for part in path.split(".") if is_index(part)), "0")[:6]
         choices = [leaf.replace("*", index) for leaf in leaf_paths()]
         raise LowerError(make("SDX0402", f"unknown recipe path `{path}`", span, suggestion(path, choices)))
     if "properties" in node or node.get("items", {}).get("type") == "object":

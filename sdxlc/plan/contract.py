@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
-from sdxlc.check.schemas import schema_errors
+from sdxlc.plan.files import write_atomic
+from sdxlc.plan.manifest import Manifest
+from sdxlc.plan.manifest import write as write_manifest
+from sdxlc.plan.schemas import schema_errors
 
 
 class PlanError(Exception):
@@ -48,3 +52,28 @@ def check(plan: dict[str, Any]) -> None:
 def to_text(plan: dict[str, Any]) -> str:
     """Readable JSON for plan.json files."""
     return json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def is_plan_file(path: Path) -> bool:
+    """Whether `path` names a plan file (`sdxlc run PLAN.json`) rather than a recipe."""
+    return path.suffix.lower() == ".json"
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A plan file, checked against the plan schema and its own hash (PlanError otherwise)."""
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"cannot read the plan: {exc}") from exc
+    except ValueError as exc:
+        raise PlanError(f"not a plan: invalid JSON ({exc})") from exc
+    if not isinstance(plan, dict):
+        raise PlanError("not a plan: the file does not hold a JSON object")
+    check(plan)
+    return plan
+
+
+def write(path: Path, plan: dict[str, Any], manifest: Manifest) -> Path:
+    """A plan file and, beside it, the sample manifest it names (both written atomically)."""
+    write_manifest(manifest, path.parent)
+    return write_atomic(path, to_text(plan).encode("utf-8"))

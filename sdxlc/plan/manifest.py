@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc.plan.buckets import Bucket, Crop
+from sdxlc.plan.files import write_atomic
 
 MANIFEST_VERSION = 1
 MANIFEST_DIR = "manifests"  # under the cache folder
@@ -128,6 +129,24 @@ def load(summary: dict[str, Any], places: Sequence[Path]) -> Manifest:
     where = "; ".join(seen) or "no place to look"
     raise ManifestError(f"the plan's sample manifest {summary['file']} was not found intact ({where}); "
                         "keep it beside the plan file, or re-plan with `sdxlc plan RECIPE -o plan.json`")
+
+
+def write(manifest: Manifest, folder: Path) -> Path:
+    """The manifest's sidecar file in `folder` (written atomically; an identical file is kept)."""
+    path = folder / manifest.file_name
+    data = manifest.text().encode("utf-8")
+    if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
+        write_atomic(path, data)
+    return path
+
+
+def store(manifest: Manifest, cache_dir: str) -> None:
+    """Keep a copy in the cache folder's store, where a run finds it by the plan's hash; a cache folder
+    that cannot be written is not an error (the copy beside the plan file is the one that travels)."""
+    try:
+        write(manifest, Path(cache_dir) / MANIFEST_DIR)
+    except OSError:
+        return
 
 
 def file_sha256(path: str | Path) -> str:

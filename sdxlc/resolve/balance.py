@@ -38,11 +38,10 @@ def epoch_counts(items: Sequence[ImageItem], datasets: Sequence[dict[str, Any]])
             break
         counts[i] = own[i]
         given += own[i]
-    while reg and given < train:  # then one more sample each, in turn
-        for i in reg:
-            counts[i] += 1
-            given += 1
-            if given >= train:
-                break
+    if reg and given < train:  # then one more sample each, in turn, until the training samples are met
+        rounds, extra = divmod(train - given, len(reg))
+        for position, i in enumerate(reg):
+            counts[i] += rounds + (position < extra)
+        given = train
     used = sum(1 for i in reg if counts[i] > 0)
     return Balance(counts, train, given, len(reg), used)

@@ -18,7 +18,9 @@ from sdxlc.lang.defaults import DEVICE_DEFAULTS, OPTIMIZER_ARGS, OPTIMIZER_DEFAU
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.lang.lower import Lowered
+from sdxlc.plan.manifest import Manifest
 from sdxlc.resolve.data import resolve_data
+from sdxlc.resolve.index import Index
 from sdxlc.resolve.launch import resolve_launch
 from sdxlc.resolve.method import resolve_method
 from sdxlc.resolve.model_source import (
@@ -26,9 +28,10 @@ from sdxlc.resolve.model_source import (
     SAFETENSORS_SUFFIXES,
     SHIPPED_CONFIG,
     config_problem,
+    model_files,
     sdxl_problem,
 )
-from sdxlc.resolve.optimizers import accepted_args, normalise_arg
+from sdxlc.resolve.optimizers import accepted_args, normalise_arg, optimizer_table
 from sdxlc.resolve.profiles import Profile, ProfileError, load_profile, probe_auto
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -39,6 +42,7 @@ class Resolution:
     plan: dict[str, Any] | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     profile: Profile | None = None
+    manifest: Manifest | None = None  # the sample manifest the plan's `data.manifest` names
 
 
 class _Builder:
@@ -82,6 +86,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     batch_size = b.take("training.batch_size", "training.batch_size")
     data = resolve_data(layers, recipe_dir, batch_size)
     diags.extend(data.diagnostics)
+    model["files"] = b.derived("model.files", _model_files(model, data.section["cache"]["dir"]))
     b.provenance.update(data.provenance)
     training = _training(b, data.section, diags, profile.device)
     precision, optimizer = _precision(b, profile), _optimizer(b)
@@ -111,7 +116,17 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "warnings": warnings,
     }
     plan["provenance"] = dict(sorted(b.provenance.items()))
-    return Resolution(plan, diags, profile)
+    return Resolution(plan, diags, profile, data.manifest)
+
+
+def _model_files(model: dict[str, Any], cache_dir: str) -> list[dict[str, Any]]:
+    index = Index.in_dir(cache_dir)
+    try:
+        return model_files(model, index)
+    except OSError:  # an unreadable model file is reported when the model is checked or loaded
+        return []
+    finally:
+        index.save()
 
 
 def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, Any]:
@@ -204,7 +219,7 @@ def _profile(b: _Builder, family: str, override: str | None, diags: list[Diagnos
 
 
 def _method(b: _Builder, recipe_dir: Path, lr: float, diags: list[Diagnostic]) -> dict[str, Any]:
-    """What is trained and how (sdxlc/resolve_method.py, docs/METHODS.md)."""
+    """What is trained and how (sdxlc/resolve/method.py, docs/METHODS.md)."""
     return resolve_method(b, recipe_dir, lr, diags)
 
 
@@ -225,13 +240,14 @@ def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
 
 
 def _optimizer(b: _Builder) -> dict[str, Any]:
-    """The optimizer with every argument sdxlc decides; `args` are checked later (sdxlc/checks.py)."""
+    """The optimizer with every argument sdxlc decides; `args` are checked later (sdxlc/check/semantic.py)."""
     name = b.take("optimizer.name", "optimizer.name")
     given = b.take("optimizer.args", "optimizer.args")
     known = accepted_args(name)
     args = {key: normalise_arg(name, key, value) if key in known else value for key, value in given.items()}
     return {
         "name": name,
+        "class": b.derived("optimizer.class", optimizer_table()[name]["class"], "derived"),
         "lr": _per_optimizer(b, name, "optimizer.lr", "optimizer.lr"),
         "args": {**OPTIMIZER_ARGS.get(name, {}), **args},
         "max_grad_norm": _per_optimizer(b, name, "optimizer.max_grad_norm", "optimizer.max_grad_norm"),
@@ -314,7 +330,7 @@ def _schedule(b: _Builder, total_steps: int, diags: list[Diagnostic]) -> dict[st
             make(
                 "SDX0506",
                 "the `constant` schedule has no warmup",
-                b.layers.span("schedule.name"),
+                b.layers.place("schedule.name", "schedule.warmup_steps", "schedule.warmup_percent"),
                 help="use `schedule constant_with_warmup`, or drop the warmup",
             )
         )

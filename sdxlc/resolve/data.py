@@ -1,4 +1,5 @@
-"""Resolve the data section: datasets found on disk, the bucket table and the samples of an epoch."""
+"""Resolve the data section: datasets found on disk, the bucket table, the samples of an epoch, and the
+sample manifest (every image's hash, caption, samples per epoch, bucket and crop) the runtime trains from."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.plan import buckets as bk
+from sdxlc.plan.manifest import Manifest, ManifestImage
 from sdxlc.resolve.balance import Balance, epoch_counts
 from sdxlc.resolve.datasets import DATASET_DEFAULTS, ImageItem, Problem, ScanResult, is_manifest, scan_dataset
 from sdxlc.resolve.index import Index
@@ -27,6 +29,7 @@ class DataResolution:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     bucket_sizes: list[int] = field(default_factory=list)
+    manifest: Manifest = field(default_factory=lambda: Manifest(()))
 
 
 def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResolution:
@@ -76,6 +79,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     res.warnings.extend(_upscaled(items, placement))
     res.bucket_sizes = [row["samples"] for row in table]
     samples = sum(res.bucket_sizes)
+    res.manifest = manifest(items, balance.counts, placement)
     res.section = {
         "datasets": datasets,
         "resolution": size,
@@ -90,8 +94,22 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
         "cache": cache,
         "images": len(items),
         "samples_per_epoch": samples,
+        "manifest": res.manifest.summary(),
     }
+    res.provenance["data.manifest"] = {"source": "derived", "at": None}
     return res
+
+
+def manifest(items: list[ImageItem], counts: list[int], placement: Placement) -> Manifest:
+    """Every image as the run will train it: hash, caption and its source, samples per epoch, bucket, crop."""
+    entries = []
+    for item, count in zip(items, counts, strict=True):
+        bucket = placement(item.width, item.height)
+        entries.append(ManifestImage(
+            item.path, item.sha256, item.size, item.width, item.height, item.dataset, item.caption,
+            item.caption_source, count, bucket, bk.cover_crop(item.width, item.height, bucket),
+        ))
+    return Manifest(tuple(entries))
 
 
 def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,7 +145,7 @@ def _datasets(
             make(
                 "SDX0501",
                 "the recipe names no training data",
-                None,
+                layers.anchor(),
                 help='add a line such as `data "images/my_concept" repeat 10`',
             )
         )

@@ -7,8 +7,8 @@ Sources:
   naming `path`, `caption`, optional `weight`): paths are relative to the manifest, `weight` is a
   whole number of repeats.
 
-Pure Python (Pillow reads the image headers through `sdxlc.index`), shared by the compiler and the
-runtime, so that the plan's counts and the run's batches come from the same list.
+Pure Python (Pillow reads the image headers through `sdxlc.resolve.index`). The compiler records what
+it finds in the plan's sample manifest (`sdxlc.plan.manifest`), which is all the runtime reads.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxlc.resolve.index import Index, Probe
+from sdxlc.resolve.index import MAX_CAPTION_BYTES, Index, Probe
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".tga", ".qoi",
@@ -85,7 +85,6 @@ class ScanResult:
     items: list[ImageItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     missing_captions: int = 0
-    changed: list[str] = field(default_factory=list)  # unreadable now, readable when last indexed
 
 
 def is_manifest(path: Path) -> bool:
@@ -98,22 +97,17 @@ def scan_dataset(
     dataset: int = 0,
     *,
     index: Index | None = None,
-    lenient: bool = False,
 ) -> ScanResult:
-    """Every image of a folder (recursive, sorted) or manifest, with its size and caption.
-
-    With `lenient`, an image that became unreadable since it was last indexed keeps its indexed size
-    (the run then skips it when it fails to decode) so the batches stay the ones the plan counted.
-    """
+    """Every image of a folder (recursive, sorted) or manifest, with its size, hash and caption."""
     index = index if index is not None else Index(None)
     result = ScanResult()
     if is_manifest(path):
-        _scan_manifest(path, dataset, index, lenient, result)
+        _scan_manifest(path, dataset, index, result)
     elif path.is_dir():
         for file, repeat in _walk(path, result):
             sidecar = file.with_suffix(caption_ext)
             caption, problem = index.caption(sidecar)
-            _add(file, caption, repeat, dataset, index, lenient, problem, result, str(sidecar))
+            _add(file, caption, repeat, dataset, index, problem, result, str(sidecar))
     else:
         result.problems.append(Problem(str(path), "not a folder or a .jsonl/.csv manifest"))
     return result
@@ -125,7 +119,6 @@ def _add(
     repeat: int,
     dataset: int,
     index: Index,
-    lenient: bool,
     caption_problem: str | None,
     result: ScanResult,
     caption_from: str,
@@ -134,11 +127,6 @@ def _add(
         probe = index.image(file, file.stat())
     except OSError as exc:
         probe = Probe(0, 0, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
-    if probe.error is not None and lenient:
-        good = index.last_good(file)
-        if good is not None:
-            result.changed.append(f"{file}: {probe.error}")
-            probe = good
     if probe.error is not None:
         result.problems.append(Problem(str(file), probe.error))
         return
@@ -189,7 +177,7 @@ def _folder_repeat(relative: Path) -> int:
     return 1
 
 
-def _scan_manifest(path: Path, dataset: int, index: Index, lenient: bool, result: ScanResult) -> None:
+def _scan_manifest(path: Path, dataset: int, index: Index, result: ScanResult) -> None:
     base = path.parent
     for where, row in _manifest_rows(path, result):
         name = row.get("path")
@@ -206,7 +194,10 @@ def _scan_manifest(path: Path, dataset: int, index: Index, lenient: bool, result
             continue
         caption = row.get("caption")
         text = caption.strip() if isinstance(caption, str) else None
-        _add(file, text, weight, dataset, index, lenient, None, result, "manifest")
+        problem = None
+        if text is not None and len(text.encode("utf-8")) > MAX_CAPTION_BYTES:
+            text, problem = None, f"its caption in {where} is over {MAX_CAPTION_BYTES // 1024} KiB"
+        _add(file, text, weight, dataset, index, problem, result, "manifest")
 
 
 def _weight(value: Any) -> int | None:

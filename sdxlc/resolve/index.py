@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdxlc.plan.files import write_atomic
 from sdxlc.plan.manifest import file_sha256
 
 INDEX_FILE = "index.json"
@@ -91,12 +91,20 @@ def _ends_with_eoi(path: Path) -> bool:
         return b"\xff\xd9" in handle.read()
 
 
+MAX_CAPTION_BYTES = 16 * 1024  # CLIP reads 77 tokens; a caption file this long is a wrong file
+
+
 def read_caption(path: Path) -> tuple[str | None, str | None]:
-    """(caption, None) for a UTF-8 caption file, (None, reason) otherwise."""
+    """(caption, None) for a UTF-8 caption file, (None, reason) otherwise. At most MAX_CAPTION_BYTES
+    are read: a longer file is a bad input, never read whole into memory."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CAPTION_BYTES + 1)
     except OSError as exc:
         return None, f"caption file {path.name} cannot be read ({exc.strerror})"
+    if len(raw) > MAX_CAPTION_BYTES:
+        return None, (f"caption file {path.name} is over {MAX_CAPTION_BYTES // 1024} KiB "
+                      "(a caption is read as 77 tokens): not a caption file?")
     try:
         return raw.decode("utf-8-sig").strip(), None
     except UnicodeDecodeError as exc:
@@ -113,7 +121,6 @@ class Index:
     def __init__(self, file: Path | None) -> None:
         self.file = file
         self.entries: dict[str, list[Any]] = {}
-        self.previous: dict[str, list[Any]] = {}
         self.hits = 0
         self.misses = 0
         self.dirty = False
@@ -136,8 +143,6 @@ class Index:
             self.hits += 1
             return Probe(entry[2], entry[3], entry[4], entry[5], stamp[0])
         self.misses += 1
-        if entry is not None and entry[0] == "image" and entry[4] is None:
-            self.previous[key] = entry
         probe = probe_image(path)
         if probe.error is None:
             try:
@@ -148,10 +153,16 @@ class Index:
         self.dirty = True
         return probe
 
-    def last_good(self, path: Path) -> Probe | None:
-        """The size this path had when it last read well, before it changed (if it changed)."""
-        entry = self.previous.get(str(path))
-        return Probe(entry[2], entry[3], None, entry[5], entry[1][0]) if entry is not None else None
+    def file_hash(self, path: Path) -> tuple[int, str]:
+        """(size, sha256) of any file (a model's weights), hashed again only when size or mtime changed."""
+        key, stamp = str(path), stat_key(path.stat())
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] == "hash" and entry[1] == stamp:
+            return stamp[0], str(entry[2])
+        digest = file_sha256(path)
+        self.entries[key] = ["hash", stamp, digest]
+        self.dirty = True
+        return stamp[0], digest
 
     def caption(self, path: Path) -> tuple[str | None, str | None]:
         """(caption, problem); (None, None) when there is no caption file."""
@@ -172,13 +183,9 @@ class Index:
         """Write the index atomically; a cache folder that cannot be written is not an error."""
         if self.file is None or not self.dirty:
             return
+        text = json.dumps({"version": INDEX_VERSION, "entries": self.entries}, separators=(",", ":"))
         try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=self.file.parent, prefix=".index-", suffix=".tmp")
-            os.chmod(temp, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"version": INDEX_VERSION, "entries": self.entries}, handle, separators=(",", ":"))
-            os.replace(temp, self.file)
+            write_atomic(self.file, text.encode("utf-8"))
             self.dirty = False
         except OSError:
             return

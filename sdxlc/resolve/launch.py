@@ -50,7 +50,7 @@ def resolve_launch(
 ) -> dict[str, Any]:
     """The `launch` section; corrects `training`'s per-epoch and total step counts for the world size.
 
-    Every combination resolves; sdxlc/checks.py judges them.
+    Every combination resolves; sdxlc/check/semantic.py judges them.
     """
     processes = int(b.take("launch.processes", "launch.processes", 1))
     machines = int(b.take("launch.machines", "launch.machines", 1))

@@ -2,7 +2,7 @@
 and with which learning rates, ranks and modules (docs/METHODS.md).
 
 The method is chosen by the recipe's sections: `finetune`, `embedding`, or else `lora` (the default,
-also when no section is written). Several sections are reported by sdxlc/checks.py. A LoRA continued
+also when no section is written). Several sections are reported by sdxlc/check/semantic.py. A LoRA continued
 `from` a file takes its rank, alpha, models and layer kinds from the file's safetensors header, read here
 with the standard library (8-byte little-endian header length, then JSON).
 

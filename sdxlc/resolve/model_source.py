@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sdxlc.resolve.index import Index
+
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "data" / "sdxl_config"
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -85,3 +87,23 @@ def config_problem(folder: Path) -> str | None:
     if missing:
         return f"the config folder {folder} has no {', '.join(missing)}"
     return None
+
+
+def model_files(model: dict[str, Any], index: Index) -> list[dict[str, Any]]:
+    """Every local file the model is loaded from (a single file, each file of a diffusers folder, a local
+    VAE), with its size and sha256: the run checks them before it loads the model. A hub id has none."""
+    roots = [Path(model["source"])] if model["kind"] in ("single_file", "pickle", "diffusers_folder") else []
+    if model.get("vae") and Path(model["vae"]).exists():
+        roots.append(Path(model["vae"]))
+    files: list[dict[str, Any]] = []
+    for root in roots:
+        found = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root)) \
+            if root.is_dir() else [root] if root.is_file() else []
+        for file in found:
+            size, digest = index.file_hash(file)
+            files.append({"path": str(file), "size": size, "sha256": digest})
+    return files
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped, unused-ignore]
 
-from sdxlc.check.schemas import SCHEMA_DIR
+from sdxlc.plan.schemas import SCHEMA_DIR
 
 
 @cache

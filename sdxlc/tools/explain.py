@@ -1,8 +1,8 @@
 """`sdxlc explain`: the reference text of a recipe word, a schema field, a diagnostic code or a profile.
 
-Everything is read from the tables the compiler itself uses: the vocabulary (sdxlc/vocabulary.py),
-the recipe and plan schemas, the defaults (sdxlc/defaults.py), the diagnostics catalog
-(sdxlc/diagnostics.py) and the hardware profiles (schema/profiles/). The only text kept here is the
+Everything is read from the tables the compiler itself uses: the vocabulary (sdxlc/lang/vocabulary.py),
+the recipe and plan schemas, the defaults (sdxlc/lang/defaults.py), the diagnostics catalog
+(sdxlc/lang/diagnostics.py) and the hardware profiles (schema/profiles/). The only text kept here is the
 longer explanation of each diagnostic code. A topic may be several things at once (`seed` is a
 statement and a clause of `model` and `sample`; `fit` is a word and a schema field): all are shown.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdxlc.check.schemas import load_schema
 from sdxlc.lang import vocabulary as vocab
 from sdxlc.lang.defaults import DEFAULTS, MODEL_DEFAULTS
 from sdxlc.lang.diagnostics import CATALOG
+from sdxlc.plan.schemas import load_schema
 from sdxlc.resolve.profiles import ProfileError, list_profiles, load_profile
 
 DETAILS: dict[str, str] = {
@@ -36,6 +36,11 @@ DETAILS: dict[str, str] = {
     "SDX0207": "`block_lr` takes exactly 23 learning rates in kohya order; `x9` repeats a value.",
     "SDX0208": "The word is part of the language but the recipe schema has no field for it yet: it is "
     "read, reported and ignored.",
+    "SDX0209": "A string holds a control or invisible character (a NUL, an escape, a right-to-left mark). "
+    "Free text (prompts, caption prefix and suffix, the default caption, the separator, an embedding's "
+    "init word) may hold tabs and new lines (`\\t`, `\\n`); names and paths may not.",
+    "SDX0210": "A string is longer than its field allows (`sdxlc explain PATH` gives the limit), or a path "
+    "has a file or folder name over 255 bytes.",
     "SDX0301": "One file sets the same field twice with different values. Keep one; a value a file "
     "inherits through `use` may be overridden without error.",
     "SDX0302": "One file sets the same field twice with the same value; one of them can go.",
@@ -43,12 +48,21 @@ DETAILS: dict[str, str] = {
     "SDX0304": "`use` lines must come first (only `sdx` may precede them); a late `use` is ignored.",
     "SDX0305": "A recipe file (the one given, or one named by `use`) cannot be read.",
     "SDX0306": "A `--set` option is not `path=value`, or its value cannot be read for that path.",
+    "SDX0307": "A recipe file is not a regular file (a folder, a device such as /dev/zero, a pipe) or is "
+    "too large: at most 32 KiB per file and 64 KiB with every file it uses. It is never read past that.",
+    "SDX0308": "A chain of `use` is deeper than 8 files; use the deeper files directly.",
+    "SDX0309": "`set` or `--set` names a dataset index the recipe does not have (`data.3.repeat` with one "
+    "`data` line), or a new dataset's `path` that would leave a gap: datasets are numbered from 0 in order.",
+    "SDX0310": "A file has more than 200 errors: they are reported and the rest of the file is not checked.",
     "SDX0401": "The recipe document breaks the recipe schema (schema/recipe.schema.json).",
     "SDX0402": "`set` or `--set` names a path the recipe schema does not have.",
     "SDX0403": "The value is not one of the field's allowed values; the help names the closest one.",
     "SDX0404": "The value is outside the field's bounds (see `sdxlc explain PATH` for them).",
     "SDX0405": "The value does not have the form the field needs (a list length, a pattern).",
     "SDX0406": "A section such as `optimizer` cannot be set as a whole; set its fields one by one.",
+    "SDX0407": "A warning: the value is inside the field's bounds but outside its usual range (kohya's and "
+    "diffusers' usual settings), or a learning rate is far from the chosen optimizer's usual rates. The "
+    "message gives the value, the range and why; a deliberate value can stay.",
     "SDX0501": "The recipe (with its `use` files) has no `data` statement, so there is nothing to train on.",
     "SDX0502": "A `data` folder does not exist; paths are relative to the file that names them.",
     "SDX0503": "A `data` folder holds no image the compiler can read (png, jpg, webp, bmp).",
@@ -56,6 +70,10 @@ DETAILS: dict[str, str] = {
     "SDX0505": "`steps` and `epochs` both fix the length of the run; give one of them.",
     "SDX0506": "The `constant` schedule ignores warmup; use `constant_with_warmup` or drop `warmup`.",
     "SDX0507": "The warmup is as long as the whole run or longer, so the learning rate never peaks.",
+    "SDX0508": "A `data` or `output` folder is a filesystem root or lies in /proc, /sys or /dev: scanning it "
+    "would read the whole machine or the kernel's files, writing to it would damage them.",
+    "SDX0509": "The output folder is the data folder, lies inside it, or holds it: the run's samples and "
+    "saves would become training images of the next run. Put `output` beside the data.",
     "SDX0510": "The model names a .safetensors file that does not exist, or whose header (read without "
     "loading any weight) has no SDXL UNet (`model.diffusion_model.*`) or no OpenCLIP bigG text encoder "
     "(`conditioner.embedders.1.model.*`): a LoRA, a lone VAE, a diffusers component or an SD 1.x file.",
@@ -70,6 +88,8 @@ DETAILS: dict[str, str] = {
     "SDX0515": "`init normal` throws the UNet's weights away and starts from noise. A LoRA trains a small "
     "update on top of frozen base weights, so on a random UNet it learns little; train from scratch with "
     "`finetune unet`.",
+    "SDX0516": "A path the recipe gives cannot be resolved: its symbolic links loop, or the system refuses "
+    "the name. Nothing is read through it.",
     "SDX0511": "The model source is neither an existing folder nor a hub id of the form `owner/name`.",
     "SDX0525": "With `cache latents` every image is encoded once, at its crop, before training, so a random "
     "crop or a colour jitter would be drawn once and then frozen. Drop the augmentation or the latent cache; "
@@ -91,6 +111,10 @@ DETAILS: dict[str, str] = {
     "SDX0531": "Regularization (prior-preservation) images are balanced against the training images: each "
     "epoch takes as many regularization samples as there are training samples. With only regularization "
     "datasets there is nothing to train on. See docs/DATA.md.",
+    "SDX0532": "Every training (non-regularization) dataset has `loss weight 0`: every step's loss would be "
+    "0 and nothing would train.",
+    "SDX0533": "A count the recipe implies is past its limit: epochs × steps per epoch above 10^8 steps, or "
+    "an epoch of more than 5,000,000 samples (images × repeats × `N_name` folder repeats).",
     "SDX0540": "`args` names a keyword the optimizer class does not take, or one sdxlc sets itself. The "
     "accepted names, their types and defaults are in schema/optimizers.json (docs/TRAINING.md).",
     "SDX0541": "An `args` value has the wrong type for its optimizer argument: a number where a flag is "

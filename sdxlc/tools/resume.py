@@ -16,14 +16,6 @@ from typing import Any
 
 from sdxlc.plan.diff import Change, diff_plans
 
-STATE_FILE = "state.json"
-PREFIX = "step-"
-
-
-class ResumeError(Exception):
-    """No checkpoint to resume, or one that cannot be read."""
-
-
 ACCEPTED = ("cosmetic", "logging", "estimate")
 ALLOWABLE = {"schedule": "schedule", "numerics": "numerics", "cache-invalidating": "data"}
 # Numerics changes that a checkpoint cannot carry across (its weights and state are in those dtypes).
@@ -75,44 +67,3 @@ def judge(old: dict[str, Any], new: dict[str, Any], allow: frozenset[str] = froz
 
 def _line(change: Change) -> str:
     return f"{change.path}: {change.old!r} → {change.new!r} ({change.kind})"
-
-
-def complete(out: Path) -> list[Path]:
-    """Complete checkpoints under an output folder, oldest first (a torn save has no state file)."""
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
-
-
-def find(out: Path, which: str) -> Path:
-    """`latest` (the newest complete checkpoint under out) or an explicit checkpoint folder."""
-    if which == "latest":
-        found = complete(out)
-        if not found:
-            raise ResumeError(f"no checkpoint to resume under {out / 'checkpoints'}")
-        return found[-1]
-    folder = Path(which)
-    if not (folder / STATE_FILE).is_file():
-        raise ResumeError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
-    return folder
-
-
-def checkpoint_plan(folder: Path) -> dict[str, Any]:
-    """The plan a checkpoint was running."""
-    import json
-
-    try:
-        plan: dict[str, Any] = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ResumeError(f"cannot read the plan of checkpoint {folder}: {exc}") from exc
-    return plan
-
-
-def last_artifact(folder: Path, plan: dict[str, Any]) -> Path:
-    """The LoRA file saved with a checkpoint (for the `from "…"` alternative)."""
-    step = int(folder.name.removeprefix(PREFIX))
-    out = Path(plan["output"]["dir"])
-    candidate = out / f"{plan['output']['name']}-step{step:06d}.safetensors"
-    return candidate if candidate.exists() else out / f"{plan['output']['name']}.safetensors"

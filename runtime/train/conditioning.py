@@ -1,0 +1,318 @@
+"""What a batch is conditioned on: its latents and text embeddings, from the caches the plan asks for.
+
+The VAE and text-encoder passes, the in-memory and content-addressed disk caches shared out over the
+processes, and `precompute` (the work of `sdxlc cache`). The cache package stores entries; this module
+decides what to encode, so the cache imports nothing of training.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from runtime import InputChanged, RunError
+from runtime.cache.store import (
+    Counts,
+    DiskCache,
+    fingerprint,
+    latent_key,
+    text_key,
+    tokenizer_fingerprint,
+)
+from runtime.model.load import Models
+from runtime.train.data import (
+    Batch,
+    Sample,
+    TrainData,
+    all_captions,
+    load_pixels,
+    make_batch,
+    mark_bad,
+    setting,
+)
+
+Say = Callable[[str], None]
+
+
+@torch.no_grad()
+def encode_text(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both encoders' penultimate hidden states side by side, and TE2's pooled projection."""
+    return text_states(models, captions)
+
+
+def text_states(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode_text` with gradients: for methods that train the text encoders or their embeddings."""
+    pipe = models.pipe
+    states, pooled = [], None
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else None
+    if pooled is None:
+        raise RunError("text_encoder_2 gives no pooled projection (text_embeds)")
+    return torch.cat(states, dim=-1).to(models.device), pooled.to(models.device)
+
+
+@torch.no_grad()
+def encode_pixels(models: Models, pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE's latent distribution parameters (mean and log-variance) for a batch of pixels."""
+    vae = models.pipe.vae
+    return vae.encode(pixels.to(models.device, models.vae_dtype)).latent_dist.parameters
+
+
+@torch.no_grad()
+def encode_finite(models: Models, pixels: torch.Tensor, say: Say, what: str) -> torch.Tensor:
+    """`encode_pixels`; NaN or inf in the result encodes the batch again with the VAE in fp32."""
+    parameters = encode_pixels(models, pixels)
+    if torch.isfinite(parameters).all():
+        return parameters
+    vae = models.pipe.vae
+    dtype = vae.dtype
+    say(f"{what}: the VAE gave NaN/inf latents in {str(dtype).removeprefix('torch.')}; encoded again in fp32")
+    vae.to(torch.float32)
+    try:
+        parameters = vae.encode(pixels.to(models.device, torch.float32)).latent_dist.parameters
+    finally:
+        vae.to(dtype)
+    if not torch.isfinite(parameters).all():
+        raise RunError(f"{what}: the VAE gives NaN/inf latents even in fp32")
+    return parameters.to(models.vae_dtype)
+
+
+def sample_latents(models: Models, parameters: torch.Tensor) -> torch.Tensor:
+    latents = DiagonalGaussianDistribution(parameters).sample()
+    return (latents * models.pipe.vae.config.scaling_factor).to(models.weight_dtype)
+
+
+class Conditioning:
+    """Latents and text embeddings for a batch, from the caches the plan asks for.
+
+    Without `to_disk` the caches live in memory for this run; with it, every entry is looked up in the
+    content-addressed disk cache (runtime/cache/store.py) first and stored there when it had to be encoded.
+
+    With N processes, rank r encodes only images and captions r, r+N, r+2N, … and the ranks then
+    exchange their shares: through the disk cache with `to_disk` (each rank writes its share, all wait,
+    every rank loads the rest), otherwise by gathering the tensors (on the CPU) from every rank. Every
+    rank ends with the whole cache; the counts are totals over the ranks, printed by the main process.
+    """
+
+    def __init__(
+        self, models: Models, data: TrainData, cache: dict[str, Any], say: Say | None = None
+    ) -> None:
+        self.models, self.data = models, data
+        self.say: Say = say or (lambda text: None)
+        self.disk = DiskCache(cache["dir"]) if cache["to_disk"] else None
+        acc = models.accelerator
+        self.rank, self.world = int(acc.process_index), int(acc.num_processes)
+        self.latent_counts, self.text_counts = Counts(), Counts()
+        self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.latents: dict[tuple[int, bool], torch.Tensor] | None = None
+        self.shown = 0
+        self.text_grad = False  # encode captions with gradients (the method trains the text encoders)
+        self.captions: Callable[[list[str]], list[str]] | None = None  # the method's caption rewrite
+        if cache["text_encoder"]:
+            self._cache_text()
+        if cache["latents"]:
+            self._cache_latents()
+        if self.disk is not None and acc.is_main_process:
+            self.say(f"latent cache: {self.latent_counts}; text-encoder cache: {self.text_counts}")
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.disk is not None:
+            self.data.warnings.extend(self.disk.warnings)
+            self.disk.warnings.clear()
+        for warning in self.data.warnings[self.shown :]:
+            self.say(f"warning: {warning}")
+        self.shown = len(self.data.warnings)
+
+    def _text_identity(self) -> tuple[str, str]:
+        pipe = self.models.pipe
+        tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
+        encoders = fingerprint(pipe.text_encoder, pipe.text_encoder.config) + fingerprint(
+            pipe.text_encoder_2, pipe.text_encoder_2.config
+        )
+        return tokenizers, encoders
+
+    def _gather(self, mine: list[Any]) -> list[Any]:
+        """Every rank's list, concatenated in rank order (this rank's own with one process)."""
+        if self.world <= 1:
+            return mine
+        return list(gather_object(mine))
+
+    def _total(self, counts: Counts) -> Counts:
+        """The counts summed over the ranks."""
+        pairs = self._gather([(counts.encoded, counts.reused)])
+        return Counts(sum(e for e, _ in pairs), sum(r for _, r in pairs))
+
+    def _cache_text(self) -> None:
+        if any(d["shuffle"] or setting(d, "tag_dropout") > 0 for d in self.data.datasets):
+            raise RunError(
+                "shuffled captions (or tag dropout) change every step: they cannot use the text-encoder cache"
+            )
+        self.text = {}
+        device = self.models.device
+        identity = self._text_identity() if self.disk is not None else None
+        captions = all_captions(self.data)
+        keys = {c: text_key(c, *identity) if identity is not None else "" for c in captions}
+        counts = Counts()
+        for caption in captions[self.rank :: self.world]:
+            entry = self.disk.load("text", keys[caption]) if self.disk is not None else None
+            if entry is not None:
+                self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
+                counts.reused += 1
+                continue
+            states, pooled = encode_text(self.models, [caption])
+            self.text[caption] = (states[0], pooled[0])
+            counts.encoded += 1
+            if self.disk is not None:
+                self.disk.store("text", keys[caption], {"states": states[0], "pooled": pooled[0]})
+        if self.world > 1:
+            if self.disk is not None:
+                self.models.accelerator.wait_for_everyone()  # every share is on disk
+                for caption in captions:
+                    if caption not in self.text:
+                        entry = self.disk.load("text", keys[caption])
+                        if entry is None:
+                            raise RunError(f"text-encoder cache: another process's entry for {caption!r} "
+                                           f"is missing from {self.disk.root}")
+                        self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
+            else:
+                mine = [(c, s.cpu(), p.cpu()) for c, (s, p) in self.text.items()]
+                for caption, states, pooled in self._gather(mine):
+                    self.text.setdefault(caption, (states.to(device), pooled.to(device)))
+        self.text_counts = self._total(counts)
+        if self.models.device.type != "cpu":
+            self.models.pipe.text_encoder.to("cpu")
+            self.models.pipe.text_encoder_2.to("cpu")
+
+    def _cache_latents(self) -> None:
+        self.latents = {}
+        first: dict[int, Sample] = {}
+        for sample in self.data.samples:
+            first.setdefault(sample.image, sample)
+        vae = fingerprint(self.models.pipe.vae, self.models.pipe.vae.config) if self.disk is not None else ""
+        dtype = str(self.models.vae_dtype).removeprefix("torch.")
+        device = self.models.device
+        counts = Counts()
+        keys: dict[tuple[int, bool], str] = {}  # the disk keys of this rank's share
+        bad: list[tuple[int, str]] = []  # images of this rank's share that could not be read
+        for image, sample in list(first.items())[self.rank :: self.world]:
+            item = self.data.images[image]
+            for flip in (False, True) if self.data.datasets[item.dataset]["flip"] else (False,):
+                key = ""
+                if self.disk is not None:  # keyed by the planned bytes (checked when they are read)
+                    key = latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype)
+                    keys[(image, flip)] = key
+                    entry = self.disk.load("latents", key)
+                    if entry is not None:
+                        self.latents[(image, flip)] = entry["parameters"].to(device)
+                        counts.reused += 1
+                        continue
+                try:
+                    pixels = load_pixels(item, sample.crop, sample.bucket, flip)
+                except InputChanged:
+                    raise
+                except RunError as exc:
+                    bad.append((image, str(exc)))
+                    break
+                parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0]
+                self.latents[(image, flip)] = parameters
+                counts.encoded += 1
+                if self.disk is not None:
+                    self.disk.store("latents", key, {"parameters": parameters})
+        if self.world > 1:
+            bad = self._gather(bad)
+            if self.disk is not None:
+                self.models.accelerator.wait_for_everyone()  # every share is on disk
+                for (image, flip), key in self._gather([(k, keys[k]) for k in self.latents]):
+                    if (image, flip) not in self.latents:
+                        entry = self.disk.load("latents", key)
+                        if entry is None:
+                            raise RunError(f"latent cache: another process's entry for "
+                                           f"{self.data.images[image].path} is missing from {self.disk.root}")
+                        self.latents[(image, flip)] = entry["parameters"].to(device)
+            else:
+                mine = [(k, v.cpu()) for k, v in self.latents.items()]
+                for (image, flip), parameters in self._gather(mine):
+                    self.latents.setdefault((image, flip), parameters.to(device))
+        for image, reason in sorted(bad):
+            mark_bad(self.data, image, reason)
+        self.latent_counts = self._total(counts)
+        if self.models.device.type != "cpu":  # cached latents free the VAE (sampling brings it back)
+            self.models.pipe.vae.to("cpu")
+
+    def batch(self, indices: list[int], rng: random.Random) -> Batch:
+        batch = make_batch(self.data, indices, rng, pixels=self.latents is None, substitute=True)
+        self._flush()
+        return batch
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents, prompt embeddings, pooled embeddings) for a batch."""
+        if self.latents is None:
+            parameters = encode_finite(self.models, batch.pixels, self.say, "a batch")
+        else:
+            parameters = torch.stack([self.latents[key] for key in batch.keys])
+        if self.text is None:
+            captions = self.captions(batch.captions) if self.captions else batch.captions
+            states, pooled = (text_states if self.text_grad else encode_text)(self.models, captions)
+        else:
+            states = torch.stack([self.text[c][0] for c in batch.captions])
+            pooled = torch.stack([self.text[c][1] for c in batch.captions])
+        dtype = self.models.weight_dtype
+        return sample_latents(self.models, parameters), states.to(dtype), pooled.to(dtype)
+
+
+@dataclass
+class CacheReport:
+    latents: Counts
+    text: Counts
+    warnings: list[str]
+
+    def lines(self) -> list[str]:
+        return [f"latent cache: {self.latents}", f"text-encoder cache: {self.text}", *self.warnings]
+
+
+def precompute(plan: dict[str, Any]) -> CacheReport:
+    """Fill the disk caches the plan asks for (`sdxlc cache`): load the model and data, encode, report."""
+    from runtime.model.load import setup_model
+    from runtime.train.data import setup_data
+
+    loaded = setup_model(plan)
+    data = setup_data(plan)
+    conditioning = Conditioning(loaded, data, plan["data"]["cache"])
+    return CacheReport(conditioning.latent_counts, conditioning.text_counts, list(data.warnings))
+
+
+def used_keys(plan: dict[str, Any]) -> set[str]:
+    """Every disk-cache key the plan's run reads or writes (`sdxlc cache --prune` keeps these)."""
+    from runtime.model.load import setup_model
+    from runtime.train.data import setup_data
+
+    models, data, cache = setup_model(plan), setup_data(plan), plan["data"]["cache"]
+    pipe, keys = models.pipe, set()
+    if cache["latents"]:
+        vae, dtype = fingerprint(pipe.vae, pipe.vae.config), str(models.vae_dtype).removeprefix("torch.")
+        for sample in {s.image: s for s in reversed(data.samples)}.values():
+            item = data.images[sample.image]
+            for flip in (False, True) if data.datasets[item.dataset]["flip"] else (False,):
+                keys.add(latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype))
+    if cache["text_encoder"]:
+        tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
+        encoders = fingerprint(pipe.text_encoder, pipe.text_encoder.config) + fingerprint(
+            pipe.text_encoder_2, pipe.text_encoder_2.config)
+        keys.update(text_key(caption, tokenizers, encoders) for caption in all_captions(data))
+    return keys

@@ -1,0 +1,121 @@
+"""Disk: the bytes a run will write (artifacts, training-state checkpoints, samples, disk caches).
+
+`disk_bytes(plan)` is deterministic and goes into the plan (`estimate.disk_bytes`); `room(plan)` compares
+it with the free space of the output and cache folders when a plan is shown or run (free space changes
+from minute to minute, so it is never part of the plan or its hash).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sdxlc.estimate.analytic import (
+    get_path,
+    load_model,
+    model_name,
+    optimizer_state_bytes,
+    trainable_param_count,
+)
+
+SAVE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+PNG_RATIO = 0.5  # a sample PNG against its raw RGB size: a generous bound for generated images
+TEXT_TOKENS, TE_WIDTH, POOLED_WIDTH = 77, 768 + 1280, 1280  # SDXL's text-encoder outputs per caption
+MARGIN = 1.1  # filesystem overhead and the temporary copy of the file being replaced
+
+
+def disk_bytes(plan: dict[str, Any]) -> dict[str, int]:
+    """Bytes the run writes at most, by kind, and their `total`."""
+    model = load_model(model_name(plan))
+    trained = trainable_param_count(plan, model)
+    total_steps = int(get_path(plan, "training.total_steps"))
+    saves = _events(plan["save"]["every_steps"], total_steps)
+    kept = min(int(plan["save"]["keep"]), saves)
+    artifact = trained * SAVE_BYTES[plan["save"]["dtype"]]
+    state = trained * 4 + optimizer_state_bytes(plan, model, trained)
+    found = {
+        "artifacts": artifact * (1 + kept),
+        "checkpoints": state * (1 + kept),
+        "samples": _samples(plan, total_steps),
+        "caches": _caches(plan, model),
+    }
+    found["total"] = sum(found.values())
+    return found
+
+
+def _events(every: int | None, total: int) -> int:
+    """Saves (or sample passes) before the last step; the last step's comes on top."""
+    return (total - 1) // every if every else 0
+
+
+def _samples(plan: dict[str, Any], total_steps: int) -> int:
+    sample = plan["sample"]
+    prompts = len(sample.get("prompts") or [])
+    if not prompts:
+        return 0
+    passes = _events(sample.get("every_steps"), total_steps) + 1
+    image = int(sample["width"] * sample["height"] * 3 * PNG_RATIO)
+    return passes * (prompts + 1) * image  # each prompt's image and the grid
+
+
+def _caches(plan: dict[str, Any], model: dict[str, Any]) -> int:
+    cache = plan["data"]["cache"]
+    if not cache["to_disk"]:
+        return 0
+    total = 0
+    if cache["latents"]:
+        latent = model["latent"]
+        for row in plan["data"]["buckets"]["table"]:
+            px = (row["width"] // latent["downscale"]) * (row["height"] // latent["downscale"])
+            total += row["images"] * 2 * latent["channels"] * px * 4  # mean and log-variance, fp32
+        if any(d["flip"] for d in plan["data"]["datasets"]):
+            total *= 2
+    if cache["text_encoder"]:
+        total += plan["data"]["images"] * (TEXT_TOKENS * TE_WIDTH + POOLED_WIDTH) * 4
+    return total
+
+
+def room(plan: dict[str, Any]) -> list[str]:
+    """Warnings when the output or cache folder's disk has less free space than the run will write."""
+    need = plan["estimate"].get("disk_bytes")
+    if not need:
+        return []
+    wants = {plan["output"]["dir"]: need["artifacts"] + need["checkpoints"] + need["samples"]}
+    cache = plan["data"]["cache"]["dir"]
+    wants[cache] = wants.get(cache, 0) + need["caches"] if _same_disk(cache, plan["output"]["dir"]) \
+        else need["caches"]
+    warnings = []
+    for folder, size in wants.items():
+        free = _free(Path(folder))
+        if size and free is not None and size * MARGIN > free:
+            warnings.append(f"{folder}: the run writes up to {_size(size)}, its disk has {_size(free)} free")
+    return warnings
+
+
+def _same_disk(a: str, b: str) -> bool:
+    try:
+        return _existing(Path(a)).stat().st_dev == _existing(Path(b)).stat().st_dev
+    except OSError:
+        return False
+
+
+def _free(folder: Path) -> int | None:
+    try:
+        return int(shutil.disk_usage(_existing(folder)).free)
+    except OSError:
+        return None
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

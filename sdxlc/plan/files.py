@@ -1,0 +1,106 @@
+"""Atomic file writes: a file is either its old self or its complete new self, never half written.
+
+Every file sdxlc and its runtime write that someone may read later (plans, manifests, artifacts,
+checkpoints, caches, indexes) goes through here: the data goes to a temporary file in the same folder
+(`.<name>.<random>.tmp`), is fsynced, then `os.replace`d over the target, and the folder is fsynced.
+On any failure the temporary file is removed and the error propagates (an `OSError` for the file
+system's own failures); the previous file is untouched. New files get the permissions `open()` would
+give them (0o666 less the umask). `atomic_folder` does the same for a folder of files (a checkpoint).
+
+Pure standard library: the runtime imports it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new empty file beside `path` for a writer that needs a file name (safetensors, torch);
+    fsynced and moved over `path` when the block ends, removed when it raises."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _new_temp(target)
+    try:
+        yield temp
+        fsync(temp)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_folder(target.parent)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically; returns the path written."""
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh folder `.<name>.tmp-<pid>` beside `path` to fill; when the block ends every file in it
+    is fsynced and it replaces `path` (an existing `path` is removed first); removed when it raises."""
+    target = Path(path)
+    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    if temp.exists():
+        shutil.rmtree(temp)
+    temp.mkdir(parents=True)
+    try:
+        yield temp
+        for root, _, names in os.walk(temp):
+            for name in names:
+                fsync(Path(root, name))
+            fsync_folder(Path(root))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    fsync_folder(target.parent)
+
+
+def fsync(file: Path) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk, where the platform can."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # …or do not sync them
+        pass
+    finally:
+        os.close(fd)
+
+
+def _new_temp(target: Path) -> Path:
+    """Create `.<name>.<random>.tmp` beside `target`, with the permissions `open()` gives a new file."""
+    for _ in range(100):
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temp
+    raise FileExistsError(f"no free temporary name beside {target}")

@@ -1,0 +1,66 @@
+"""Disk caches that hit across processes and are checked on every read; `sdxlc cache --verify/--prune`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from test_data_cache import counts, dataset
+
+from sdxlc.cli.data import cache_command
+
+
+def _entries(tmp_path: Path, kind: str) -> list[Path]:
+    return sorted((tmp_path / ".sdxlc-cache" / kind).rglob("*.safetensors"))
+
+
+def test_the_latent_cache_hits_in_a_second_process(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    runs = []
+    for seed in ("1", "2"):  # another hash seed: dict and set orders differ between the processes
+        runs.append(subprocess.run([sys.executable, "-m", "sdxlc.cli", "cache", str(recipe)], text=True,
+                                   capture_output=True, env={**env, "PYTHONHASHSEED": seed}, timeout=300))
+        assert runs[-1].returncode == 0, runs[-1].stderr
+    assert counts(runs[0].stdout) == {"latent cache": (6, 0), "text-encoder cache": (6, 0)}
+    assert counts(runs[1].stdout) == {"latent cache": (0, 6), "text-encoder cache": (0, 6)}
+    assert len(_entries(tmp_path, "latents")) == 6
+
+
+def test_damaged_and_nan_entries_are_encoded_again_with_a_warning(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cache_command, [str(recipe)]).exit_code == 0
+    truncated, poisoned, renamed = _entries(tmp_path, "latents")[:3]
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    tensors = load_file(poisoned)
+    save_file({"parameters": torch.full_like(tensors["parameters"], float("nan"))}, poisoned)
+    save_file({"other": tensors["parameters"]}, renamed)
+    result = runner.invoke(cache_command, [str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert counts(result.output)["latent cache"] == (3, 3)
+    assert f"{truncated} is damaged (unreadable" in result.output
+    assert f"{poisoned} is damaged (`parameters` holds NaN" in result.output
+    assert f"{renamed} is damaged (holds ['other']" in result.output
+    assert torch.isfinite(load_file(poisoned)["parameters"]).all()  # encoded again, stored over it
+
+
+def test_verify_removes_damaged_entries_and_prune_keeps_only_what_recipes_use(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cache_command, [str(recipe)]).exit_code == 0
+    first = _entries(tmp_path, "text")[0]
+    first.write_bytes(b"\0" * 20)
+    result = runner.invoke(cache_command, [str(recipe), "--verify"])
+    assert result.exit_code == 0 and "verified 12 entries: 1 damaged" in result.output, result.output
+    assert not first.exists()
+    stray = first.parent / ("f" * 64 + ".safetensors")
+    save_file({"states": torch.ones(2, 2), "pooled": torch.ones(2)}, stray)
+    result = runner.invoke(cache_command, [str(recipe), "--prune"])
+    assert result.exit_code == 0 and "pruned: 1 entries" in result.output and "11 kept" in result.output
+    assert not stray.exists()

@@ -10,6 +10,7 @@ registered under its `method.kind` in `runtime.methods.registry`. The runtime as
   text_encoders(pipe)  the encoders that hold trained parameters (train mode while training)
   caption_map()        how the method rewrites a batch's captions, or None
   save(path, pipe, step, epoch, started)  the method's artifact at this step, in the plan's save dtype
+  save_final(path, pipe) what else the method writes once at the end (a fine-tune's diffusers folder)
 
 Trainable parameters are named as the UNet names them (so LoRA checkpoints keep their names) and with a
 `text_encoder.` / `text_encoder_2.` prefix for the encoders.
@@ -53,6 +54,11 @@ class Method(ABC):
     @abstractmethod
     def save(self, path: Path, pipe: Any, step: int, epoch: int, started: float) -> Path:
         """Write the method's artifact at this step; returns the path written."""
+
+    def save_final(self, path: Path, pipe: Any) -> Path | None:
+        """Anything the method writes once at the end besides its artifact at `path` (a fine-tune's
+        diffusers folder); the folder or file written, or None."""
+        return None
 
     def trainable_state(self, pipe: Any) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: the trained parameters by name."""

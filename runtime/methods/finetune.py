@@ -126,6 +126,12 @@ class FinetuneMethod(Method):
         meta = training_metadata(self.plan, step, epoch, started, self.lineage)
         return save(path, pipe, self.save_dtype, meta)
 
+    def save_final(self, path: Path, pipe: Any) -> Path | None:
+        """With `save diffusers`, the model also as a diffusers folder beside the single file."""
+        if not self.spec.get("save_diffusers"):
+            return None
+        return save_diffusers(path.with_suffix(""), pipe, self.save_dtype)
+
 
 def save_diffusers(folder: Path, pipe: Any, dtype: torch.dtype) -> Path:
     """The model as a diffusers folder, weights in `dtype`; the live weights are put back untouched."""

@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 
 from runtime import RunError, saving, timestamp
 from runtime.gen import sample
-from runtime.methods import finetune, lora
+from runtime.methods import lora
 from runtime.methods import registry as methods
 from runtime.model import load as models
 from runtime.train import checkpoint, loop
@@ -228,12 +228,10 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
         run.save(result.lora_path, stats.steps, stats.epoch)
         run.save_state()
         run.progress.message(f"saved {result.lora_path}")
-        if run.plan["method"].get("save_diffusers"):
-            folder = result.lora_path.with_suffix("")
-            with saving(folder):
-                finetune.save_diffusers(folder, run.models.pipe, models.DTYPES[run.plan["save"]["dtype"]])
-            result.diffusers_path = folder
-            run.progress.message(f"saved {folder}")
+        with saving(result.lora_path.with_suffix("")):
+            result.diffusers_path = run.method.save_final(result.lora_path, run.models.pipe)
+        if result.diffusers_path is not None:
+            run.progress.message(f"saved {result.diffusers_path}")
         run.write_samples(stats.steps)
     result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
     result.seconds = time.monotonic() - run.clock

@@ -109,3 +109,18 @@ def test_runs_verify_passes_an_intact_folder(tmp_path: Path) -> None:
     (tmp_path / "out" / "r.safetensors").write_bytes(b"\0" * 10)
     result = CliRunner().invoke(main, ["runs", "verify", str(tmp_path / "out")])
     assert result.exit_code == 3 and "r.safetensors does not match its sha256" in result.output
+
+
+def test_run_and_cache_report_the_bad_inputs_plan_reports(tmp_path: Path) -> None:
+    from sdxlc.cli.data import cache_command
+
+    recipe = _recipe(tmp_path, extra="cache latents to disk\n")
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "data" / "huge.png").write_bytes((QUICKSTART / "00.png").read_bytes())
+    (tmp_path / "data" / "huge.txt").write_bytes(b"tag, " * 8000)
+    runner = CliRunner()
+    for result in (runner.invoke(cache_command, [str(recipe)]), runner.invoke(main, ["run", str(recipe)])):
+        assert result.exit_code == 0, result.output
+        assert "warning: skipped 2 bad input file(s)" in result.output
+        assert "broken.png: not an image" in result.output
+        assert "huge.png: caption file huge.txt is over" in result.output

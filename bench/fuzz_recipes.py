@@ -32,9 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
-
 from fuzzing import FAMILIES, Case, Outcome, run_case, sandbox  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 SLOW_SECONDS = 5.0
 
@@ -51,6 +50,8 @@ class Tally:
     unlocated: int = 0
     unlocated_codes: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: int = 0  # cases with at least one error
+    diagnostics: int = 0  # error diagnostics in all
+    diagnostics_unlocated: int = 0
     crashes: list[str] = field(default_factory=list)
     slowest: tuple[float, str] = (0.0, "")
     cases: int = 0
@@ -72,7 +73,8 @@ def _run(case: Case, folder: Path, limit: int) -> Outcome:
         signal.alarm(0)
 
 
-def drive(family: str, count: int, folder: Path, tally: Tally, keep: list[tuple[str, Case]], args: Any) -> None:
+def drive(family: str, count: int, folder: Path, tally: Tally, keep: list[tuple[str, Case]],
+          args: Any) -> None:
     """Run `count` cases of one family and add them to the tally."""
 
     @seed(args.seed)
@@ -84,6 +86,8 @@ def drive(family: str, count: int, folder: Path, tally: Tally, keep: list[tuple[
         tally.cases += 1
         tally.exits[outcome.exit] += 1
         tally.errors += outcome.exit == 1
+        tally.diagnostics += outcome.errors
+        tally.diagnostics_unlocated += len(outcome.unlocated)
         if outcome.seconds > tally.slowest[0]:
             tally.slowest = (outcome.seconds, f"{family}: {_describe(case)}")
         why = ""
@@ -115,7 +119,8 @@ def cli_sample(cases: list[Case], folder: Path) -> list[str]:
             argv = [sys.executable, "-m", "sdxlc.cli", "check", "--format", "json", "fuzz.sdx"]
             argv += [f"--set={s}" for s in case.sets]
             try:
-                done = subprocess.run(argv, cwd=folder, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+                done = subprocess.run(argv, cwd=folder, capture_output=True, timeout=60,
+                                      stdin=subprocess.DEVNULL)
                 code = done.returncode
             except ValueError:  # an argument the OS cannot take (a NUL): no CLI run can get it either
                 continue
@@ -153,7 +158,8 @@ def main() -> None:
             tallies[family] = Tally()
             t0 = time.perf_counter()
             drive(family, per_family, folder, tallies[family], keep, args)
-            print(f"{family}: {tallies[family].cases} cases in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            seconds = time.perf_counter() - t0
+            print(f"{family}: {tallies[family].cases} cases in {seconds:.0f} s", file=sys.stderr)
         sample = _cli_cases(args.cli, args.seed)
         mismatches = cli_sample(sample, folder)
     wall = time.perf_counter() - started
@@ -184,7 +190,7 @@ def _cli_cases(count: int, number: int) -> list[Case]:
 def _save(folder: Path, keep: list[tuple[str, Case]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for number, (why, case) in enumerate(keep):
-        entry = {"why": why, **case.to_json()}
+        entry = {"why": why, "expect": None, **case.to_json()}  # `expect`: the exit once it is fixed
         (folder / f"{case.family}-{number:04d}.json").write_text(json.dumps(entry, indent=1) + "\n")
 
 
@@ -197,11 +203,15 @@ def _report(tallies: dict[str, Tally], mismatches: list[str], sampled: int, wall
         total.unlocated += t.unlocated
         total.unlocated_codes.update(t.unlocated_codes)
         total.errors += t.errors
+        total.diagnostics += t.diagnostics
+        total.diagnostics_unlocated += t.diagnostics_unlocated
         total.crashes += t.crashes
         total.slowest = max(total.slowest, t.slowest)
     located = 100.0 * (total.errors - total.unlocated) / total.errors if total.errors else 100.0
+    each = total.diagnostics - total.diagnostics_unlocated
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}"
     lines = [
         "# fuzzing the compiler",
         "",
@@ -213,9 +223,11 @@ def _report(tallies: dict[str, Tally], mismatches: list[str], sampled: int, wall
         f"| cases | ≥ 10,000 | {total.cases} |",
         f"| exit 70 (an exception escaped) | 0 | {total.exits[70]} |",
         f"| cases over {SLOW_SECONDS:g} s | 0 | {total.slow} |",
-        f"| errors located (`file:line:col`) | 100% | {located:.2f}% of {total.errors} cases with errors |",
+        f"| errors located (`file:line:col`) | 100% | {located:.2f}% of {total.errors} cases with errors "
+        f"({each} of {total.diagnostics} error diagnostics) |",
         f"| slowest case | | {total.slowest[0]:.2f} s — {total.slowest[1]} |",
-        f"| CLI sample (`sdxlc check`, exit as in-process) | all | {sampled - len(mismatches)} of {sampled} |",
+        f"| CLI sample (`sdxlc check`, same exit as in-process) | all | {sampled - len(mismatches)} of "
+        f"{sampled} |",
         "",
         "| family | cases | exit 0 | exit 1 | exit 70 | over 5 s | unlocated | slowest (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -224,7 +236,8 @@ def _report(tallies: dict[str, Tally], mismatches: list[str], sampled: int, wall
         lines.append(f"| {name} | {t.cases} | {t.exits[0]} | {t.exits[1]} | {t.exits[70] + t.exits[-1]} | "
                      f"{t.slow} | {t.unlocated} | {t.slowest[0]:.2f} |")
     if total.unlocated_codes:
-        lines += ["", "Unlocated errors by code: " + ", ".join(f"{c} ×{n}" for c, n in total.unlocated_codes.items())]
+        counts = ", ".join(f"{code} ×{n}" for code, n in total.unlocated_codes.items())
+        lines += ["", "Unlocated errors by code: " + counts]
     if total.crashes:
         lines += ["", "Exit 70:", *[f"- {crash}" for crash in total.crashes[:30]]]
     if mismatches:

@@ -65,7 +65,8 @@ class InputChanged(RunError):
     """An input of the plan (an image, the model) is not what was planned: the run must be planned again."""
 
     REPLAN = ("plan again: `sdxlc run RECIPE` (or `sdxlc plan RECIPE -o plan.json`, then "
-              "`sdxlc run plan.json`)")
+              "`sdxlc run plan.json`), with `--overwrite` when the output folder holds this run's first "
+              "steps")
 
     def __init__(self, changes: list[str]) -> None:
         self.changes = changes

@@ -47,12 +47,12 @@ class Case:
     fifos: tuple[str, ...] = ()  # named pipes beside the recipe
 
     def to_json(self) -> dict[str, Any]:
-        """The case as a regression-corpus entry (bytes base64-encoded)."""
+        """The case as a regression-corpus entry: text as text, bytes that are no UTF-8 in base64."""
         return {
             "family": self.family,
-            "recipe": base64.b64encode(self.recipe).decode(),
+            "recipe": _encoded(self.recipe),
             "sets": list(self.sets),
-            "files": {name: base64.b64encode(data).decode() for name, data in self.files},
+            "files": {name: _encoded(data) for name, data in self.files},
             "links": dict(self.links),
             "fifos": list(self.fifos),
         }
@@ -61,12 +61,23 @@ class Case:
     def from_json(cls, entry: dict[str, Any]) -> Case:
         return cls(
             entry["family"],
-            base64.b64decode(entry["recipe"]),
+            _decoded(entry["recipe"]),
             tuple(entry.get("sets", ())),
-            tuple((name, base64.b64decode(data)) for name, data in entry.get("files", {}).items()),
+            tuple((name, _decoded(data)) for name, data in entry.get("files", {}).items()),
             tuple(entry.get("links", {}).items()),
             tuple(entry.get("fifos", ())),
         )
+
+
+def _encoded(data: bytes) -> str | dict[str, str]:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def _decoded(value: str | dict[str, str]) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else base64.b64decode(value["base64"])
 
 
 def _text(family: str, text: str, sets: tuple[str, ...] = (), **extra: Any) -> Case:
@@ -105,10 +116,12 @@ def _mutate(text: str, ops: list[tuple[int, int, str]]) -> str:
 
 _ops = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 10_000), st.sampled_from(PIECES)),
                 min_size=1, max_size=6)
-mutated = st.builds(lambda recipe, ops: _text("mutated", _mutate(recipe, ops)), st.sampled_from(SHIPPED), _ops)
+mutated = st.builds(lambda recipe, ops: _text("mutated", _mutate(recipe, ops)),
+                    st.sampled_from(SHIPPED), _ops)
 
 _statement = st.lists(st.sampled_from(PIECES), min_size=1, max_size=8).map(" ".join)
-words = st.lists(_statement, min_size=1, max_size=10).map(lambda lines: _text("words", BASE + "\n".join(lines)))
+words = st.lists(_statement, min_size=1, max_size=10).map(
+    lambda lines: _text("words", BASE + "\n".join(lines)))
 
 arbitrary = st.text(alphabet=st.characters(codec="utf-8"), max_size=300).map(lambda t: _text("text", t))
 
@@ -132,10 +145,12 @@ NUMERIC_PATHS = sorted(
     if (schema_node(path.replace("*", "0")) or {}).get("type") in ("integer", "number", "array")
 )
 NUMBER_LINES = [
-    "steps {n}", "epochs {n}", "seed {n}", "lr {n}", "batch {n} accumulate {n}", 'data "data/quickstart" repeat {n}',
+    "steps {n}", "epochs {n}", "seed {n}", "lr {n}", "batch {n} accumulate {n}",
+    'data "data/quickstart" repeat {n}',
     "noise offset {n} snr gamma {n} perturbation {n} multires {n} discount {n}", "timesteps {n}..{n}",
     'sample "x" size {n} steps {n} cfg {n} seed {n} every {n} steps', "lora rank {n} alpha {n} dropout {n}",
-    "resolution {n} buckets {n}..{n} step {n}", "block_lr {n} x23", "block_lr {n} x{n}", "gpus {n}; machines {n}",
+    "resolution {n} buckets {n}..{n} step {n}", "block_lr {n} x23", "block_lr {n} x{n}",
+    "gpus {n}; machines {n}",
     "optimizer adamw args eps={n} weight_decay={n} betas={n},{n}", "save every {n} epochs keep {n}",
     "model tiny seed {n} init normal {n}", "loss huber c {n}", "clip {n}", "schedule cosine warmup {n}",
     'data "data/quickstart" dropout {n} tag dropout {n} color jitter {n} loss weight {n} keep {n}',
@@ -243,12 +258,13 @@ def includes(draw: st.DrawFn) -> Case:
 # `--set`: junk paths, indices and values.
 _INDICES = ["0", "1", "7", "01", "-1", "99999999999", "9" * 50, "²", "٣", "*", "", "0x1"]
 _set_path = st.one_of(
-    st.sampled_from(leaf_paths()).flatmap(lambda p: st.sampled_from(_INDICES).map(lambda i: p.replace("*", i))),
+    st.sampled_from(leaf_paths()).flatmap(
+        lambda p: st.sampled_from(_INDICES).map(lambda i: p.replace("*", i))),
     st.lists(st.sampled_from(["data", "lora", "optimizer", "args", "x", "", "0", "__class__", "é", " "]),
              min_size=1, max_size=4).map(".".join),
 )
-_set_value = st.one_of(_number, _dirty, st.sampled_from(["", "true", "unet+te1", "0.9,0.99", '"a cat"', "a, b",
-                                                         '"', "=", "x9", "1e-4 x9", "a=b", "#", ";", "\n"]))
+_set_value = st.one_of(_number, _dirty, st.sampled_from([
+    "", "true", "unet+te1", "0.9,0.99", '"a cat"', "a, b", '"', "=", "x9", "1e-4 x9", "a=b", "#", ";", "\n"]))
 
 
 @st.composite
@@ -264,20 +280,24 @@ def junk_sets(draw: st.DrawFn) -> Case:
 
 # Filesystem-shaped strings where the recipe names folders and files.
 FS_STRINGS = [
-    "/", "//", "/.", "/proc", "/proc/self", "/proc/self/fd", "/sys", "/sys/kernel", "/dev", "/dev/shm", "/dev/zero",
+    "/", "//", "/.", "/proc", "/proc/self", "/proc/self/fd", "/sys", "/sys/kernel", "/dev", "/dev/shm",
+    "/dev/zero",
     "/dev/null", "/tmp/..", "/proc/..", "//proc//self", ".", "./", "..", "data", "data/quickstart",
     "./data//quickstart/", "data/quickstart/..", "data/quickstart/00.png", "~", "~/x", "$HOME", "C:\\", "C:",
-    "\\\\server\\share", "file:///etc", "/nonexistent/x", "nonexistent", " ", "out", "out/x", "data/quickstart/out",
+    "\\\\server\\share", "file:///etc", "/nonexistent/x", "nonexistent", " ", "out", "out/x",
+    "data/quickstart/out",
     "dir", "loop.sdx", "a" * 300, "a/" * 600, "x.jsonl", "x.csv", "data/quickstart/00.txt", ".sdxlc-cache",
 ]
-FS_LINES = ['data "{f}"', 'output "{f}"', 'model "{f}"', 'vae "{f}"', 'lora from "{f}"', 'model "{f}" config "{f}"',
+FS_LINES = ['data "{f}"', 'output "{f}"', 'model "{f}"', 'vae "{f}"', 'lora from "{f}"',
+            'model "{f}" config "{f}"',
             'data "{f}"\noutput "{g}"', 'output "{f}"\ndata "{g}"', 'embedding "<t>"\ndata "{f}"']
 
 
 @st.composite
 def fs_paths(draw: st.DrawFn) -> Case:
     line = draw(st.sampled_from(FS_LINES))
-    line = line.replace("{f}", draw(st.sampled_from(FS_STRINGS))).replace("{g}", draw(st.sampled_from(FS_STRINGS)))
+    for key in ("{f}", "{g}"):
+        line = line.replace(key, draw(st.sampled_from(FS_STRINGS)))
     body = "model tiny\n" + line + "\n"
     if "data " not in line:
         body = BASE + line + "\n"
@@ -298,7 +318,8 @@ def launches(draw: st.DrawFn) -> Case:
         f"machines {draw(st.sampled_from([1, 2, 4]))}",
         f"profile {draw(st.sampled_from(PROFILES))}",
         draw(st.sampled_from(["", "bf16", "fp16", "fp32", "fp16 vae fp32"])),
-        draw(st.sampled_from(["", "checkpointing", "cache te", "cache latents", "fit auto", "batch 4 accumulate 2"])),
+        draw(st.sampled_from(["", "checkpointing", "cache te", "cache latents", "fit auto",
+                              "batch 4 accumulate 2"])),
         draw(st.sampled_from(["", "lr 1e-4 adamw8bit", "lr 1e-5 paged_lion8bit", "optimizer prodigy",
                               "optimizer adafactor", "optimizer sgd"])),
         draw(st.sampled_from(["", 'sample "x" every 10 steps', "steps 20", "epochs 3"])),
@@ -325,6 +346,7 @@ class Outcome:
     unlocated: list[str] = field(default_factory=list)  # codes of errors without a usable place
     codes: list[str] = field(default_factory=list)
     crash: str = ""  # the escaped exception, for exit 70
+    errors: int = 0  # error diagnostics
 
 
 def sandbox(folder: Path) -> Path:
@@ -357,7 +379,7 @@ def run_case(case: Case, folder: Path) -> Outcome:
     exit_code = 1 if compiled.errors else 0
     if compiled.plan is None and not compiled.errors:
         exit_code, unlocated = 70, [*unlocated, "no plan and no error"]
-    return Outcome(exit_code, seconds, unlocated, [d.code for d in diags])
+    return Outcome(exit_code, seconds, unlocated, [d.code for d in diags], errors=len(compiled.errors))
 
 
 def _located(span: Any, sources: dict[str, str]) -> bool:

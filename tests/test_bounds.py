@@ -18,13 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = 'data "data/quickstart"'
 
 NONSENSE = [
-    "lr 10", "lr 1e-12", "lr 5 sgd", "steps 1000000000", "steps 2000000", "epochs 1000000000", "epochs 200000",
+    "lr 10", "lr 1e-12", "lr 5 sgd", "steps 1000000000", "steps 2000000", "epochs 1000000000",
+    "epochs 200000",
     f"{DATA} repeat 1000000000", f"{DATA} repeat 5000", "optimizer adamw args betas=5,5",
-    "optimizer adamw args eps=5", "optimizer adamw args weight_decay=100", "optimizer adamw args weight_decay=-1",
-    "optimizer sgd args momentum=2", "optimizer adafactor args decay_rate=1", "optimizer prodigy args d_coef=0",
-    f"{DATA} dropout 1", "lora dropout 1", "lora dropout 0.9", f"{DATA} loss weight 0", f"{DATA} loss weight 1000",
+    "optimizer adamw args eps=5", "optimizer adamw args weight_decay=100",
+    "optimizer adamw args weight_decay=-1", "optimizer sgd args momentum=2",
+    "optimizer adafactor args decay_rate=1", "optimizer prodigy args d_coef=0", f"{DATA} dropout 1",
+    "lora dropout 1", "lora dropout 0.9", f"{DATA} loss weight 0", f"{DATA} loss weight 1000",
     "noise offset 100", "noise offset 0.5", "noise perturbation 5", "snr gamma 1000000", "snr gamma 0.01",
-    "loss huber c 1000000", "seed 18446744073709551616", "seed 4294967296", 'sample "x" seed 18446744073709551616',
+    "loss huber c 1000000", "seed 18446744073709551616", "seed 4294967296",
+    'sample "x" seed 18446744073709551616',
     "model tiny seed 18446744073709551616", 'sample "x" steps 100000', 'sample "x" steps 500',
     'sample "x" cfg 1000', 'sample "x" cfg 50', 'sample "x" size 100000', 'sample "x" size 100',
     "resolution 96 buckets 64..1000000 step 32", "resolution 96 step 100000", "lora rank 512",
@@ -61,7 +64,8 @@ def test_usual_settings_plan_without_a_bound_warning(recipe: Path) -> None:
 
 
 @pytest.mark.parametrize("line", ["lr 1e-4", "lr 1e-3 adamw8bit", "lr 1e-6", "lr 5e-3", "lr 1 prodigy",
-                                  "lr 0.1 sgd", "noise offset 0.0357", "snr gamma 5", "lora rank 128 alpha 64",
+                                  "lr 0.1 sgd", "noise offset 0.0357", "snr gamma 5",
+                                  "lora rank 128 alpha 64",
                                   'sample "x" steps 30 cfg 7'])
 def test_usual_values_are_not_flagged(tmp_path: Path, line: str) -> None:
     compiled = _compile(tmp_path, f"model tiny\n{DATA}\n{line}\n")

@@ -64,3 +64,28 @@ def test_verify_removes_damaged_entries_and_prune_keeps_only_what_recipes_use(tm
     result = runner.invoke(cache_command, [str(recipe), "--prune"])
     assert result.exit_code == 0 and "pruned: 1 entries" in result.output and "11 kept" in result.output
     assert not stray.exists()
+
+
+def test_an_entry_of_the_wrong_shape_is_encoded_again(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cache_command, [str(recipe)]).exit_code == 0
+    latent, text = _entries(tmp_path, "latents")[0], _entries(tmp_path, "text")[0]
+    save_file({"parameters": torch.zeros(3, 3, 3)}, latent)
+    save_file({"states": torch.zeros(5, 7), "pooled": torch.zeros(3)}, text)
+    result = runner.invoke(cache_command, [str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {"latent cache": (1, 5), "text-encoder cache": (1, 5)}
+    assert f"{latent} is damaged (`parameters` is torch.float32 of shape (3, 3, 3), expected" in result.output
+    assert f"{text} is damaged (`pooled` is torch.float32 of shape (3,), expected" in result.output
+
+
+def test_prune_refuses_a_recipe_without_a_disk_cache(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cache_command, [str(recipe)]).exit_code == 0
+    plain = tmp_path / "plain.sdx"
+    plain.write_text(recipe.read_text(encoding="utf-8").replace(" to disk", ""), encoding="utf-8")
+    result = runner.invoke(cache_command, [str(plain), "--prune"])
+    assert result.exit_code == 1 and "keeps no cache on disk" in result.output
+    assert len(_entries(tmp_path, "latents")) == 6

@@ -1,8 +1,9 @@
 """No input makes the compiler raise, hang or report an error without a place.
 
 Each family of generated inputs (tests/fuzzing.py) runs a few dozen cases here; bench/fuzz_recipes.py
-runs over ten thousand. Every input that ever crashed the compiler is kept in tests/fuzz_corpus/ and
-replayed. Every training method must plan under every launch strategy.
+runs over ten thousand. Every input that ever crashed the compiler (or hung it, or planned what the
+runtime cannot take) is kept in tests/fuzz_corpus/ and replayed; `bench/fuzz_recipes.py --save DIR`
+writes new entries in the same form. Every training method must plan under every launch strategy.
 """
 
 from __future__ import annotations
@@ -11,27 +12,28 @@ import json
 from pathlib import Path
 
 import pytest
-from fuzzing import FAMILIES, Case, run_case, sandbox
+from fuzzing import FAMILIES, Case, Outcome, run_case, sandbox
 from hypothesis import HealthCheck, given, settings
 
 from sdxlc.pipeline import compile_recipe
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 SLOW = 5.0
-EXAMPLES = {"mutated": 30, "words": 20, "text": 20, "numbers": 40, "controls": 40, "long": 8, "includes": 20,
-            "sets": 40, "paths": 30, "launch": 20}
+EXAMPLES = {"mutated": 20, "words": 10, "text": 10, "numbers": 25, "controls": 25, "long": 5, "includes": 15,
+            "sets": 25, "paths": 20, "launch": 10}
 
 
-def _check(case: Case, folder: Path) -> None:
+def _check(case: Case, folder: Path) -> Outcome:
     outcome = run_case(case, folder)
     assert outcome.exit in (0, 1), outcome.crash or outcome.unlocated
     assert outcome.unlocated == [], outcome.codes
     assert outcome.seconds < SLOW
+    return outcome
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_generated_inputs_end_in_a_plan_or_located_errors(family: str, tmp_path_factory: pytest.TempPathFactory
-                                                          ) -> None:
+def test_generated_inputs_end_in_a_plan_or_located_errors(family: str,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     folder = sandbox(tmp_path_factory.mktemp(family) / "case")
 
     @settings(max_examples=EXAMPLES[family], deadline=None, database=None,
@@ -49,7 +51,11 @@ def _corpus() -> list[Path]:
 
 @pytest.mark.parametrize("entry", _corpus(), ids=lambda path: path.stem)
 def test_every_input_that_ever_crashed(entry: Path, tmp_path: Path) -> None:
-    _check(Case.from_json(json.loads(entry.read_text(encoding="utf-8"))), sandbox(tmp_path / "case"))
+    """Each entry says what it once did (`why`) and how the compiler ends on it now (`expect`)."""
+    recorded = json.loads(entry.read_text(encoding="utf-8"))
+    outcome = _check(Case.from_json(recorded), sandbox(tmp_path / "case"))
+    if recorded.get("expect") is not None:
+        assert outcome.exit == recorded["expect"], outcome.codes
 
 
 def test_the_corpus_covers_every_family() -> None:
@@ -69,8 +75,9 @@ METHODS = {
 
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed-zero2", "fsdp"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("gpus", [1, 2])
-def test_every_method_plans_under_every_strategy(tmp_path: Path, method: str, strategy: str, gpus: int) -> None:
+@pytest.mark.parametrize("gpus", [2])
+def test_every_method_plans_under_every_strategy(tmp_path: Path, method: str, strategy: str,
+                                                 gpus: int) -> None:
     folder = sandbox(tmp_path / "case")
     recipe = folder / "fuzz.sdx"
     recipe.write_text(f'model tiny\nprofile a100-80gb\ndata "data/quickstart"\n{METHODS[method]}\n'

@@ -44,7 +44,8 @@ def _only(compiled: Compiled, code: str) -> Diagnostic:
 
 
 @pytest.mark.parametrize("line", ['name "a\\u0001b"', 'output "o\x00x"', 'profile "cpu\x1b[2J"',
-                                  'sample "a\x07cat"', 'data "data/quickstart" prefix "\u202eevil"'])
+                                  'sample "a\x07cat"', 'data "data/quick\u202estart"',
+                                  'data "data/quickstart" prefix "\x7fx"'])
 def test_control_characters_in_strings_are_errors_at_the_string(tmp_path: Path, line: str) -> None:
     compiled = _compile(tmp_path, BASE + line.replace("\\u0001", "\x01") + "\n")
     diag = _only(compiled, "SDX0209")
@@ -52,14 +53,14 @@ def test_control_characters_in_strings_are_errors_at_the_string(tmp_path: Path, 
     assert "\x1b" not in render_text(compiled.ordered(), compiled.sources)
 
 
-def test_free_text_may_hold_tabs_and_new_lines(tmp_path: Path) -> None:
-    compiled = _compile(tmp_path, BASE + 'sample "a cat\\tat dusk\\non a hill"\n')
+def test_free_text_may_hold_tabs_new_lines_and_joiners(tmp_path: Path) -> None:
+    compiled = _compile(tmp_path, BASE + 'sample "a cat\\tat dusk\\non a hill 👩\u200d🎨"\n')
     assert compiled.errors == [] and compiled.plan is not None
-    assert compiled.plan["sample"]["prompts"] == ["a cat\tat dusk\non a hill"]
+    assert compiled.plan["sample"]["prompts"] == ["a cat\tat dusk\non a hill 👩\u200d🎨"]
 
 
-@pytest.mark.parametrize("line", ["name " + "a" * 5000, 'data "' + "a/" * 3000 + '"', 'data "' + "b" * 300 + '"',
-                                  'sample "' + "x" * 3000 + '"'])
+@pytest.mark.parametrize("line", ["name " + "a" * 5000, 'data "' + "a/" * 3000 + '"',
+                                  'data "' + "b" * 300 + '"', 'sample "' + "x" * 3000 + '"'])
 def test_long_strings_and_paths_are_errors(tmp_path: Path, line: str) -> None:
     compiled = _compile(tmp_path, BASE + line + "\n")
     diag = _only(compiled, "SDX0210")
@@ -111,7 +112,8 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     assert with_bom.plan["provenance"]["training.seed"]["at"].endswith("r.sdx:3:1")
 
 
-@pytest.mark.parametrize("target", ["/dev/zero", "/dev/urandom", "/proc/self/status", ".", "pipe.sdx", "big.sdx"])
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/urandom", "/proc/self/status", ".", "pipe.sdx",
+                                    "big.sdx"])
 def test_use_reads_only_small_regular_files(tmp_path: Path, target: str) -> None:
     os.mkfifo(tmp_path / "pipe.sdx")
     (tmp_path / "big.sdx").write_bytes(b"seed 1\n" * 10_000)
@@ -198,7 +200,8 @@ def test_set_of_a_dataset_the_recipe_lacks_is_an_error(tmp_path: Path, option: s
 
 
 def test_a_digit_key_is_no_list_index(tmp_path: Path) -> None:
-    compiled = _compile(tmp_path, BASE + "set optimizer.args." + "9" * 20000 + " 1\n", ("optimizer.args.7=1",))
+    digits = "9" * 20000
+    compiled = _compile(tmp_path, BASE + f"set optimizer.args.{digits} 1\n", ("optimizer.args.7=1",))
     assert {d.code for d in compiled.errors} == {"SDX0540"}
 
 
@@ -215,3 +218,26 @@ def test_set_options_are_no_source_file_of_the_plan(tmp_path: Path) -> None:
     assert compiled.plan is not None and compiled.plan["training"]["seed"] == 5
     assert [s["file"] for s in compiled.plan["sources"]] == [str(tmp_path / "r.sdx")]
     assert compiled.plan["provenance"]["training.seed"] == {"source": "set", "at": "--set:1:1"}
+
+
+# --- follow-on errors ---------------------------------------------------------------------------
+
+
+def test_a_follow_on_error_that_echoes_an_earlier_one_is_left_out(tmp_path: Path) -> None:
+    compiled = _compile(tmp_path, 'model tiny\ndata 5% repeat 2\ndata "data/quickstart" repeat 3\n')
+    assert _errors(compiled) == [("SDX0203", 2)]  # not "data.0: 'path' is a required property"
+    low = load_recipe(tmp_path / "r.sdx")
+    assert low.doc["data"] == [{"path": "data/quickstart", "repeat": 3}]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", ("SDX0501", 1)),  # nothing names data: the start of the recipe
+    ("model tiny\nlora\nfinetune unet\n" + 'data "data/quickstart"\n', ("SDX0570", 3)),
+    ('model tiny\ndata "data/quickstart"\nschedule warmup 10\n', ("SDX0506", 3)),
+    ('model tiny\ndata "data/quickstart"\nresolution 4096\nbatch 4096\n', ("SDX0610", 1)),
+])
+def test_errors_about_what_a_recipe_lacks_have_a_place(tmp_path: Path, text: str,
+                                                       expected: tuple[str, int]) -> None:
+    compiled = _compile(tmp_path, text)
+    assert expected in _errors(compiled)
+    assert all(d.span is not None for d in compiled.errors)

@@ -371,7 +371,8 @@ def test_command_line_sets(tmp_path: Path) -> None:
     assert low.doc["lora"] == {"targets": ["unet", "te1"]}
     assert low.doc["data"] == [{"path": "imgs"}]
     assert low.doc["sample"] == {"prompts": ["a cat, at dusk"]}
-    assert low.provenance["optimizer.lr"].source == "set" and low.provenance["optimizer.lr"].at() == "--set:1:1"
+    assert low.provenance["optimizer.lr"].source == "set"
+    assert low.provenance["optimizer.lr"].at() == "--set:1:1"
 
 
 def test_bad_command_line_sets(tmp_path: Path) -> None:

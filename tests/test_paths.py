@@ -26,7 +26,8 @@ def _codes(compiled: Compiled) -> list[tuple[str, int | None]]:
     return [(d.code, d.span.line if d.span else None) for d in compiled.errors]
 
 
-@pytest.mark.parametrize("folder", ["/", "//", "/tmp/..", "/proc", "/proc/self", "/sys/kernel", "/dev", "/dev/shm"])
+@pytest.mark.parametrize("folder", ["/", "//", "/tmp/..", "/proc", "/proc/self", "/sys/kernel", "/dev",
+                                    "/dev/shm"])
 def test_a_data_folder_at_a_root_or_in_a_system_folder_is_never_scanned(tmp_path: Path, folder: str) -> None:
     start = time.perf_counter()
     compiled = _compile(tmp_path, f'data "{folder}"\n')

@@ -160,3 +160,18 @@ def test_launched_processes_run_the_plan_file_and_never_compile(tmp_path: Path) 
     assert log.count(f"running plan {plan_file}") == 2  # each launched process runs the written plan
     assert f"-m sdxlc.cli run {plan_file}" in log
     assert (tmp_path / "out" / "r.safetensors").exists()
+
+
+def test_hostile_plan_files_are_usage_errors_never_internal_ones(tmp_path: Path) -> None:
+    plan_file = _plan(tmp_path)
+    text = plan_file.read_text(encoding="utf-8")
+    for bad in (text.replace('"lr": 0.001', '"lr": NaN'), "[" * 100000 + "]" * 100000):
+        plan_file.write_text(bad, encoding="utf-8")
+        code, output = _cli("run", str(plan_file))
+        assert code == 2 and "invalid JSON" in output, output
+    plan = json.loads(text)
+    plan["output"]["name"] = "../../escape"
+    plan["plan_hash"] = plan_hash(plan)
+    plan_file.write_text(json.dumps(plan), encoding="utf-8")
+    code, output = _cli("run", str(plan_file))
+    assert code == 2 and "output.name" in output, output

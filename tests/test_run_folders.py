@@ -124,3 +124,52 @@ def test_run_and_cache_report_the_bad_inputs_plan_reports(tmp_path: Path) -> Non
         assert "warning: skipped 2 bad input file(s)" in result.output
         assert "broken.png: not an image" in result.output
         assert "huge.png: caption file huge.txt is over" in result.output
+
+
+def test_a_checkpoint_whose_sums_leave_out_a_file_is_not_trusted(tmp_path: Path) -> None:
+    assert _run(str(_recipe(tmp_path, steps=4)))[0] == 0
+    newest = tmp_path / "out" / "checkpoints" / "step-000004"
+    (newest / "SHA256SUMS").write_text("")
+    (newest / "trainable.safetensors").write_bytes(b"\0" * 10)
+    verify = CliRunner().invoke(main, ["runs", "verify", str(tmp_path / "out")])
+    assert verify.exit_code == 3 and "SHA256SUMS does not list trainable.safetensors" in verify.output
+    older = tmp_path / "out" / "checkpoints" / "step-000002"
+    (older / "SHA256SUMS").write_text((older / "SHA256SUMS").read_text() + f"{'0' * 64}  ../plan.json\n")
+    code, output = _run(str(_recipe(tmp_path, steps=6)), "--resume", "--allow", "schedule")
+    assert code == 3 and "outside the checkpoint" in output and "no intact checkpoint" in output, output
+
+
+def test_a_refused_resume_writes_nothing(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, steps=4)
+    assert _run(str(recipe))[0] == 0
+    before = sorted(str(p) for p in (tmp_path / "out").rglob("*"))
+    for args in (["--resume", "--set", "optimizer.lr=2e-3"],  # needs --allow schedule
+                 ["--resume"],  # finished: nothing left to train
+                 ["--resume", str(tmp_path / "nowhere")]):
+        code, output = _run(str(recipe), *args)
+        assert code in (1, 2, 3) and "Traceback" not in output, output
+    assert "nothing left to train" in _run(str(recipe), "--resume")[1]
+    assert _run(str(recipe), "--resume", str(tmp_path / "nowhere"))[0] == 2
+    assert sorted(str(p) for p in (tmp_path / "out").rglob("*")) == before
+
+
+def test_runs_verify_notes_an_interrupted_save_and_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
+    assert _run(str(_recipe(tmp_path)))[0] == 0
+    (tmp_path / "out" / "checkpoints" / ".step-000006.tmp-99").mkdir()
+    result = CliRunner().invoke(main, ["runs", "verify", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "note     checkpoints/.step-000006.tmp-99" in result.output
+    (tmp_path / "out" / "r-step000002.safetensors").unlink()
+    result = CliRunner().invoke(main, ["runs", "verify", str(tmp_path / "out")])
+    assert result.exit_code == 3 and "r-step000002.safetensors is missing" in result.output
+    result = CliRunner().invoke(main, ["runs", "verify", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "not the output folder of a run" in result.output
+
+
+def test_plan_o_never_replaces_a_runs_plan(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    assert _run(str(recipe))[0] == 0
+    before = (tmp_path / "out" / "plan.json").read_bytes()
+    result = CliRunner().invoke(main, ["plan", str(recipe), "--set", "training.seed=9", "-o",
+                                       str(tmp_path / "out" / "plan.json")])
+    assert result.exit_code == 2 and "is the plan of the run" in result.output
+    assert (tmp_path / "out" / "plan.json").read_bytes() == before

@@ -28,7 +28,8 @@ from sdxlc.plan import buckets as bk
 from sdxlc.plan.files import atomic_path
 
 KEY_VERSION = 2  # 2: configs hashed without diffusers' bookkeeping fields
-EXPECTED = {"latents": ("parameters",), "text": ("states", "pooled")}  # the tensors of each kind
+# the tensors of each kind, with their number of dimensions
+EXPECTED = {"latents": {"parameters": 3}, "text": {"states": 2, "pooled": 1}}
 
 
 @dataclass
@@ -98,9 +99,10 @@ class DiskCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
-    def load(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
-        """The entry's tensors, checked; None when it is absent, or damaged (then `warnings` names it, and
-        the caller encodes it again and stores it over the damaged file)."""
+    def load(self, kind: str, key: str, shapes: dict[str, tuple[int, ...]] | None = None,
+             ) -> dict[str, torch.Tensor] | None:
+        """The entry's tensors, checked (against `shapes` too when given); None when it is absent, or
+        damaged (then `warnings` names it, and the caller encodes it again and stores it over it)."""
         file = self.path(kind, key)
         if not file.is_file():
             return None
@@ -110,7 +112,7 @@ class DiskCache:
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on damage
             problem = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
         else:
-            problem = entry_problem(kind, tensors)
+            problem = entry_problem(kind, tensors, shapes)
         if problem is None:
             return tensors
         self.warnings.append(f"cache entry {file} is damaged ({problem}): encoded again")
@@ -125,14 +127,19 @@ class DiskCache:
         return sorted(p for kind in EXPECTED for p in (self.root / kind).glob("*/*.safetensors"))
 
 
-def entry_problem(kind: str, tensors: dict[str, torch.Tensor]) -> str | None:
-    """What is wrong with an entry's tensors: a missing or extra tensor, a non-float or non-finite one."""
-    expected = EXPECTED.get(kind, ())
+def entry_problem(kind: str, tensors: dict[str, torch.Tensor],
+                  shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
+    """What is wrong with an entry's tensors: a missing or extra tensor, a wrong shape (exactly `shapes`
+    when given, else the right number of dimensions), a non-float or non-finite value."""
+    expected = EXPECTED.get(kind, {})
     if set(tensors) != set(expected):
         return f"holds {sorted(tensors)}, expected {list(expected)}"
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or tensor.ndim == 0:
-            return f"`{name}` is {tensor.dtype} of shape {tuple(tensor.shape)}"
+        want = shapes.get(name) if shapes else None
+        shape = tuple(tensor.shape)
+        wrong = (want is not None and shape != want) or len(shape) != expected[name]
+        if not tensor.is_floating_point() or wrong:
+            return f"`{name}` is {tensor.dtype} of shape {shape}" + (f", expected {want}" if want else "")
         if not bool(torch.isfinite(tensor).all()):
             return f"`{name}` holds NaN or infinite values"
     return None
@@ -141,22 +148,33 @@ def entry_problem(kind: str, tensors: dict[str, torch.Tensor]) -> str | None:
 def verify(root: str | Path) -> tuple[int, list[str]]:
     """Check every entry under `root`; damaged ones are removed (they are encoded again when needed).
     Returns how many entries were checked and what was wrong with the damaged ones."""
-    cache, damaged = DiskCache(root), []
+    cache = DiskCache(root)
     entries = cache.entries()
     for file in entries:
-        if cache.load(file.parent.parent.name, file.stem) is None:
-            file.unlink(missing_ok=True)
+        if file.parent.name != file.stem[:2] or not file.is_file() or file.is_symlink():
+            cache.warnings.append(f"{file} is not a cache entry (misplaced, a folder or a link)")
+            _remove(file)
+        elif cache.load(file.parent.parent.name, file.stem) is None:
+            _remove(file)
     damaged = [warning.removesuffix(": encoded again") + ": removed" for warning in cache.warnings]
     return len(entries), damaged
+
+
+def _remove(path: Path) -> None:
+    with saving(path, "the cache is unchanged past this entry"):
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def prune(root: str | Path, used: set[str]) -> tuple[int, int]:
     """Remove the entries whose key is not in `used`; (kept, removed)."""
     kept = removed = 0
     for file in DiskCache(root).entries():
-        if file.stem in used:
+        if file.stem in used and file.is_file():
             kept += 1
         else:
-            file.unlink(missing_ok=True)
+            _remove(file)
             removed += 1
     return kept, removed

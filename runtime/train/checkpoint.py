@@ -131,8 +131,8 @@ def load_state(folder: Path) -> Saved:
             scaler=torch.load(scaler_file, weights_only=True) if scaler_file.exists() else None,
             rng=_load_rng(folder),
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise RunError(f"cannot read checkpoint {folder}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch raise their own types on damage
+        raise RunError(f"cannot read checkpoint {folder}: {type(exc).__name__}: {exc}") from exc
 
 
 def restore_rng(rng: dict[str, Any], data_rng: random.Random) -> None:

@@ -147,6 +147,19 @@ class Conditioning:
         )
         return tokenizers, encoders
 
+    def _text_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of one caption's cached encoder outputs."""
+        pipe = self.models.pipe
+        width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+        return {"states": (pipe.tokenizer.model_max_length, width),
+                "pooled": (pipe.text_encoder_2.config.projection_dim,)}
+
+    def _latent_shape(self, bucket: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The shape of one image's cached latent distribution (mean and log-variance) at its bucket."""
+        config = self.models.pipe.vae.config
+        down = 2 ** (len(config.block_out_channels) - 1)
+        return {"parameters": (2 * config.latent_channels, bucket[1] // down, bucket[0] // down)}
+
     def _gather(self, mine: list[Any]) -> list[Any]:
         """Every rank's list, concatenated in rank order (this rank's own with one process)."""
         if self.world <= 1:
@@ -170,7 +183,8 @@ class Conditioning:
         keys = {c: text_key(c, *identity) if identity is not None else "" for c in captions}
         counts = Counts()
         for caption in captions[self.rank :: self.world]:
-            entry = self.disk.load("text", keys[caption]) if self.disk is not None else None
+            shapes = self._text_shapes()
+            entry = self.disk.load("text", keys[caption], shapes) if self.disk is not None else None
             if entry is not None:
                 self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
                 counts.reused += 1
@@ -185,7 +199,7 @@ class Conditioning:
                 self.models.accelerator.wait_for_everyone()  # every share is on disk
                 for caption in captions:
                     if caption not in self.text:
-                        entry = self.disk.load("text", keys[caption])
+                        entry = self.disk.load("text", keys[caption], self._text_shapes())
                         if entry is None:
                             raise RunError(f"text-encoder cache: another process's entry for {caption!r} "
                                            f"is missing from {self.disk.root}")
@@ -217,7 +231,7 @@ class Conditioning:
                 if self.disk is not None:  # keyed by the planned bytes (checked when they are read)
                     key = latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype)
                     keys[(image, flip)] = key
-                    entry = self.disk.load("latents", key)
+                    entry = self.disk.load("latents", key, self._latent_shape(sample.bucket))
                     if entry is not None:
                         self.latents[(image, flip)] = entry["parameters"].to(device)
                         counts.reused += 1
@@ -240,7 +254,7 @@ class Conditioning:
                 self.models.accelerator.wait_for_everyone()  # every share is on disk
                 for (image, flip), key in self._gather([(k, keys[k]) for k in self.latents]):
                     if (image, flip) not in self.latents:
-                        entry = self.disk.load("latents", key)
+                        entry = self.disk.load("latents", key, self._latent_shape(first[image].bucket))
                         if entry is None:
                             raise RunError(f"latent cache: another process's entry for "
                                            f"{self.data.images[image].path} is missing from {self.disk.root}")

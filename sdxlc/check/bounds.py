@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdxlc.lang.diagnostics import Diagnostic, make
+from sdxlc.lang.diagnostics import Diagnostic, make, number_text
 from sdxlc.lang.layers import Layers
-from sdxlc.lang.vocabulary import number_text, schema_node
+from sdxlc.lang.vocabulary import schema_node
 
 MAX_TOTAL_STEPS = 100_000_000  # the same as `training.steps`
 USUAL_TOTAL_STEPS = 1_000_000
@@ -42,7 +42,8 @@ def unusual_values(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
         low, high = usual.get("minimum"), usual.get("maximum")
         if (low is not None and value < low) or (high is not None and value > high):
             found.append(make("SDX0407", f"`{path}` is {number_text(value)}, outside its usual range "
-                              f"{_range(low, high)}", layers.span(path), help=f"{usual['why']}; is it a typo?"))
+                              f"{_range(low, high)}", layers.span(path),
+                              help=f"{usual['why']}; is it a typo?"))
     return found
 
 

@@ -14,11 +14,9 @@ from pathlib import Path
 from sdxlc.lang.defaults import default_output
 from sdxlc.lang.diagnostics import Diagnostic, make, shown
 from sdxlc.lang.layers import Layers
-from sdxlc.lang.limits import SYSTEM_FOLDERS
+from sdxlc.lang.limits import in_system_folder
 from sdxlc.lang.lower import Lowered
 from sdxlc.resolve.datasets import MANIFEST_EXTENSIONS
-
-
 
 PATH_SETTINGS = ("model.source", "model.config", "model.vae", "lora.from", "output.dir")
 
@@ -99,10 +97,8 @@ def _system(folder: Path) -> str | None:
     """Why a folder must not be read or written by a run, or None."""
     if folder.parent == folder:
         return "a filesystem root"
-    for system in SYSTEM_FOLDERS:
-        if folder == system or system in folder.parents:
-            return f"in {system}, a system folder of the kernel and devices"
-    return None
+    system = in_system_folder(folder)
+    return f"in {system}, a system folder of the kernel and devices" if system is not None else None
 
 
 def _real(path: Path) -> Path | None:

@@ -31,7 +31,8 @@ def nearest(lowered: Lowered, path: str) -> Span:
     """The span of the setting of `path`, of the first setting inside it, or of the nearest one around
     it; the start of the recipe when none was written in a file."""
     origins = lowered.provenance
-    inside = [origin for key, origin in origins.items() if key == path or key.startswith(path + ".") or not path]
+    inside = [origin for key, origin in origins.items()
+              if not path or key == path or key.startswith(path + ".")]
     candidates = inside + [origins[key] for key in _parents(path) if key in origins]
     for origin in candidates:
         if origin.span is not None:

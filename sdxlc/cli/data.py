@@ -66,13 +66,17 @@ def _plan(recipe: Path, sets: tuple[str, ...], profile: str | None, needs_disk: 
     cache = compiled.plan["data"]["cache"]
     print_plan_warnings(compiled.plan)
     if needs_disk and (not cache["to_disk"] or not (cache["latents"] or cache["text_encoder"])):
-        click.echo(f"error: {recipe}: nothing to precompute: the recipe needs `cache latents to disk` "
-                   "and/or `cache te to disk`", err=True)
+        click.echo(f"error: {recipe}: nothing to precompute: the recipe needs `cache latents to disk`, "
+                   "`cache te to disk` or both (`cache latents cache te to disk`)", err=True)
         sys.exit(EXIT_RECIPE)
     return compiled.plan
 
 
 def _maintain(plans: list[dict[str, Any]], verify: bool, prune: bool, store: Any, conditioning: Any) -> None:
+    if prune and (unused := [p["output"]["name"] for p in plans if not p["data"]["cache"]["to_disk"]]):
+        click.echo(f"error: {', '.join(unused)} keeps no cache on disk: --prune would count none of its "
+                   "entries as used; name the recipes that cache to disk", err=True)
+        sys.exit(EXIT_RECIPE)
     folders = sorted({plan["data"]["cache"]["dir"] for plan in plans})
     for folder in folders:
         click.echo(f"cache {folder}")

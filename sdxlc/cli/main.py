@@ -113,6 +113,7 @@ def plan(
     if compiled.plan is None:
         sys.exit(EXIT_RECIPE)
     if output is not None and compiled.manifest is not None:
+        _refuse_a_runs_plan(output, compiled.plan["plan_hash"])
         try:
             write_plan_file(output, compiled.plan, compiled.manifest)
         except OSError as exc:
@@ -121,6 +122,17 @@ def plan(
     click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan), nl=False)
     if exact:
         _print_exact(compiled.plan)
+
+
+def _refuse_a_runs_plan(path: Path, plan_hash: str) -> None:
+    """`plan -o` never replaces the plan of a run that has results beside it (another plan's)."""
+    from sdxlc.plan import layout
+
+    old = layout.plan_hash_in(path) if path.is_file() else None
+    if old is not None and old != plan_hash and layout.results(path.parent, old):
+        click.echo(f"error: {path} is the plan of the run in {path.parent}; write this plan elsewhere "
+                   "(`sdxlc run` writes it into the output folder itself)", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 def _print_exact(plan_: dict[str, Any]) -> None:
@@ -228,8 +240,16 @@ def run(
         raise click.UsageError("--resume takes `latest` or a checkpoint folder, not an empty value")
     if resume_from is not None and overwrite:
         raise click.UsageError("--resume continues the run in the output folder; --overwrite moves it aside")
-    resuming = resume_from is not None
-    plan_, plan_file = _plan_to_run(target, sets, profile, resuming=resuming, overwrite=overwrite)
+    if resume_from not in (None, "latest") and not Path(str(resume_from)).is_dir():
+        raise click.UsageError(f"--resume {resume_from}: no such checkpoint folder (or `latest`)")
+    plan_, plan_file, manifest = _plan_to_run(target, sets, profile)
+    # judged (resume) or claimed (fresh) before anything is written: a refusal changes nothing
+    folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
+    if resume_from is None:
+        _claim(plan_, overwrite)
+    if manifest is not None:
+        plan_file = _write_plan(plan_, manifest, resuming=resume_from is not None)
+        click.echo(f"compiled {target} → {plan_file}", err=True)
     from sdxlc.cli.launch import relaunch
 
     forwarded = [*(["--resume", resume_from] if resume_from else []),
@@ -237,7 +257,6 @@ def run(
     launched = relaunch(plan_, ["run", str(plan_file), *forwarded])  # several processes: run the plan file
     if launched is not None:
         sys.exit(launched)
-    folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
     _print_run_header(plan_)
     started = time.monotonic()
     try:
@@ -257,13 +276,11 @@ def run(
 
 
 def _plan_to_run(
-    target: Path, sets: tuple[str, ...], profile: str | None, *, resuming: bool, overwrite: bool
-) -> tuple[dict[str, Any], Path]:
-    """The sealed plan to execute and the file it is in: a plan file as it is (checked against the plan
-    schema and its own hash), or a recipe compiled and written to `<output>/plan.json` with its manifest
-    (`plans/resume-N.json` for a resumed segment). The output folder is claimed first: another run's
-    results in it stop a fresh run (exit 2) unless `--overwrite` moves them aside."""
-    from sdxlc.plan import contract, layout
+    target: Path, sets: tuple[str, ...], profile: str | None
+) -> tuple[dict[str, Any], Path, Any]:
+    """The sealed plan to execute: a plan file as it is (checked against the plan schema and its own
+    hash; no manifest to write), or a recipe compiled (its manifest returned, to be written with it)."""
+    from sdxlc.plan import contract
 
     if contract.is_plan_file(target):
         if sets or profile:
@@ -274,30 +291,31 @@ def _plan_to_run(
             click.echo(f"error: {target}: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         click.echo(f"running plan {target} ({plan_['plan_hash'][:12]})", err=True)
-        _claim(plan_, resuming, overwrite)
-        return plan_, target
+        return plan_, target, None
     compiled = _compile(target, sets, profile)
     _print_diagnostics(compiled)
     if compiled.plan is None or compiled.manifest is None:
         sys.exit(EXIT_RECIPE)
-    out = Path(compiled.plan["output"]["dir"])
-    _claim(compiled.plan, resuming, overwrite)
-    plan_file = layout.plan_file_for(out, compiled.plan["plan_hash"], resuming)
+    return compiled.plan, target, compiled.manifest
+
+
+def _write_plan(plan_: dict[str, Any], manifest: Any, resuming: bool) -> Path:
+    """`<output>/plan.json` (`plans/resume-N.json` for a resumed segment) and its manifest."""
+    from sdxlc.plan import contract, layout
+
+    plan_file = layout.plan_file_for(Path(plan_["output"]["dir"]), plan_["plan_hash"], resuming)
     try:
-        contract.write(plan_file, compiled.plan, compiled.manifest)
+        contract.write(plan_file, plan_, manifest)
     except OSError as exc:
         click.echo(f"error: cannot write {plan_file}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_RUN)
-    click.echo(f"compiled {target} → {plan_file}", err=True)
-    return compiled.plan, plan_file
+    return plan_file
 
 
-def _claim(plan_: dict[str, Any], resuming: bool, overwrite: bool) -> None:
+def _claim(plan_: dict[str, Any], overwrite: bool) -> None:
     """Another run's results in the output folder stop a fresh run, unless --overwrite moves them aside."""
     from sdxlc.plan import layout
 
-    if resuming:
-        return
     try:
         aside = layout.claim(Path(plan_["output"]["dir"]), plan_["plan_hash"], overwrite)
     except layout.OutputInUse as exc:
@@ -344,6 +362,11 @@ def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[P
                    f"`{plan_['output']['name']}`: another recipe's run shares this output folder; "
                    "give each recipe its own `output \"…\"`", err=True)
         sys.exit(EXIT_RECIPE)
+    done = _steps_done(folder)
+    if done >= plan_["training"]["total_steps"]:
+        click.echo(f"error: {folder} is at step {done} of {plan_['training']['total_steps']}: nothing left "
+                   "to train (to train longer, raise `steps` and add `--allow schedule`)", err=True)
+        sys.exit(EXIT_RUN)
     verdict = resume.judge(old, plan_, allow)
     if not verdict.ok:
         click.echo(
@@ -398,6 +421,15 @@ def _method_text(method: dict[str, Any]) -> str:
     if method["kind"] == "embedding":
         return f"embedding {method['token']} ({method['vectors']} vectors)"
     return f"LoRA rank {method['rank']} ({targets})"
+
+
+def _steps_done(folder: Path) -> int:
+    from sdxlc.plan import layout
+
+    try:
+        return int(json.loads((folder / layout.STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # the checkpoint is verified; the runtime reports what it cannot read
 
 
 def _print_run_header(plan_: dict[str, Any]) -> None:

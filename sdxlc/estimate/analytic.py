@@ -327,7 +327,7 @@ def shard_terms(plan: dict[str, Any], terms: dict[str, int]) -> dict[str, int]:
     if strategy == "fsdp":
         sharded += ["unet_weights", "trainable_params"]
     suffix = "_zero2_shard" if strategy == "deepspeed-zero2" else "_fsdp_shard"
-    for key in sharded:  # a term the method's peak does not hold (a fine-tune's weights are trained) stays out
+    for key in sharded:  # a term the method's peak does not hold (a fine-tune trains its *_weights) stays out
         if key in out:
             out[key + suffix] = -(-out.pop(key) // world)
     return out

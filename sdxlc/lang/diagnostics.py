@@ -185,6 +185,15 @@ def shown(text: str, limit: int = 60) -> str:
     return f"{text[: limit - 11]}…{text[-10:]}"
 
 
+def number_text(value: Any) -> str:
+    """A number as a message writes it: whole numbers in full, others shortest (`1e-05`, `0.3`)."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:g}"
+    if isinstance(value, float):
+        return str(int(value)) if abs(value) < 1e16 else f"{value:g}"
+    return str(value)
+
+
 def _tidy(text: str) -> str:
     text = printable(text) if not text.isprintable() else text
     if len(text) <= 80:

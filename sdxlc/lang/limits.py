@@ -1,20 +1,24 @@
 """Limits on what a recipe may say, beyond its schema types: string lengths and characters, the
-size of recipe files and the depth of `use` chains.
+size of recipe files and the depth of `use` chains, and the messages for values past a schema bound.
 
-Every string a recipe gives is checked where it is written: a control character is an error (free
-text such as a prompt may hold tabs and new lines), and so is a string longer than its schema
-field's `maxLength`. A path is also checked part by part against the file system's name limit.
+Every string a recipe gives is checked where it is written: an invisible character (a control, a
+surrogate, a format character such as a right-to-left mark) in a name or path is an error; free text
+such as a prompt may hold tabs, new lines and format characters (an emoji's joiner), but no other
+control. A string longer than its schema field's `maxLength` is an error, and a path is also checked
+part by part against the file system's name limit.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdxlc.lang.diagnostics import invisible, printable, shown
+from sdxlc.lang.ast import LowerError
+from sdxlc.lang.diagnostics import Span, invisible, make, number_text, printable, shown
 
 MAX_FILE_BYTES = 32 * 1024  # one recipe file; real recipes are a few hundred bytes to a few KiB
 MAX_TOTAL_BYTES = 64 * 1024  # a recipe with every file it uses
@@ -30,6 +34,7 @@ TEXT_FIELDS = frozenset({
     "sample.prompts", "data.*.prefix", "data.*.suffix", "data.*.default_caption", "data.*.separator",
     "embedding.init",
 })
+_TEXT_OK = frozenset({"Cf", "Zl", "Zp"})  # invisible but harmless in free text
 # File system paths (and hub ids, which are checked the same way).
 PATH_FIELDS = frozenset({
     "model.source", "model.config", "model.vae", "data.*.path", "output.dir", "lora.from", "use",
@@ -56,10 +61,10 @@ def generic(path: str) -> str:
 def string_problem(path: str, value: str, node: dict[str, Any]) -> Problem | None:
     """Why a string is not a value of the recipe path (whose schema is `node`), or None."""
     field = generic(path)
-    allowed = "\t\n" if field in TEXT_FIELDS else ""
+    text = field in TEXT_FIELDS
     for index, char in enumerate(value):
-        if invisible(char) and char not in allowed:
-            what = "free text may hold `\\t` and `\\n`, nothing else invisible" if allowed else (
+        if invisible(char) and not (text and (char in "\t\n" or unicodedata.category(char) in _TEXT_OK)):
+            what = "free text may hold `\\t` and `\\n`, no other control" if text else (
                 "names and paths cannot hold control or invisible characters")
             message = f"`{path}` holds the invisible character `{printable(char)}` at character {index + 1}"
             return Problem("SDX0209", message, f"remove it: {what}")
@@ -70,6 +75,36 @@ def string_problem(path: str, value: str, node: dict[str, Any]) -> Problem | Non
     if field in PATH_FIELDS:
         return _path_problem(path, value)
     return None
+
+
+def check_strings(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
+    """Raise the error for a string (or a string of a list) that is not a value of `path`; `spans` has
+    one span per list element."""
+    values, item = (value, node.get("items", {})) if isinstance(value, list) else ([value], node)
+    for index, text in enumerate(values):
+        if isinstance(text, str) and (problem := string_problem(path, text, item)) is not None:
+            where = spans[index] if isinstance(value, list) and index < len(spans) else span
+            raise LowerError(make(problem.code, problem.message, where, problem.help))
+
+
+_BOUND_WORDS = {
+    "minimum": "below its lowest value",
+    "exclusiveMinimum": "not above",
+    "maximum": "above its highest value",
+    "exclusiveMaximum": "not below",
+}
+
+
+def beyond(path: str, value: Any, keyword: str, bound: Any) -> str:
+    """`training.steps` is 1000000000, above its highest value 100000000."""
+    return f"`{path}` is {number_text(value)}, {_BOUND_WORDS[keyword]} {number_text(bound)}"
+
+
+def not_a_multiple(path: str, value: Any, step: Any) -> tuple[str, str]:
+    """The message and help for a value that must be a multiple of `step` (a sample size of 100)."""
+    step, low = int(step), int(value) // int(step) * int(step)
+    hint = f"use {low} or {low + step}" if low else f"use {step}"
+    return f"`{path}` is {number_text(value)}, not a multiple of {step}", hint
 
 
 def _path_problem(path: str, value: str) -> Problem | None:

@@ -103,6 +103,16 @@ class _FileLowering:
                 self.diags.append(_unexpected(items[pos], context))
                 after = pos + 1
             pos = after
+        if entry.words == "data" and f"data.{index}.path" not in self.layer.settings:
+            self._drop_dataset(index)
+
+    def _drop_dataset(self, index: int) -> None:
+        """A `data` statement whose folder was rejected is skipped whole: its other clauses would only
+        describe a dataset that is not there, and the next `data` statement takes its index."""
+        prefix = f"data.{index}."
+        for key in [key for key in self.layer.settings if key.startswith(prefix)]:
+            del self.layer.settings[key]
+        self.data_items -= 1
 
     def _order(self, entry: vocab.Entry, head: ast.Word) -> None:
         if entry.arg == "file" and self.started:
@@ -346,7 +356,7 @@ class _Loader:
     def load(self, file: str, stack: tuple[tuple[Path, str], ...], at: Span | None) -> _Layer:
         chain = " → ".join([name for _, name in stack] + [file])
         if len(stack) >= limits.MAX_USE_DEPTH:
-            hint = f"`use` chains are at most {limits.MAX_USE_DEPTH} files long: use the deeper files directly"
+            hint = f"a `use` chain is at most {limits.MAX_USE_DEPTH} files long: use deeper files directly"
             self.diags.append(make("SDX0308", f"`use` chain too deep: {chain}", at, hint))
             return _Layer()
         real = _real(file)
@@ -388,7 +398,7 @@ class _Loader:
             if len(text.encode("utf-8")) > self.room:
                 raise limits.RecipeFileError(
                     "SDX0307", f"`{file}` takes the recipe past {limits.MAX_TOTAL_BYTES // 1024} KiB with "
-                    "the files it uses", "recipes are read whole and kept small: merge or trim the used files")
+                    "the files it uses", "recipes are read whole and kept small: trim the used files")
         except limits.RecipeFileError as error:
             if error.at is not None:  # a bad byte: point at it, and at the `use` line that read the file
                 line, column = error.at

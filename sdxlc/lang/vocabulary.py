@@ -327,7 +327,7 @@ def nest(values: dict[str, Any], sections: set[str]) -> dict[str, Any]:
 def _put(node: Any, parts: list[str], value: Any) -> None:
     """Put a value at its path; only `data` holds a list (whose indices lowering has checked): any
     other all-digit part is a key (`optimizer.args.9`)."""
-    for depth, (part, following) in enumerate(zip(parts, parts[1:], strict=False)):
+    for depth, part in enumerate(parts[:-1]):
         empty: Any = [] if depth == 0 and part == "data" else {}
         if isinstance(node, list):
             index = int(part)
@@ -384,15 +384,15 @@ _RANGE_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 
 
 def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
-    _check_strings(value, node, path, span, spans)
+    limits.check_strings(value, node, path, span, spans)
     errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(value), key=lambda e: list(e.path))
     if not errors:
         return
     error = errors[0]
     where = spans[error.path[0]] if error.path and isinstance(error.path[0], int) else span
     if error.validator in _RANGE_KEYWORDS:
-        raise LowerError(make("SDX0404", _beyond(path, error.instance, error.validator, error.validator_value),
-                              where, error.schema.get("x-why") or node.get("x-why")))
+        message = limits.beyond(path, error.instance, error.validator, error.validator_value)
+        raise LowerError(make("SDX0404", message, where, error.schema.get("x-why") or node.get("x-why")))
     if error.validator == "enum":
         choices = [str(choice) for choice in error.validator_value]
         noun = path.rsplit(".", 1)[0] if path.endswith(".name") else f"`{path}` value"
@@ -402,43 +402,9 @@ def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[
         message = f"`block_lr` has {len(value)} values; it needs 23"
         raise LowerError(make("SDX0207", message, span, BLOCK_LR_HELP))
     if error.validator == "multipleOf":
-        step = int(error.validator_value)
-        low = int(error.instance) // step * step
-        hint = f"use {low} or {low + step}" if low else f"use {step}"
-        raise LowerError(make("SDX0405", f"`{path}` is {number_text(error.instance)}, not a multiple of {step}",
-                              where, hint))
+        message, hint = limits.not_a_multiple(path, error.instance, error.validator_value)
+        raise LowerError(make("SDX0405", message, where, hint))
     raise LowerError(make("SDX0405", f"`{path}`: {error.message}", where))
-
-
-def _check_strings(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
-    """Control characters and lengths of a string, or of each string of a list (sdxlc/lang/limits.py)."""
-    values, item = (value, node.get("items", {})) if isinstance(value, list) else ([value], node)
-    for index, text in enumerate(values):
-        if isinstance(text, str) and (problem := limits.string_problem(path, text, item)) is not None:
-            where = spans[index] if isinstance(value, list) and index < len(spans) else span
-            raise LowerError(make(problem.code, problem.message, where, problem.help))
-
-
-_BOUND_WORDS = {
-    "minimum": "below its lowest value",
-    "exclusiveMinimum": "not above",
-    "maximum": "above its highest value",
-    "exclusiveMaximum": "not below",
-}
-
-
-def _beyond(path: str, value: Any, keyword: str, bound: Any) -> str:
-    """`training.steps` is 1000000000, above its highest value 100000000."""
-    return f"`{path}` is {number_text(value)}, {_BOUND_WORDS[keyword]} {number_text(bound)}"
-
-
-def number_text(value: Any) -> str:
-    """A number as a message writes it: whole numbers in full, others shortest (`1e-05`, `0.3`)."""
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:g}"
-    if isinstance(value, float):
-        return str(int(value)) if abs(value) < 1e16 else f"{value:g}"
-    return str(value)
 
 
 def unknown_word(word: ast.Word, context: str, statement: bool = False) -> Diagnostic:

@@ -62,15 +62,19 @@ def is_plan_file(path: Path) -> bool:
 def read(path: Path) -> dict[str, Any]:
     """A plan file, checked against the plan schema and its own hash (PlanError otherwise)."""
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
+        plan = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"cannot read the plan: {exc}") from exc
-    except ValueError as exc:
-        raise PlanError(f"not a plan: invalid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise PlanError(f"not a plan: invalid JSON ({str(exc) or 'nested too deeply'})") from exc
     if not isinstance(plan, dict):
         raise PlanError("not a plan: the file does not hold a JSON object")
     check(plan)
     return plan
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a plan may hold")
 
 
 def write(path: Path, plan: dict[str, Any], manifest: Manifest) -> Path:

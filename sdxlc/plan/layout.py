@@ -13,6 +13,9 @@ from sdxlc.plan.sums import verify_folder
 
 STATE_FILE = "state.json"
 PREFIX = "step-"
+# what every checkpoint holds (and its SHA256SUMS must list); `scaler.pt` only under fp16
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.json", "rng.safetensors",
+                    "plan.json", STATE_FILE)
 
 
 class ResumeError(Exception):
@@ -38,7 +41,7 @@ def find(out: Path, which: str, skipped: list[str] | None = None) -> Path:
             raise ResumeError(f"no checkpoint to resume under {out / 'checkpoints'}")
         passed: list[str] = []
         for folder in reversed(found):
-            problems = verify_folder(folder)
+            problems = verify_folder(folder, CHECKPOINT_FILES)
             if not problems:
                 if skipped is not None:
                     skipped.extend(passed)
@@ -48,7 +51,7 @@ def find(out: Path, which: str, skipped: list[str] | None = None) -> Path:
     folder = Path(which)
     if not (folder / STATE_FILE).is_file():
         raise ResumeError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
-    problems = verify_folder(folder)
+    problems = verify_folder(folder, CHECKPOINT_FILES)
     if problems:
         raise ResumeError(f"{folder} is damaged: " + "; ".join(problems[:5]))
     return folder

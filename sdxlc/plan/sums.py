@@ -44,15 +44,25 @@ def parse(text: str) -> dict[str, str]:
     return entries
 
 
-def verify_folder(folder: Path) -> list[str]:
-    """Why a checkpoint folder cannot be trusted (empty when every listed file matches its hash)."""
+def verify_folder(folder: Path, required: Iterable[str] = ()) -> list[str]:
+    """Why a checkpoint folder cannot be trusted: no or a damaged SHA256SUMS, a `required` file it does not
+    list, a listed name outside the folder, or a file that does not match (empty when all is well)."""
     try:
         entries = parse((folder / SUMS).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return [f"{folder.name} has no {SUMS} (its save did not finish)"]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         return [f"{folder / SUMS} is damaged ({exc})"]
+    problems = [f"{SUMS} does not list {name}" for name in required if name not in entries]
+    problems += [f"{SUMS} names {name!r}, outside the checkpoint" for name in entries if not _inside(name)]
+    if problems:
+        return problems
     return [problem for name, digest in entries.items() if (problem := _check(folder / name, digest))]
+
+
+def _inside(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
 
 
 def verify_artifact(artifact: Path) -> list[str]:

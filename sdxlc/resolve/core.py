@@ -14,7 +14,7 @@ from typing import Any
 
 from sdxlc import __version__
 from sdxlc.lang import sources
-from sdxlc.lang.defaults import DEVICE_DEFAULTS, OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS
+from sdxlc.lang.defaults import DEVICE_DEFAULTS, OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS, default_output
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.lang.lower import Lowered
@@ -377,6 +377,6 @@ def _sample(b: _Builder, resolution: int, seed: int, steps_per_epoch: int) -> di
 
 
 def _output(b: _Builder, recipe: Path, recipe_dir: Path) -> dict[str, Any]:
-    given = b.take("output.dir", "output.dir", f"out/{recipe.stem}")
+    given = b.take("output.dir", "output.dir", default_output(recipe.stem))
     folder = (b.layers.base_dir("output.dir", recipe_dir) / given).resolve()
     return {"dir": str(folder), "name": b.take("output.name", "output.name", recipe.stem)}

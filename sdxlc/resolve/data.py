@@ -3,6 +3,7 @@ sample manifest (every image's hash, caption, samples per epoch, bucket and crop
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -211,7 +212,8 @@ def _report(
         res.diagnostics.append(
             make(
                 "SDX0503",
-                f"dataset `{name}` holds no readable image",
+                f"dataset `{name}` holds no readable image"
+                + (f"; {len(scan.problems)} bad: {_listing(scan.problems)}" if scan.problems else ""),
                 span,
                 help="supported: png, jpg, webp, bmp, gif, tiff and whatever else Pillow reads",
             )
@@ -307,6 +309,6 @@ def _cache(layers: Layers, recipe_dir: Path, provenance: dict[str, Provenance]) 
         value, origin = layers.get(f"cache.{key}")
         section[key] = bool(value)
         provenance[f"data.cache.{key}"] = origin
-    section["dir"] = str((recipe_dir / CACHE_DIR).resolve())
+    section["dir"] = os.path.realpath(recipe_dir / CACHE_DIR)  # a symlink loop stays a path, never a crash
     provenance["data.cache.dir"] = {"source": "default", "at": None}
     return section

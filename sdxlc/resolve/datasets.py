@@ -19,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from sdxlc.resolve.index import MAX_CAPTION_BYTES, Index, Probe
@@ -124,7 +125,9 @@ def _add(
     caption_from: str,
 ) -> None:
     try:
-        probe = index.image(file, file.stat())
+        stat = file.stat()
+        regular = S_ISREG(stat.st_mode)
+        probe = index.image(file, stat) if regular else Probe(0, 0, "not a regular file (a pipe or device)")
     except OSError as exc:
         probe = Probe(0, 0, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
     if probe.error is not None:
@@ -212,10 +215,18 @@ def _weight(value: Any) -> int | None:
 
 def _manifest_rows(path: Path, result: ScanResult) -> list[tuple[str, dict[str, Any]]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        result.problems.append(Problem(str(path), f"manifest cannot be read as UTF-8 ({exc})"))
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    except OSError as exc:
+        result.problems.append(Problem(str(path), f"manifest cannot be read ({exc.strerror or exc})"))
         return []
+    lines = []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            result.problems.append(Problem(f"{path}:{number}", f"not UTF-8 (at byte {exc.start + 1})"))
+            lines.append("")  # keeps the numbering; a blank row is skipped
+    text = "\n".join(lines)
     rows: list[tuple[str, dict[str, Any]]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())

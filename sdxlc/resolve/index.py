@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from sdxlc.plan.files import write_atomic
@@ -168,9 +169,12 @@ class Index:
         """(caption, problem); (None, None) when there is no caption file."""
         key = str(path)
         try:
-            stamp = stat_key(path.stat())
+            stat = path.stat()
         except OSError:
             return None, None
+        if not S_ISREG(stat.st_mode):
+            return None, f"caption {path.name} is not a regular file (a pipe or device)"
+        stamp = stat_key(stat)
         entry = self.entries.get(key)
         if entry is not None and entry[0] == "caption" and entry[1] == stamp:
             return entry[2], entry[3]

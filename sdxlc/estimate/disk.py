@@ -7,7 +7,6 @@ from minute to minute, so it is never part of the plan or its hash).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ SAVE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 PNG_RATIO = 0.5  # a sample PNG against its raw RGB size: a generous bound for generated images
 TEXT_TOKENS, TE_WIDTH, POOLED_WIDTH = 77, 768 + 1280, 1280  # SDXL's text-encoder outputs per caption
 MARGIN = 1.1  # filesystem overhead and the temporary copy of the file being replaced
-FILE_OVERHEAD = 16 << 10  # a safetensors header and its metadata
-CHECKPOINT_OVERHEAD = 256 << 10  # pickled optimizer and scheduler structure, RNG states, sums, state.json
+# Fixed per file, so that the estimate (and the plan hash) never depends on paths or the recipe's layout:
+FILE_OVERHEAD = 64 << 10  # a safetensors header and its metadata, the whole plan included
+CHECKPOINT_OVERHEAD = 384 << 10  # pickled optimizer and scheduler structure, RNG states, the plan, sums
 
 
 def disk_bytes(plan: dict[str, Any]) -> dict[str, int]:
@@ -35,9 +35,8 @@ def disk_bytes(plan: dict[str, Any]) -> dict[str, int]:
     total_steps = int(get_path(plan, "training.total_steps"))
     saves = _events(plan["save"]["every_steps"], total_steps)
     kept = min(int(plan["save"]["keep"]), saves)
-    plan_bytes = len(json.dumps(plan, sort_keys=True))  # every artifact and checkpoint carries the plan
-    artifact = trained * SAVE_BYTES[plan["save"]["dtype"]] + plan_bytes + FILE_OVERHEAD
-    state = trained * 4 + optimizer_state_bytes(plan, model, trained) + 2 * plan_bytes + CHECKPOINT_OVERHEAD
+    artifact = trained * SAVE_BYTES[plan["save"]["dtype"]] + FILE_OVERHEAD
+    state = trained * 4 + optimizer_state_bytes(plan, model, trained) + CHECKPOINT_OVERHEAD
     found = {
         "artifacts": artifact * (1 + kept),
         "checkpoints": state * (1 + kept),

@@ -240,12 +240,14 @@ def run(
         raise click.UsageError("--resume takes `latest` or a checkpoint folder, not an empty value")
     if resume_from is not None and overwrite:
         raise click.UsageError("--resume continues the run in the output folder; --overwrite moves it aside")
+    from sdxlc.cli.launch import inside_launch
+
     if resume_from not in (None, "latest") and not Path(str(resume_from)).is_dir():
         raise click.UsageError(f"--resume {resume_from}: no such checkpoint folder (or `latest`)")
     plan_, plan_file, manifest = _plan_to_run(target, sets, profile)
     # judged (resume) or claimed (fresh) before anything is written: a refusal changes nothing
     folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
-    if resume_from is None:
+    if resume_from is None and not inside_launch():  # the launching process claimed the folder
         _claim(plan_, overwrite)
     if manifest is not None:
         plan_file = _write_plan(plan_, manifest, resuming=resume_from is not None)

@@ -173,3 +173,17 @@ def test_plan_o_never_replaces_a_runs_plan(tmp_path: Path) -> None:
                                        str(tmp_path / "out" / "plan.json")])
     assert result.exit_code == 2 and "is the plan of the run" in result.output
     assert (tmp_path / "out" / "plan.json").read_bytes() == before
+
+
+def test_the_average_loss_goes_on_after_a_resume(tmp_path: Path) -> None:
+    """The printed moving average is the uninterrupted run's, not a new average from the resumed step."""
+    recipe = _recipe(tmp_path, steps=6)
+    code, first = _run(str(recipe))
+    assert code == 0, first
+    code, again = _run(str(recipe), "--resume", str(tmp_path / "out" / "checkpoints" / "step-000002"))
+    assert code == 0, again
+
+    def line(output: str, step: int) -> str:
+        return next(x for x in output.splitlines() if x.startswith(f"step {step}/6 ")).split("  ")[1]
+
+    assert line(again, 6) == line(first, 6) and line(again, 3) == line(first, 3)

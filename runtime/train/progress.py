@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 WINDOW = 20  # steps in the moving loss average
@@ -54,9 +55,10 @@ class Progress:
     """Reports each optimizer step: a tqdm bar when stdout is a TTY, else a line every `every` steps."""
 
     def __init__(self, total: int, every: int, enabled: bool = True, device: str = "cpu",
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, history: Sequence[float] = ()) -> None:
         self.total, self.every, self.enabled, self.device = total, every, enabled, device
-        self.window: deque[float] = deque(maxlen=WINDOW)
+        # a resumed run starts from the losses its checkpoint kept, so the average goes on, not over
+        self.window: deque[float] = deque(history, maxlen=WINDOW)
         self.started = time.perf_counter()
         self.first: tuple[int, float] | None = None  # (step, time) of the first step: speed leaves setup out
         self.bar: Any = None

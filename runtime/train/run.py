@@ -280,6 +280,7 @@ def run_plan(
             plan["log"]["every_steps"],
             enabled=progress and main,
             device=loaded.device.type,
+            history=restart.saved.position.losses if restart is not None else (),
         )
         run = Run(plan, loaded, reporter, log)
         if restart is not None:

@@ -160,3 +160,20 @@ def test_the_index_is_reused_until_a_file_changes(tmp_path: Path) -> None:
     third = Index(tmp_path / "index.json")
     items = scan_dataset(tmp_path / "d", index=third).items
     assert (third.hits, third.misses) == (4, 1) and items[2].width == 80
+
+
+def test_kohya_folders_caption_uncaptioned_images_with_their_class_tokens(tmp_path: Path) -> None:
+    image(tmp_path / "d" / "10_sks dog" / "a.png", (64, 64))
+    image(tmp_path / "d" / "10_sks dog" / "b.png", (64, 64))
+    (tmp_path / "d" / "10_sks dog" / "b.txt").write_text("sks dog, on a sofa", encoding="utf-8")
+    image(tmp_path / "d" / "plain" / "c.png", (64, 64))
+    scan = scan_dataset(tmp_path / "d")
+    found = {Path(i.path).name: (i.caption, i.caption_source) for i in scan.items}
+    assert found["a.png"] == ("sks dog", "folder 10_sks dog")
+    assert found["b.png"] == ("sks dog, on a sofa", str(tmp_path / "d" / "10_sks dog" / "b.txt"))
+    assert found["c.png"] == ("", "default")
+    assert scan.folder_captions == 1 and scan.missing_captions == 1
+    compiled = compile_text(tmp_path, 'data "d"')
+    assert compiled.plan is not None
+    assert any("1 image(s) in d have no .txt caption and train with their kohya folder's class tokens" in w
+               for w in compiled.plan["warnings"]), compiled.plan["warnings"]

@@ -201,6 +201,11 @@ def _report(
     elif scan.problems:
         listing = _listing(scan.problems)
         res.warnings.append(f"skipped {len(scan.problems)} bad input file(s) in {name}: {listing}")
+    if scan.folder_captions:
+        res.warnings.append(
+            f"{scan.folder_captions} image(s) in {name} have no {resolved['caption_ext']} caption and train "
+            "with their kohya folder's class tokens (`10_sks dog` → `sks dog`)"
+        )
     if scan.missing_captions:
         fallback = resolved["default_caption"]
         train_with = f"the default caption {fallback!r}" if fallback else "an empty caption"

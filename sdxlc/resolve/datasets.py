@@ -86,6 +86,7 @@ class ScanResult:
     items: list[ImageItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     missing_captions: int = 0
+    folder_captions: int = 0  # images without a caption file that take their `<N>_<tokens>` folder's tokens
 
 
 def is_manifest(path: Path) -> bool:
@@ -105,10 +106,14 @@ def scan_dataset(
     if is_manifest(path):
         _scan_manifest(path, dataset, index, result)
     elif path.is_dir():
-        for file, repeat in _walk(path, result):
+        for file, repeat, tokens in _walk(path, result):
             sidecar = file.with_suffix(caption_ext)
             caption, problem = index.caption(sidecar)
-            _add(file, caption, repeat, dataset, index, problem, result, str(sidecar))
+            source = str(sidecar)
+            if caption is None and problem is None and tokens:  # kohya: the folder's class tokens
+                caption, source = tokens, f"folder {file.parent.name}"
+                result.folder_captions += 1
+            _add(file, caption, repeat, dataset, index, problem, result, source)
     else:
         result.problems.append(Problem(str(path), "not a folder or a .jsonl/.csv manifest"))
     return result
@@ -144,9 +149,10 @@ def _add(
     )
 
 
-def _walk(root: Path, result: ScanResult) -> list[tuple[Path, int]]:
-    """Image files under root, sorted, with the repeat of their nearest `<N>_name` folder."""
-    found: list[tuple[Path, int]] = []
+def _walk(root: Path, result: ScanResult) -> list[tuple[Path, int, str]]:
+    """Image files under root, sorted, with the repeat and class tokens of their nearest `<N>_name`
+    folder (kohya's DreamBooth layout: `10_sks dog` repeats 10 times, captioned `sks dog` by default)."""
+    found: list[tuple[Path, int, str]] = []
     seen: set[tuple[int, int]] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         here = Path(folder)
@@ -161,23 +167,24 @@ def _walk(root: Path, result: ScanResult) -> list[tuple[Path, int]]:
             continue
         seen.add((stat.st_dev, stat.st_ino))
         dirs.sort()
-        repeat = _folder_repeat(here.relative_to(root))
+        repeat, tokens = _kohya_folder(here.relative_to(root))
         for name in files:
             suffix = os.path.splitext(name)[1].lower()
             if suffix in IMAGE_EXTENSIONS:
-                found.append((here / name, repeat))
+                found.append((here / name, repeat, tokens))
             elif suffix in UNSUPPORTED_EXTENSIONS:
                 result.problems.append(Problem(str(here / name), f"unsupported image format ({suffix})"))
     found.sort(key=lambda pair: str(pair[0]))
     return found
 
 
-def _folder_repeat(relative: Path) -> int:
+def _kohya_folder(relative: Path) -> tuple[int, str]:
+    """(repeats, class tokens) of the nearest `<N>_<tokens>` folder; (1, "") when there is none."""
     for part in reversed(relative.parts):
         match = _KOHYA_FOLDER.match(part)
         if match:
-            return max(1, int(match.group(1)))
-    return 1
+            return max(1, int(match.group(1))), match.group(2).strip()
+    return 1, ""
 
 
 def _scan_manifest(path: Path, dataset: int, index: Index, result: ScanResult) -> None:

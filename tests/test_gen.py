@@ -153,3 +153,16 @@ def test_importing_the_command_does_not_import_torch() -> None:
     code = "import sys, sdxlc.cli.gen; print('torch' in sys.modules or 'runtime' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("tensors", "hint"), [
+    ({"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 48)}, "a textual-inversion embedding: load"),
+    ({"lora_unet_x.lora_down.weight": torch.zeros(4, 8)}, "looks like a LoRA"),
+])
+def test_a_model_that_is_not_a_checkpoint_is_a_usage_error(tmp_path: Path, tensors: dict, hint: str) -> None:
+    from sdxlc.cli.main import main
+
+    save_file(tensors, tmp_path / "x.safetensors")
+    result = CliRunner().invoke(main, ["gen", "--model", str(tmp_path / "x.safetensors"), "--prompt", "x",
+                                       "--out", str(tmp_path / "g")])
+    assert result.exit_code == 2 and hint in result.output, result.output

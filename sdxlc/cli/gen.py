@@ -54,6 +54,15 @@ def _size(value: int | None) -> int | None:
     return value
 
 
+def _check_model(model: str) -> None:
+    """A single file given as the model must be an SDXL checkpoint (not a LoRA or an embedding)."""
+    from sdxlc.resolve.model_source import sdxl_problem
+
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors" and (problem := sdxl_problem(path)):
+        raise click.UsageError(f"--model {model}: {problem}")
+
+
 @click.command("gen")
 @click.option("--model", "-m", default="tiny", show_default=True,
               help="Base model: `tiny`, a diffusers folder or a hub id.")
@@ -92,6 +101,7 @@ def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings:
                 out: Path, device: str, precision: str, quiet: bool) -> None:
     """Generate images from prompts with a base model, LoRAs and embeddings; PNGs carry their settings."""
     texts = read_prompts(prompts, prompt_file)
+    _check_model(model)
     try:
         width, height = _size(width), _size(height)
     except click.BadParameter as exc:

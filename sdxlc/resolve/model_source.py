@@ -53,6 +53,9 @@ def _looks_like(keys: list[str]) -> str:
     if any(k.startswith(("lora_", "lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k
            for k in keys):
         return "it looks like a LoRA: load it with `sdxlc gen --lora`, or train on top of a base model"
+    if set(keys) and set(keys) <= {"clip_l", "clip_g"}:
+        return ("it looks like a textual-inversion embedding: load it with "
+                "`sdxlc gen --embedding FILE:TOKEN` on a base model")
     if any(k.startswith("cond_stage_model.") for k in keys):
         return "it looks like a Stable Diffusion 1.x/2.x checkpoint, not SDXL"
     if any(k.startswith(("down_blocks.", "encoder.down_blocks.", "text_model.")) for k in keys):

@@ -166,3 +166,16 @@ def test_a_model_that_is_not_a_checkpoint_is_a_usage_error(tmp_path: Path, tenso
     result = CliRunner().invoke(main, ["gen", "--model", str(tmp_path / "x.safetensors"), "--prompt", "x",
                                        "--out", str(tmp_path / "g")])
     assert result.exit_code == 2 and hint in result.output, result.output
+
+
+def test_a_folder_saved_in_fp16_generates_in_fp32_on_the_cpu(tmp_path: Path) -> None:
+    """A fine-tune's fp16 diffusers folder: transformers keeps the encoders in fp16, diffusers loads the
+    UNet in fp32; every component is cast to the run's dtype."""
+    from runtime.model.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(0)
+    for part in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
+        part.half()
+    pipe.save_pretrained(tmp_path / "fp16")
+    invoke("--model", str(tmp_path / "fp16"), "--prompt", "a red circle", "--out", str(tmp_path / "g"))
+    assert len(list((tmp_path / "g").glob("*.png"))) == 1

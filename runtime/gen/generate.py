@@ -192,7 +192,10 @@ def prepare(request: GenRequest) -> tuple[StableDiffusionXLPipeline, dict[str, A
     device = pick_device(request.device)
     dtype = pick_dtype(request.precision, device)
     pipe.to(device)
-    if pipe.unet.dtype != dtype:  # diffusers warns about every cast, even to the same dtype
+    # diffusers warns about every cast, even to the same dtype; a saved folder may mix dtypes (transformers
+    # keeps the encoders' saved fp16 where diffusers loads the UNet in fp32)
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    if any(part is not None and part.dtype != dtype for part in parts):
         pipe.to(dtype=dtype)
     return pipe, model
 

@@ -48,17 +48,10 @@ def saving(path: str | os.PathLike[str], intact: str = "the previous save is int
 
 
 def _free(path: str | os.PathLike[str]) -> str:
-    import shutil
-    from pathlib import Path
+    from sdxlc.plan.files import free_bytes
 
-    folder = Path(path)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return "free space unknown"
-    return f"{free / 2**20:.1f} MiB free on its disk"
+    free = free_bytes(path)
+    return "free space unknown" if free is None else f"{free / 2**20:.1f} MiB free on its disk"
 
 
 class InputChanged(RunError):

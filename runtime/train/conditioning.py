@@ -139,14 +139,6 @@ class Conditioning:
             self.say(f"warning: {warning}")
         self.shown = len(self.data.warnings)
 
-    def _text_identity(self) -> tuple[str, str]:
-        pipe = self.models.pipe
-        tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
-        encoders = fingerprint(pipe.text_encoder, pipe.text_encoder.config) + fingerprint(
-            pipe.text_encoder_2, pipe.text_encoder_2.config
-        )
-        return tokenizers, encoders
-
     def _text_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shapes of one caption's cached encoder outputs."""
         pipe = self.models.pipe
@@ -178,12 +170,12 @@ class Conditioning:
             )
         self.text = {}
         device = self.models.device
-        identity = self._text_identity() if self.disk is not None else None
+        identity = text_identity(self.models.pipe) if self.disk is not None else None
         captions = all_captions(self.data)
         keys = {c: text_key(c, *identity) if identity is not None else "" for c in captions}
         counts = Counts()
+        shapes = self._text_shapes()
         for caption in captions[self.rank :: self.world]:
-            shapes = self._text_shapes()
             entry = self.disk.load("text", keys[caption], shapes) if self.disk is not None else None
             if entry is not None:
                 self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
@@ -218,8 +210,7 @@ class Conditioning:
         first: dict[int, Sample] = {}
         for sample in self.data.samples:
             first.setdefault(sample.image, sample)
-        vae = fingerprint(self.models.pipe.vae, self.models.pipe.vae.config) if self.disk is not None else ""
-        dtype = str(self.models.vae_dtype).removeprefix("torch.")
+        vae, dtype = vae_identity(self.models) if self.disk is not None else ("", "")
         device = self.models.device
         counts = Counts()
         keys: dict[tuple[int, bool], str] = {}  # the disk keys of this rank's share
@@ -317,16 +308,27 @@ def used_keys(plan: dict[str, Any]) -> set[str]:
     from runtime.train.data import setup_data
 
     models, data, cache = setup_model(plan), setup_data(plan), plan["data"]["cache"]
-    pipe, keys = models.pipe, set()
+    keys: set[str] = set()
     if cache["latents"]:
-        vae, dtype = fingerprint(pipe.vae, pipe.vae.config), str(models.vae_dtype).removeprefix("torch.")
+        vae, dtype = vae_identity(models)
         for sample in {s.image: s for s in reversed(data.samples)}.values():
             item = data.images[sample.image]
             for flip in (False, True) if data.datasets[item.dataset]["flip"] else (False,):
                 keys.add(latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype))
     if cache["text_encoder"]:
-        tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
-        encoders = fingerprint(pipe.text_encoder, pipe.text_encoder.config) + fingerprint(
-            pipe.text_encoder_2, pipe.text_encoder_2.config)
-        keys.update(text_key(caption, tokenizers, encoders) for caption in all_captions(data))
+        identity = text_identity(models.pipe)
+        keys.update(text_key(caption, *identity) for caption in all_captions(data))
     return keys
+
+
+def text_identity(pipe: Any) -> tuple[str, str]:
+    """What a text entry's key depends on besides its caption: both tokenizers and both encoders."""
+    tokenizers = tokenizer_fingerprint(pipe.tokenizer) + tokenizer_fingerprint(pipe.tokenizer_2)
+    encoders = fingerprint(pipe.text_encoder, pipe.text_encoder.config) + fingerprint(
+        pipe.text_encoder_2, pipe.text_encoder_2.config)
+    return tokenizers, encoders
+
+
+def vae_identity(models: Models) -> tuple[str, str]:
+    """What a latent's key depends on besides the image and its crop: the VAE and its dtype."""
+    return fingerprint(models.pipe.vae, models.pipe.vae.config), str(models.vae_dtype).removeprefix("torch.")

@@ -7,7 +7,6 @@ from minute to minute, so it is never part of the plan or its hash).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from sdxlc.estimate.analytic import (
     optimizer_state_bytes,
     trainable_param_count,
 )
+from sdxlc.plan.files import free_bytes
 
 SAVE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 PNG_RATIO = 0.5  # a sample PNG against its raw RGB size: a generous bound for generated images
@@ -90,7 +90,7 @@ def room(plan: dict[str, Any]) -> list[str]:
         else need["caches"]
     warnings = []
     for folder, size in wants.items():
-        free = _free(Path(folder))
+        free = free_bytes(folder)
         if size and free is not None and size * MARGIN > free:
             warnings.append(f"{folder}: the run writes up to {_size(size)}, its disk has {_size(free)} free")
     return warnings
@@ -101,13 +101,6 @@ def _same_disk(a: str, b: str) -> bool:
         return _existing(Path(a)).stat().st_dev == _existing(Path(b)).stat().st_dev
     except OSError:
         return False
-
-
-def _free(folder: Path) -> int | None:
-    try:
-        return int(shutil.disk_usage(_existing(folder)).free)
-    except OSError:
-        return None
 
 
 def _existing(folder: Path) -> Path:

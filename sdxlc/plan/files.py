@@ -104,3 +104,14 @@ def _new_temp(target: Path) -> Path:
             continue
         return temp
     raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk that holds `path` (or its nearest existing folder); None when unknown."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return int(shutil.disk_usage(folder).free)
+    except OSError:
+        return None

@@ -18,9 +18,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdxlc.resolve.index import MAX_CAPTION_BYTES, Index, Probe
 
@@ -54,9 +55,9 @@ DATASET_DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class ImageItem:
-    """One training image: its path, its displayed size (EXIF orientation applied) and its caption."""
+class ImageItem(NamedTuple):
+    """One training image: its path, its displayed size (EXIF orientation applied) and its caption.
+    (A named tuple: a dataset of 50k images makes 50k of them on every plan.)"""
 
     path: str
     width: int
@@ -106,17 +107,35 @@ def scan_dataset(
     if is_manifest(path):
         _scan_manifest(path, dataset, index, result)
     elif path.is_dir():
-        for file, repeat, tokens in _walk(path, result):
-            sidecar = file.with_suffix(caption_ext)
-            caption, problem = index.caption(sidecar)
-            source = str(sidecar)
-            if caption is None and problem is None and tokens:  # kohya: the folder's class tokens
-                caption, source = tokens, f"folder {file.parent.name}"
+        for found in _walk(path, caption_ext, result):
+            caption, problem = _sidecar_caption(found, index)
+            source = found.sidecar
+            if caption is None and problem is None and found.tokens:  # kohya: the folder's class tokens
+                caption, source = found.tokens, f"folder {os.path.basename(os.path.dirname(found.path))}"
                 result.folder_captions += 1
-            _add(file, caption, repeat, dataset, index, problem, result, source)
+            try:
+                stat = found.entry.stat()
+                probe = index.image(found.path, stat) if S_ISREG(stat.st_mode) else _NOT_REGULAR
+            except OSError as exc:
+                probe = Probe(0, 0, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
+            _take(found.path, probe, caption, problem, found.repeat, dataset, result, source)
     else:
         result.problems.append(Problem(str(path), "not a folder or a .jsonl/.csv manifest"))
     return result
+
+
+_NOT_REGULAR = Probe(0, 0, "not a regular file (a pipe or device)")
+
+
+def _sidecar_caption(found: _Found, index: Index) -> tuple[str | None, str | None]:
+    """The image's caption file through the index; (None, None) when there is none."""
+    if found.sidecar_entry is None:
+        return (None, None) if not found.maybe_sidecar else index.caption(found.sidecar)
+    try:
+        stat = found.sidecar_entry.stat()
+    except OSError:  # a dangling link is no caption
+        return None, None
+    return index.caption(found.sidecar, stat)
 
 
 def _add(
@@ -131,60 +150,111 @@ def _add(
 ) -> None:
     try:
         stat = file.stat()
-        regular = S_ISREG(stat.st_mode)
-        probe = index.image(file, stat) if regular else Probe(0, 0, "not a regular file (a pipe or device)")
+        probe = index.image(file, stat) if S_ISREG(stat.st_mode) else _NOT_REGULAR
     except OSError as exc:
         probe = Probe(0, 0, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
+    _take(str(file), probe, caption, caption_problem, repeat, dataset, result, caption_from)
+
+
+def _take(
+    path: str, probe: Probe, caption: str | None, caption_problem: str | None, repeat: int, dataset: int,
+    result: ScanResult, caption_from: str,
+) -> None:
+    """The image as an item, or its problem (a bad image first, then a bad caption)."""
     if probe.error is not None:
-        result.problems.append(Problem(str(file), probe.error))
+        result.problems.append(Problem(path, probe.error))
         return
     if caption_problem is not None:
-        result.problems.append(Problem(str(file), caption_problem))
+        result.problems.append(Problem(path, caption_problem))
         return
     if caption is None:
         result.missing_captions += 1
     result.items.append(
-        ImageItem(str(file), probe.width, probe.height, caption or "", dataset, repeat, caption is not None,
+        ImageItem(path, probe.width, probe.height, caption or "", dataset, repeat, caption is not None,
                   probe.sha256, probe.size, caption_from if caption is not None else "default")
     )
 
 
-def _walk(root: Path, result: ScanResult) -> list[tuple[Path, int, str]]:
-    """Image files under root, sorted, with the repeat and class tokens of their nearest `<N>_name`
-    folder (kohya's DreamBooth layout: `10_sks dog` repeats 10 times, captioned `sks dog` by default)."""
-    found: list[tuple[Path, int, str]] = []
+class _Found(NamedTuple):
+    """An image file met by `_walk`, with its caption file's entry when the folder lists one."""
+
+    path: str
+    entry: os.DirEntry[str]
+    sidecar: str
+    sidecar_entry: os.DirEntry[str] | None
+    maybe_sidecar: bool  # listed under another letter case (found on a case-insensitive disk)
+    repeat: int
+    tokens: str
+
+
+def _walk(root: Path, caption_ext: str, result: ScanResult) -> list[_Found]:
+    """Image files under root, sorted by path, with the repeat and class tokens of their nearest
+    `<N>_name` folder (kohya's DreamBooth layout: `10_sks dog` repeats 10 times, captioned `sks dog` by
+    default). Folders are listed top down in name order; each is stat'ed to catch symlink loops."""
+    found: list[_Found] = []
     seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        here = Path(folder)
+    stack: list[tuple[str, int, str]] = [(str(root), 1, "")]
+    while stack:
+        folder, repeat, tokens = stack.pop()
         try:
-            stat = here.stat()
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in seen:
+                result.problems.append(Problem(folder, "symlink loop: folder already scanned, not followed"))
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
         except OSError:
-            dirs[:] = []
             continue
-        if (stat.st_dev, stat.st_ino) in seen:
-            result.problems.append(Problem(str(here), "symlink loop: folder already scanned, not followed"))
-            dirs[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirs.sort()
-        repeat, tokens = _kohya_folder(here.relative_to(root))
-        for name in files:
-            suffix = os.path.splitext(name)[1].lower()
-            if suffix in IMAGE_EXTENSIONS:
-                found.append((here / name, repeat, tokens))
+        names = {entry.name: entry for entry in entries}
+        lower: set[str] | None = None  # the names in lower case, made when a caption is not listed
+        prefix = os.path.join(folder, "")
+        subfolders = []
+        for entry in entries:
+            if _is_dir(entry):
+                subfolders.append(entry.name)
+                continue
+            stem, suffix = _split(entry.name)
+            if suffix in _IMAGE_SUFFIXES:
+                sidecar = stem + caption_ext
+                listed = names.get(sidecar)
+                if listed is None and lower is None:
+                    lower = {name.lower() for name in names}
+                maybe = listed is None and lower is not None and sidecar.lower() in lower
+                found.append(_Found(entry.path, entry, prefix + sidecar, listed, maybe, repeat, tokens))
             elif suffix in UNSUPPORTED_EXTENSIONS:
-                result.problems.append(Problem(str(here / name), f"unsupported image format ({suffix})"))
-    found.sort(key=lambda pair: str(pair[0]))
+                result.problems.append(Problem(entry.path, f"unsupported image format ({suffix})"))
+        for name in sorted(subfolders, reverse=True):
+            stack.append((prefix + name, *_kohya_folder(name, repeat, tokens)))
+    found.sort(key=itemgetter(0))
     return found
 
 
-def _kohya_folder(relative: Path) -> tuple[int, str]:
-    """(repeats, class tokens) of the nearest `<N>_<tokens>` folder; (1, "") when there is none."""
-    for part in reversed(relative.parts):
-        match = _KOHYA_FOLDER.match(part)
-        if match:
-            return max(1, int(match.group(1))), match.group(2).strip()
-    return 1, ""
+_IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
+
+
+def _split(name: str) -> tuple[str, str]:
+    """`os.path.splitext(name)` with the extension in lower case (faster: called for every file)."""
+    dot = name.rfind(".")
+    if dot > 0 and name[0] != ".":
+        return name[:dot], name[dot:].lower()
+    stem, suffix = os.path.splitext(name)
+    return stem, suffix.lower()
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _kohya_folder(name: str, repeat: int, tokens: str) -> tuple[int, str]:
+    """(repeats, class tokens) of a folder: its own when it is named `<N>_<tokens>`, else its parent's."""
+    match = _KOHYA_FOLDER.match(name)
+    if match:
+        return max(1, int(match.group(1))), match.group(2).strip()
+    return repeat, tokens
 
 
 def _scan_manifest(path: Path, dataset: int, index: Index, result: ScanResult) -> None:

@@ -67,6 +67,10 @@ class InputChanged(RunError):
         super().__init__(f"{len(changes)} input(s) changed since the plan was made:\n  "
                          + "\n  ".join(shown) + "\n" + self.REPLAN)
 
+    def __reduce__(self) -> tuple[type[InputChanged], tuple[list[str]]]:
+        """Pickled by its changes (a data-loading worker hands it to the training process)."""
+        return type(self), (self.changes,)
+
 
 def __getattr__(name: str) -> Any:
     if name in ("execute", "RunResult"):

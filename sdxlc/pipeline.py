@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,14 @@ class Compiled:
         return [d for d in self.diagnostics if d.severity == "error"]
 
 
-def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None = None) -> Compiled:
+def compile_recipe(
+    path: Path,
+    sets: tuple[str, ...] = (),
+    profile: str | None = None,
+    unsaved: Mapping[Path, str] | None = None,
+) -> Compiled:
     """Compile a recipe file into a sealed plan; on any error the plan is None and every error is listed.
+    `unsaved` holds an editor's texts of recipe files by resolved path, read instead of those files.
 
     With `fit auto`, memory levers the recipe left open are applied one by one (cheapest first)
     until the run fits; with `fit strict` an over-budget plan is an error that lists them.
@@ -55,7 +62,7 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
     applied: list[Applied] = []
     rejected: list[Applied] = []  # levers whose settings the recipe cannot take (a compile error)
     pinned: set[str] | None = None
-    result, plan, layers = _compile_once(path, sets, profile)
+    result, plan, layers = _compile_once(path, sets, profile, unsaved)
     while True:
         hardware = result.profile
         if plan is None or layers is None or hardware is None:
@@ -67,7 +74,7 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
             lever = next_lever(levers(plan, hardware), pinned, applied + rejected)
             if lever is not None:
                 solved = sets + tuple(s for a in (*applied, lever) for s in a.sets())
-                trial = _compile_once(path, solved, profile)
+                trial = _compile_once(path, solved, profile, unsaved)
                 if trial[1] is not None and not trial[0].errors:
                     applied.append(lever)
                     result, plan, layers = trial
@@ -84,10 +91,10 @@ def compile_recipe(path: Path, sets: tuple[str, ...] = (), profile: str | None =
 
 
 def _compile_once(
-    path: Path, sets: tuple[str, ...], profile: str | None
+    path: Path, sets: tuple[str, ...], profile: str | None, unsaved: Mapping[Path, str] | None = None
 ) -> tuple[Compiled, dict[str, Any] | None, Layers | None]:
     """One pass through the stages; the plan comes back estimated but not sealed (None on errors)."""
-    lowered = load_recipe(path, sets)
+    lowered = load_recipe(path, sets, unsaved)
     lowered.doc, migrated = migrate(lowered.doc)
     result = Compiled(None, list(lowered.diagnostics), dict(lowered.sources))
     if lowered.top not in lowered.sources:  # the recipe itself cannot be read: nothing else to say

@@ -85,9 +85,12 @@ def test_style_lora_plan_resolves_layers_and_provenance() -> None:
 def test_plan_text_shows_settings_steps_buckets_and_verdict() -> None:
     code, out, err = _cli("plan", str(RECIPES / "quickstart.sdx"))
     assert code == 0, err
-    for needle in ("settings:", "steps:", "buckets:", "estimate", "fits", "plan "):
+    for needle in ("quickstart.sdx (`sdxlc plan --all`", "steps:", "buckets:", "estimate", "fits", "plan "):
         assert needle in out
-    assert "recipe " in out and "quickstart.sdx:" in out
+    assert "  line 8   method: kind lora, targets unet, rank 16, alpha 16, modules attention, ff, conv" in out
+    code, every, err = _cli("plan", str(RECIPES / "quickstart.sdx"), "--all")
+    assert code == 0, err
+    assert "settings:" in every and "recipes/quickstart.sdx:8:" in every
 
 
 def test_set_overrides_and_is_recorded() -> None:
@@ -191,9 +194,10 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
 def test_fmt_never_changes_the_plan_hash(tmp_path: Path) -> None:
     messy = tmp_path / "messy.sdx"
     text = (RECIPES / "quickstart.sdx").read_text()
-    (tmp_path / "data").symlink_to(RECIPES / "data", target_is_directory=True)
+    for folder in ("data", "models"):
+        (tmp_path / folder).symlink_to(RECIPES / folder, target_is_directory=True)
     messy.write_text(
-        text.replace("\n", "\n\n\n").replace("lr 1e-3", "lr   1e-3").replace("batch 2\n", "batch 2;")
+        text.replace("\n", "\n\n\n").replace("lr 4e-3", "lr   4e-3").replace("batch 4\n", "batch 4;")
     )
     before = json.loads(_cli("plan", str(messy), "--json")[1])
     code, _, err = _cli("fmt", str(messy))
@@ -271,9 +275,12 @@ def test_every_resolved_setting_says_where_it_came_from() -> None:
 def test_plan_text_shows_the_arithmetic() -> None:
     code, out, err = _cli("plan", str(RECIPES / "quickstart.sdx"))
     assert code == 0, err
-    assert "12 images × 2 repeats = 24 samples" in out
-    assert "→ 12 batches per epoch (per bucket: 4 + 4 + 4)" in out
+    assert "16 images × 4 repeats = 64 samples" in out
+    assert "64 samples per epoch in 1 bucket(s), batch 4 → 16 batches per epoch" in out
     assert "training peak" in out and "sampling peak" in out
-    per_step = next(line for line in out.splitlines() if line.startswith("  per step:"))
+    assert re.search(r"time estimate: about \d+ s = training \d+ s \+ sampling \d+ s \+ caching \d+ s", out)
+    assert "  sampling: 2 passes × 2 prompts at 20 steps (before the first step, after the final save)" in out
+    assert "  per step:" not in out  # the FLOP arithmetic is in `--all`
+    every = _cli("plan", str(RECIPES / "quickstart.sdx"), "--all")[1]
+    per_step = next(line for line in every.splitlines() if line.startswith("  per step:"))
     assert "TFLOP/s fp32 × efficiency 0.48" in per_step and "dispatch" in per_step
-    assert re.search(r"training \d+ s, sampling \d+ s, caching \d+ s", out)

@@ -190,7 +190,7 @@ QUICKSTART = ROOT / "recipes" / "quickstart.sdx"
 def test_a_recipe_at_a_git_revision(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     head = load_side("recipes/quickstart.sdx@HEAD")
-    assert head["data"]["datasets"][0]["path"] == str(DATA)
+    assert Path(head["data"]["datasets"][0]["path"]).parent == DATA.parent
     assert head["output"]["dir"] == str(ROOT / "recipes" / "out" / "quickstart")
     assert head["sources"][0]["file"] == "recipes/quickstart.sdx"
     committed = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", str(QUICKSTART)],
@@ -238,3 +238,41 @@ def test_the_language_tools_load_no_ml_stack(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def _written(tmp_path: Path, name: str, data: Path, repeat: int) -> str:
+    """A plan file with its manifest beside it, for the quickstart recipe on `data` with `repeat`."""
+    text = BASE.format(data=data).replace("repeat 2", f"repeat {repeat}")
+    (tmp_path / f"{name}.sdx").write_text(text, encoding="utf-8")
+    compiled = compile_recipe(tmp_path / f"{name}.sdx")
+    assert compiled.plan is not None and compiled.manifest is not None, compiled.diagnostics
+    from sdxlc.plan import contract
+
+    contract.write(tmp_path / name / "plan.json", compiled.plan, compiled.manifest)
+    return str(tmp_path / name / "plan.json")
+
+
+def _kinds(a: str, b: str) -> dict[str, str]:
+    result = CliRunner().invoke(diff_command, [a, b, "--json"])
+    assert result.exit_code == 0, result.output
+    return {change["path"]: change["kind"] for change in json.loads(result.stdout)["changes"]}
+
+
+def test_repeats_change_the_counts_not_the_cached_inputs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    a, b = _written(tmp_path, "a", data, 2), _written(tmp_path, "b", data, 4)
+    kinds = _kinds(a, b)
+    assert "cache-invalidating" not in kinds.values()
+    for path in ("data.datasets.0.repeat", "data.datasets.0.samples", "data.buckets.table.0.batches",
+                 "data.manifest.samples", "data.manifest.sha256", "data.manifest.file"):
+        assert kinds[path] == "schedule", path
+    # without the manifests, a changed manifest may list other images: the caches count as invalid
+    plans = [json.loads(Path(side).read_text(encoding="utf-8")) for side in (a, b)]
+    loose = {c.path for c in diff_plans(*plans) if c.kind == "cache-invalidating"}
+    assert loose == {"data.manifest.file", "data.manifest.sha256"}
+    # a caption changed along with the repeats: the text-encoder cache is invalid
+    caption = next(data.glob("*.txt"))
+    caption.write_text(caption.read_text(encoding="utf-8") + " again", encoding="utf-8")
+    c = _written(tmp_path, "c", data, 4)
+    assert _kinds(a, c)["data.manifest.sha256"] == "cache-invalidating"

@@ -67,7 +67,7 @@ def make_plan(
                      "seed": 0, "noise_offset": 0.0, "snr_gamma": None, "timestep_min": 0,
                      "timestep_max": 1000},
         "sample": {"prompts": list(prompts), "every_steps": 250 if prompts else None, "width": sample_size,
-                   "height": sample_size, "steps": 20, "cfg": 7.0, "seed": 0},
+                   "height": sample_size, "steps": 20, "cfg": 7.0, "seed": 0, "before": False},
     }
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from a1111_infotext import parse
 from click.testing import CliRunner, Result
 from PIL import Image
 from safetensors.torch import save_file
 
+from runtime.formats.safetensors_file import addnet_hash
 from runtime.gen import generate as gen
 from runtime.model.tiny import TE1_HIDDEN, TE2_HIDDEN, build_tiny_pipeline
 from runtime.train.run import execute
@@ -34,9 +36,11 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def meta(path: Path) -> tuple[dict[str, str], dict[str, object]]:
+    """The A1111 fields of the `parameters` chunk, and the `sdxlc` chunk's JSON."""
     with Image.open(path) as image:
         text = dict(image.text)
-    return text, json.loads(text["parameters"])
+    assert "prompt" not in text  # ComfyUI's chunk name: left to ComfyUI
+    return parse(text["parameters"]), json.loads(text["sdxlc"])
 
 
 def one(folder: Path) -> Path:
@@ -60,8 +64,12 @@ def test_lora_weight_zero_is_the_base_model_and_one_is_not(lora_file: Path, tmp_
     base, zero, full = (pixels(one(tmp_path / name)) for name in ("base", "zero", "full"))
     np.testing.assert_allclose(zero, base, atol=1e-4)
     assert np.abs(full - base).mean() > 1e-3
-    _, parameters = meta(one(tmp_path / "full"))
-    assert parameters["loras"] == [{"file": str(lora_file), "weight": 1.0}]
+    fields, parameters = meta(one(tmp_path / "full"))
+    digest = addnet_hash(lora_file)[:12]
+    assert parameters["loras"] == [{"file": lora_file.name, "weight": 1.0, "hash": digest}]
+    assert fields["Prompt"] == "a red circle on a blue background <lora:tinylora:1>"
+    assert fields["Lora hashes"] == f"tinylora: {digest}" and fields["Model"] == "tiny"
+    assert parameters["prompt"] == "a red circle on a blue background"
 
 
 def test_seeds_count_and_metadata(tmp_path: Path) -> None:
@@ -80,10 +88,12 @@ def test_seeds_count_and_metadata(tmp_path: Path) -> None:
     assert all(np.abs(a - b).mean() > 1e-3 for i, a in enumerate(images) for b in images[i + 1:])
     expected = [("a red circle", 5), ("a red circle", 6), ("a blue square", 5), ("a blue square", 6)]
     for file, (prompt, seed) in zip(files, expected, strict=True):
-        text, parameters = meta(file)
-        assert text["prompt"] == prompt and text["negative"] == "blurry"
+        fields, parameters = meta(file)
+        assert fields == {"Prompt": prompt, "Negative prompt": "blurry", "Steps": "3", "Sampler": "Euler a",
+                          "CFG scale": "4.5", "Seed": str(seed), "Size": "64x48", "Model": "tiny"}
         assert parameters == {"seed": seed, "steps": 3, "cfg": 4.5, "sampler": "euler_a", "width": 64,
-                              "height": 48, "model": "tiny", "vae": None, "loras": [], "embeddings": []}
+                              "height": 48, "model": "tiny", "vae": None, "loras": [], "embeddings": [],
+                              "prompt": prompt, "negative": "blurry"}
     # the same seed gives the same image whatever the batch, and a rerun adds files instead of replacing
     invoke("--prompt", "a blue square", "--seed", "6", "--negative", "blurry", "--sampler", "euler_a",
            "--cfg", "4.5", "--width", "64", "--height", "48", "--out", str(out))
@@ -102,7 +112,7 @@ def test_embedding_token_changes_the_output(tmp_path: Path) -> None:
     plain, styled = pixels(one(tmp_path / "plain")), pixels(one(tmp_path / "ti"))
     assert np.abs(plain - styled).mean() > 1e-3
     _, parameters = meta(one(tmp_path / "ti"))
-    assert parameters["embeddings"] == [{"file": str(tmp_path / "style.safetensors"), "token": "<style>"}]
+    assert parameters["embeddings"] == [{"file": "style.safetensors", "token": "<style>"}]  # no local path
 
     pipe = build_tiny_pipeline(0)
     assert gen.load_embedding(pipe, tmp_path / "style.safetensors", "<style>") == 2

@@ -56,7 +56,8 @@ def test_te_and_conv_keys_and_metadata(trained) -> None:  # type: ignore[no-unty
     trained_b = tensors["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"]
     assert trained_b.abs().sum() > 0  # the text-encoder LoRA learned (its B starts at zero)
     assert meta["ss_network_args"] == '{"conv_dim": "4", "conv_alpha": "4"}'
-    assert meta["ss_text_encoder_lr"] == "0.001" and meta["ss_network_train_unet_only"] == "False"
+    assert meta["ss_text_encoder_lr"] == "[0.001, 0.0005]"  # kohya's SDXL list: te1, te2
+    assert meta["ss_network_train_unet_only"] == "False"
     noise_and_loss = (meta["ss_noise_offset"], meta["ss_min_snr_gamma"], meta["ss_loss_type"])
     assert noise_and_loss == ("0.05", "5.0", "huber")
     assert meta["ss_optimizer"] == "adamw(weight_decay=0.01)"

@@ -71,7 +71,7 @@ def test_checkpoints_hold_the_whole_state(uninterrupted: dict) -> None:
     assert saved.position.step == 3 and len(saved.position.losses) == 3
     assert saved.plan["plan_hash"] == uninterrupted["plan_hash"]
     assert saved.optimizer["state"] and saved.scheduler["last_epoch"] == 3
-    assert {"python", "numpy", "torch", "data"} <= set(saved.rng)
+    assert {"python", "numpy", "torch"} <= set(saved.rng)  # a batch's data randomness is seeded by its place
 
 
 @pytest.mark.parametrize("at", [3, 6])

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from a1111_infotext import parse
 from peft.tuners.lora import LoraLayer
 from PIL import Image
 from safetensors import safe_open
@@ -19,6 +20,7 @@ from runtime.gen.sample import render
 from runtime.model.load import Models
 from runtime.model.tiny import build_tiny_pipeline
 from runtime.train.run import RunResult, run_plan
+from sdxlc.plan.share import shareable
 
 KOHYA_KEY = re.compile(r"lora_unet_(input_blocks_\d+|middle_block|output_blocks_\d+)_\d+_[a-z0-9_]+"
                        r"\.(lora_down\.weight|lora_up\.weight|alpha)")
@@ -52,8 +54,8 @@ def test_run_writes_lora_plan_checkpoints_and_samples(trained) -> None:  # type:
         assert sample.parent == out / "samples"
         with Image.open(sample) as image:
             assert image.size == (64, 64)
-            assert image.text["prompt"] == plan["sample"]["prompts"][0]
-            assert json.loads(image.text["parameters"])["steps"] == plan["sample"]["steps"]
+            assert parse(image.text["parameters"])["Prompt"] == plan["sample"]["prompts"][0]
+            assert json.loads(image.text["sdxlc"])["steps"] == plan["sample"]["steps"]
 
 
 def test_lora_is_kohya_format_with_metadata(trained) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +68,7 @@ def test_lora_is_kohya_format_with_metadata(trained) -> None:  # type: ignore[no
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4"
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_steps"] == "8"
     assert meta["sdxlc_plan_hash"] == plan["plan_hash"]
-    assert json.loads(meta["sdxlc_plan"]) == plan
+    assert json.loads(meta["sdxlc_plan"]) == shareable(plan)  # without local paths
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     _, step_meta = read_lora(Path(plan["output"]["dir"]) / "tinylora-step000006.safetensors")
     assert step_meta["ss_steps"] == "6"

@@ -176,8 +176,13 @@ def test_tiny_single_file_trains_offline(tiny_file: tuple[Path, Path], tmp_path:
 
 
 def test_single_file_defaults_to_the_shipped_config(tiny_file: tuple[Path, Path], tmp_path: Path) -> None:
+    # the shipped config is full-size SDXL: the tiny file's shapes do not fit it (SDX0518), its own do
     compiled = compile_recipe(_recipe(tmp_path, f'model "{tiny_file[0]}"'))
-    assert compiled.plan is not None and compiled.plan["model"]["config"] == str(SHIPPED_CONFIG)
+    assert [d.code for d in compiled.errors] == ["SDX0518"]
+    assert "UNet width is 16 but its config says 320" in compiled.errors[0].message
+    assert str(SHIPPED_CONFIG) in compiled.errors[0].message
+    compiled = compile_recipe(_recipe(tmp_path, f'model "{tiny_file[0]}" config "{tiny_file[1]}"'))
+    assert compiled.plan is not None and compiled.plan["model"]["architecture"] == "tiny"
 
 
 def test_header_check_rejects_a_non_sdxl_file(tmp_path: Path) -> None:

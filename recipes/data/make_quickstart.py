@@ -21,14 +21,17 @@ SIZES = ((64, 64), (96, 64), (64, 96), (80, 80), (96, 64), (64, 96),
          (96, 96), (90, 60), (60, 90), (72, 72), (96, 64), (64, 96))  # square, 3:2 landscape, 2:3 portrait
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple,
+               outline: int = 0) -> None:
+    """A filled shape in `box`, or only its outline `outline` pixels wide when `outline` is set."""
     left, top, right, bottom = box
+    paint = {"outline": colour, "width": outline} if outline else {"fill": colour}
     if shape == "circle":
-        draw.ellipse(box, fill=colour)
+        draw.ellipse(box, **paint)
     elif shape == "square":
-        draw.rectangle(box, fill=colour)
+        draw.rectangle(box, **paint)
     else:
-        draw.polygon([((left + right) // 2, top), (right, bottom), (left, bottom)], fill=colour)
+        draw.polygon([((left + right) // 2, top), (right, bottom), (left, bottom)], **paint)
 
 
 def article(word: str) -> str:

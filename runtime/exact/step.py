@@ -1,12 +1,13 @@
 """Measure a plan's training-step memory peak and FLOPs by simulating one step on fake tensors.
 
-The plan's pipeline is built on the meta device at full size (no weights, no memory) from the shipped
-SDXL configs (or the tiny model's), cast to the plan's dtypes, and given its method exactly as the
-runtime does (``Method.attach``: LoRA layers, fine-tuned weights in fp32 or bf16, or the new
-embedding rows). Every parameter then becomes a CPU ``FakeTensor``, and one training micro-batch runs
-the runtime's own pieces: VAE encode and text-encoder forward when those are not cached (with gradients
-when the method trains the encoders or their embeddings), noise, UNet forward under autocast, loss,
-backward, gradient clipping and the optimizer step, or the fused backward pass's per-weight steps.
+The plan's pipeline is built on the meta device at full size (no weights, no memory) from the model's own
+configs (a folder's, a single file's `config`, the shipped SDXL configs for a hub id, or the tiny
+model's), cast to the plan's dtypes, and given its method exactly as the runtime does (``Method.attach``:
+LoRA layers, fine-tuned weights in fp32 or bf16, or the new embedding rows). Every parameter then becomes
+a CPU ``FakeTensor``, and one training micro-batch runs the runtime's own pieces: VAE encode and text-
+encoder forward when those are not cached (with gradients when the method trains the encoders or their
+embeddings), noise, UNet forward under autocast, loss, backward, gradient clipping and the optimizer
+step, or the fused backward pass's per-weight steps.
 
 ``runtime.fake_memory.LiveBytes`` follows every storage to the peak. What this measures is the
 training-step peak: weights + trainable + gradients + optimizer state + activations. The CUDA context,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,8 +43,22 @@ PARTS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2", "vae": 
 # ---- building the model -----------------------------------------------------------------------
 
 
+def config_folder(plan: dict[str, Any]) -> Path:
+    """The diffusers configs the plan's model is built from: a folder's own, a single file's `config`,
+    the shipped SDXL configs for a hub id (whose configs may not be on this machine)."""
+    from runtime.formats.single_file import SDXL_CONFIG_DIR
+
+    model = plan["model"]
+    if model["kind"] == "diffusers_folder":
+        return Path(model["source"])
+    if model["kind"] in ("single_file", "pickle") and model.get("config"):
+        return Path(model["config"])
+    return SDXL_CONFIG_DIR
+
+
 def _meta_pipeline(plan: dict[str, Any]) -> SimpleNamespace:
-    """The plan's whole pipeline on the meta device in fp32, with real tokenizers (embeddings add to them)."""
+    """The plan's whole pipeline on the meta device in fp32, with real tokenizers (embeddings add to them).
+    A folder without tokenizers (a config-only folder) borrows the shipped ones."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -50,20 +66,22 @@ def _meta_pipeline(plan: dict[str, Any]) -> SimpleNamespace:
     from runtime.model import tiny
 
     quiet = logging.getLogger("transformers.modeling_utils")
+    folder = config_folder(plan)
     with torch.device("meta"):
         if plan["model"]["kind"] == "tiny":
             return SimpleNamespace(**tiny.tiny_components())
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            config_1 = CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder")
-            config_2 = CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2")
+            config_1 = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+            config_2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
             text_1, text_2 = CLIPTextModel(config_1), CLIPTextModelWithProjection(config_2)
         finally:
             quiet.setLevel(level)
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG_DIR / "vae"))
-    tokenizer, tokenizer_2 = load_tokenizers(SDXL_CONFIG_DIR)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    has_tokenizer = (folder / "tokenizer" / "tokenizer_config.json").is_file()
+    tokenizer, tokenizer_2 = load_tokenizers(folder if has_tokenizer else SDXL_CONFIG_DIR)
     return SimpleNamespace(unet=unet, vae=vae, text_encoder=text_1, text_encoder_2=text_2,
                            tokenizer=tokenizer, tokenizer_2=tokenizer_2)
 

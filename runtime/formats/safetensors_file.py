@@ -10,6 +10,7 @@ safetensors reader (ComfyUI, A1111, diffusers) loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -69,3 +70,15 @@ def _raw(tensor: torch.Tensor) -> bytes:
         width = tensor.element_size()
         data = b"".join(data[i:i + width][::-1] for i in range(0, len(data), width))
     return data
+
+
+def addnet_hash(path: str | Path) -> str:
+    """sha256 of a safetensors file's tensor data, its header left out: kohya's `sshs_model_hash` and the
+    hash A1111 shows for a LoRA (its first 12 hex digits), unchanged when only the metadata changes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,7 +3,8 @@
 What kohya's `sdxl_gen_img.py` is used for, on diffusers: the base model loads as for training
 (runtime/model/load.py), kohya-format LoRA files load with `load_lora_weights` and are mixed with
 `set_adapters`, embeddings in the `{"clip_l", "clip_g"}` format load into both text encoders. Every
-image is a PNG whose text chunks say how to make it again.
+image is a PNG whose text chunks say how to make it again (runtime/gen/infotext.py: A1111's
+`parameters`, with `<lora:name:weight>` tags and `Lora hashes`, and sdxlc's `sdxlc` JSON).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,15 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionXLPipeline,
 )
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from runtime import RunError
-from runtime.gen.sample import png_text, save_png
+from runtime.formats.safetensors_file import addnet_hash
+from runtime.gen.infotext import a1111_fields, lora_hashes, model_name, png_text, sampler_name
+from runtime.gen.sample import save_png
 from runtime.model.load import DTYPES, load_pipeline
+from sdxlc.plan.share import share_value
 
 # sampler name -> (scheduler class, extra config)
 SAMPLERS: dict[str, tuple[Any, dict[str, Any]]] = {
@@ -167,13 +172,44 @@ def next_number(folder: Path) -> int:
 
 def parameters(request: GenRequest, job: Job, width: int, height: int,
                model: dict[str, Any]) -> dict[str, Any]:
-    """What the PNG text chunk `parameters` records: enough to make the image again."""
+    """What the PNG text chunk `sdxlc` records: enough to make the image again, with local files by
+    name (a shared image tells no local path) and each LoRA's A1111 hash."""
     return {
         "seed": job.seed, "steps": request.steps, "cfg": request.cfg, "sampler": request.sampler,
-        "width": width, "height": height, "model": model["source"], "vae": request.vae,
-        "loras": [{"file": str(path), "weight": weight} for path, weight in request.loras],
-        "embeddings": [{"file": str(path), "token": token} for path, token in request.embeddings],
+        "width": width, "height": height, "model": share_value(model["source"], ""),
+        "vae": share_value(request.vae, "") if request.vae else None,
+        "loras": [{"file": path.name, "weight": weight, "hash": lora_hash(path)}
+                  for path, weight in request.loras],
+        "embeddings": [{"file": path.name, "token": token} for path, token in request.embeddings],
     }
+
+
+def lora_hash(path: Path) -> str:
+    """The hash A1111 shows for a LoRA: the file's `sshs_model_hash` when it has one, else the sha256 of
+    its tensor data; the first 12 hex digits (read once per file version)."""
+    stat = path.stat()
+    return _lora_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _lora_hash(path: str, size: int, mtime: int) -> str:
+    try:
+        with safe_open(str(path), "pt") as handle:
+            stored = (handle.metadata() or {}).get("sshs_model_hash")
+    except (OSError, SafetensorError):
+        stored = None
+    return (stored or addnet_hash(path))[:12]
+
+
+def a1111_text(request: GenRequest, job: Job, width: int, height: int, model: dict[str, Any],
+               sampler: str) -> tuple[str, dict[str, Any]]:
+    """The A1111 prompt line (the prompt, then `<lora:name:weight>` for each LoRA, as A1111 writes
+    them) and the A1111 fields with the LoRAs' hashes."""
+    tags = "".join(f" <lora:{path.stem}:{weight:g}>" for path, weight in request.loras)
+    fields = a1111_fields(request.steps, sampler, request.cfg, job.seed, width, height,
+                          model_name(model["source"]))
+    fields["Lora hashes"] = lora_hashes([(path.stem, lora_hash(path)) for path, _ in request.loras])
+    return job.prompt + tags, fields
 
 
 def prepare(request: GenRequest) -> tuple[StableDiffusionXLPipeline, dict[str, Any]]:
@@ -226,7 +262,9 @@ def generate(request: GenRequest, on_file: Callable[[Path], None] | None = None,
             ).images
         for job, image in zip(group, images, strict=True):
             path = request.out / f"{number:05d}-p{job.prompt_index:02d}-s{job.seed}.png"
-            info = png_text(job.prompt, parameters(request, job, width, height, model), request.negative)
+            shown, fields = a1111_text(request, job, width, height, model, sampler_name(pipe.scheduler))
+            record = {**parameters(request, job, width, height, model), "prompt": job.prompt}
+            info = png_text(shown, fields, record, request.negative)
             save_png(image, path, info)
             files.append(path)
             number += 1

@@ -1,4 +1,5 @@
-"""Sample images with the LoRA active, saved as PNG with their prompt and settings embedded.
+"""Sample images with the LoRA active, saved as PNG with their prompt and settings embedded (A1111's
+`parameters` text and sdxlc's `sdxlc` JSON: runtime/gen/infotext.py).
 
 Each sampling step writes one PNG per prompt and a grid PNG with all prompts side by side, under
 <output.dir>/samples/, and hands the images to the TensorBoard log when the run has one.
@@ -6,7 +7,6 @@ Each sampling step writes one PNG per prompt and a grid PNG with all prompts sid
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
+from runtime.gen.infotext import a1111_fields, model_name, png_text, sampler_name
+from runtime.methods.metadata import single_file_sha256
 from runtime.model.load import Models
 from runtime.train.tblog import TensorBoardLog
 from sdxlc.plan.files import atomic_path
+from sdxlc.plan.share import share_value
 
 
 @dataclass
@@ -43,24 +45,23 @@ def render(pipe: StableDiffusionXLPipeline, settings: dict[str, Any], prompt: st
     return result.images[0]
 
 
-def png_text(prompt: str, parameters: dict[str, Any], negative: str | None = None) -> PngInfo:
-    """PNG text chunks: `prompt`, `negative` (when given) and `parameters` (sorted JSON)."""
-    info = PngInfo()
-    info.add_text("prompt", prompt)
-    if negative is not None:
-        info.add_text("negative", negative)
-    info.add_text("parameters", json.dumps(parameters, sort_keys=True))
-    return info
-
-
 def sample_parameters(plan: dict[str, Any], sampler: str, step: int) -> dict[str, Any]:
-    """Everything that made a training sample: settings, sampler, base model, LoRA and step."""
+    """Everything that made a training sample (the PNG's `sdxlc` chunk): settings, sampler, base model
+    (a local path relative to the recipe folder, or its name), LoRA, step and plan hash."""
     settings = plan["sample"]
     return {
         **{k: settings[k] for k in ("width", "height", "steps", "cfg", "seed")},
-        "sampler": sampler, "model": plan["model"]["source"], "lora": plan["output"]["name"], "step": step,
-        "plan_hash": plan["plan_hash"],
+        "sampler": sampler, "model": share_value(plan["model"]["source"], plan["save"]["relative_to"]),
+        "lora": plan["output"]["name"], "step": step, "plan_hash": plan["plan_hash"],
     }
+
+
+def sample_fields(plan: dict[str, Any], scheduler: Any) -> dict[str, Any]:
+    """A1111's fields of a training sample; `Model hash` when the plan hashed a single-file model."""
+    settings, model = plan["sample"], plan["model"]
+    return a1111_fields(settings["steps"], sampler_name(scheduler), settings["cfg"], settings["seed"],
+                        settings["width"], settings["height"], model_name(model["source"]),
+                        single_file_sha256(model))
 
 
 def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
@@ -94,6 +95,7 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{plan['output']['name']}-step{step:06d}"
     parameters = sample_parameters(plan, type(pipe.scheduler).__name__, step)
+    fields = sample_fields(plan, pipe.scheduler)
     pipe.set_progress_bar_config(disable=quiet)
     training = pipe.unet.training
     pipe.unet.eval()
@@ -103,14 +105,15 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
             for index, prompt in enumerate(settings["prompts"]):
                 image = render(pipe, settings, prompt)
                 path = folder / f"{stem}-{index:02d}.png"
-                save_png(image, path, png_text(prompt, {**parameters, "prompt_index": index}))
+                save_png(image, path, png_text(prompt, fields, {**parameters, "prompt_index": index}))
                 images.append(image)
                 files.images.append(path)
     finally:
         pipe.unet.train(training)
     sheet = grid(images)
     files.grid = folder / f"{stem}-grid.png"
-    save_png(sheet, files.grid, png_text(" | ".join(settings["prompts"]),
+    grid_fields = {**fields, "Size": f"{sheet.width}x{sheet.height}"}
+    save_png(sheet, files.grid, png_text(" | ".join(settings["prompts"]), grid_fields,
                                          {**parameters, "prompts": settings["prompts"]}))
     if log is not None:
         log.images(step, [*((f"{i:02d}", image) for i, image in enumerate(images)), ("grid", sheet)])

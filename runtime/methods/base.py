@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from runtime import timestamp
+from runtime.methods.metadata import data_metadata, model_metadata, plan_metadata
 from runtime.model.load import DTYPES
-from sdxlc.plan.contract import canonical
 
 TEXT_ENCODERS = {"te1": "text_encoder", "te2": "text_encoder_2"}  # plan target → pipeline attribute
 
@@ -106,7 +106,8 @@ def training_metadata(
     plan: dict[str, Any], step: int, epoch: int, started: float, lineage: list[str] | None = None
 ) -> dict[str, str]:
     """kohya's `ss_*` keys of the training run (optimizer, schedule, noise and loss settings), the
-    `modelspec.*` keys every saved file carries, the plan, and the hashes of the plans that trained it."""
+    `modelspec.*` keys every saved file carries, the plan hash, and (unless `save private`) the plan
+    without local paths and the hashes of the plans that trained it (runtime/methods/metadata.py)."""
     data, training, optimizer = plan["data"], plan["training"], plan["optimizer"]
     args = " ".join(f"{key}={value}" for key, value in sorted(optimizer["args"].items()))
     snr = training["snr_gamma"]
@@ -138,22 +139,12 @@ def training_metadata(
         "ss_loss_type": training["loss"],
         "ss_huber_c": str(training["huber_c"]),
         "ss_cache_latents": str(data["cache"]["latents"]),
-        **_dataset_metadata(data["datasets"]),
+        "ss_output_name": plan["output"]["name"],
+        **data_metadata(plan),
+        **model_metadata(plan),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-xl-v1-base",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": plan["output"]["name"],
-        "sdxlc_plan_hash": plan["plan_hash"],
-        "sdxlc_plan": canonical(plan),
-        "sdxlc_lineage": ",".join(lineage or [plan["plan_hash"]]),
-    }
-
-
-def _dataset_metadata(datasets: list[dict[str, Any]]) -> dict[str, str]:
-    """kohya's dataset counts: training samples per epoch, regularization images, their loss weight."""
-    reg = [d for d in datasets if d["regularization"]]
-    return {
-        "ss_num_train_images": str(sum(d["samples"] for d in datasets if not d["regularization"])),
-        "ss_num_reg_images": str(sum(d["images"] for d in reg)),
-        "ss_prior_loss_weight": str(reg[0]["loss_weight"] if reg else 1.0),
+        **plan_metadata(plan, lineage),
     }

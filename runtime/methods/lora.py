@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,23 @@ def param_groups(unet: torch.nn.Module, method: dict[str, Any], lr: float) -> li
     return groups
 
 
-def kohya_state_dict(model: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+_KEY_BLOCK = re.compile(r"lora_unet_(input_blocks|middle_block|output_blocks)_(\d+)_")
+
+
+def key_block(key: str) -> int | None:
+    """The kohya block (0-22) of a kohya UNet key; None for a text-encoder key."""
+    found = _KEY_BLOCK.match(key)
+    if found is None:
+        return None
+    return {"input_blocks": 1, "middle_block": 10, "output_blocks": 13}[found[1]] + int(found[2])
+
+
+def kohya_state_dict(
+    model: Any, dtype: torch.dtype, leave_out: Collection[int] = ()
+) -> dict[str, torch.Tensor]:
     """The LoRA as kohya keys: lora_unet_<SAI path with _> (and lora_te1_/lora_te2_ keys for a pipeline)
-    .lora_down.weight / .lora_up.weight / .alpha. `model`: a UNet, or a pipeline for every part."""
+    .lora_down.weight / .lora_up.weight / .alpha. `model`: a UNet, or a pipeline for every part.
+    The layers of the kohya blocks in `leave_out` (the plan's `method.unsaved_blocks`) are not saved."""
     if isinstance(model, torch.nn.Module):
         layers = {"lora_unet_" + sai_name(name, model.config).replace(".", "_"): layer
                   for name, layer in lora_layers(model).items()}
@@ -157,6 +172,8 @@ def kohya_state_dict(model: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         layers = named_layers(model)
     state: dict[str, torch.Tensor] = {}
     for key, layer in layers.items():
+        if leave_out and key_block(key) in leave_out:
+            continue
         state[f"{key}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
         state[f"{key}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
         state[f"{key}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]), dtype=dtype)
@@ -170,13 +187,19 @@ def load_kohya(path: Path, layers: dict[str, LoraLayer]) -> None:
     except (OSError, safetensors.SafetensorError) as exc:
         raise RunError(f"cannot read the LoRA to continue from, {path}: {exc}") from exc
     modules = {key.removesuffix(".lora_down.weight") for key in state if key.endswith(".lora_down.weight")}
-    if modules != set(layers):
-        missing, extra = sorted(set(layers) - modules), sorted(modules - set(layers))
+    held = {key_block(key) for key in modules}
+    # a UNet block the file leaves out entirely (frozen at block_lr 0 when it was trained) adds nothing:
+    # its layers keep their no-op start
+    left_out = {key for key in set(layers) - modules if key_block(key) not in held | {None}}
+    if modules != set(layers) - left_out:
+        missing, extra = sorted(set(layers) - left_out - modules), sorted(modules - set(layers))
         raise RunError(f"{path} does not fit the plan's LoRA: {len(missing)} layers have no weights there "
                        f"({', '.join(missing[:2])}), {len(extra)} of its layers have no place "
                        f"({', '.join(extra[:2])})")
     with torch.no_grad():
         for key, layer in layers.items():
+            if key in left_out:
+                continue
             for part, weight in (("lora_down", layer.lora_A[ADAPTER].weight),
                                  ("lora_up", layer.lora_B[ADAPTER].weight)):
                 value = state[f"{key}.{part}.weight"]
@@ -191,9 +214,9 @@ def metadata(
 ) -> dict[str, str]:
     """kohya `ss_*` and `modelspec.*` metadata of a LoRA file, plus the plan that produced it."""
     method = plan["method"]
-    lrs = [method[f"lr_{t}"] for t in ("te1", "te2") if method[f"lr_{t}"] is not None]
     network_args = {"conv_dim": str(method["rank"]), "conv_alpha": str(method["alpha"])} \
         if "conv" in method["modules"] else {}
+    network_args.update(block_lr_weights(method["block_lr"], plan["optimizer"]["lr"]))
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(method["rank"]),
@@ -201,17 +224,44 @@ def metadata(
         "ss_network_dropout": str(method["dropout"]),
         **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
         "ss_unet_lr": str(plan["optimizer"]["lr"]) if "unet" in method["targets"] else "None",
-        "ss_text_encoder_lr": str(lrs[0]) if lrs else "None",
+        "ss_text_encoder_lr": text_encoder_lr(method),
         "ss_network_train_unet_only": str(method["targets"] == ["unet"]),
-        "ss_network_weights": str(method["init_from"]) if method["init_from"] else "None",
+        "ss_network_weights": Path(method["init_from"]).name if method["init_from"] else "None",
         **training_metadata(plan, step, epoch, started, lineage),
         "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
     }
 
 
-def save_lora(path: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path:
-    """The LoRA of a UNet, or of every part of a pipeline, as one kohya file."""
-    write_atomic(path, safetensors_bytes(kohya_state_dict(model, dtype), metadata=meta))
+def text_encoder_lr(method: dict[str, Any]) -> str:
+    """kohya's `ss_text_encoder_lr`: one rate when both encoders train at it (`--text_encoder_lr 1e-5`),
+    else its per-encoder list `[te1, te2]` (SDXL's `--text_encoder_lr 1e-5 2e-5`; 0.0 for an encoder
+    that does not train); `None` when no encoder trains."""
+    rates = [method["lr_te1"], method["lr_te2"]]
+    if rates == [None, None]:
+        return "None"
+    if rates[0] == rates[1]:
+        return str(rates[0])
+    return str([0.0 if rate is None else float(rate) for rate in rates])
+
+
+def block_lr_weights(block_lr: list[float] | None, lr: float) -> dict[str, str]:
+    """`block_lr` as kohya's LoRA network args: `down_lr_weight` (input blocks 0-8, kohya blocks 1-9),
+    `mid_lr_weight` (10-12) and `up_lr_weight` (output blocks 0-8, 13-21), each a multiplier of the UNet
+    learning rate; blocks 0 and 22 hold no LoRA layers."""
+    if block_lr is None:
+        return {}
+
+    def weights(first: int, count: int) -> str:
+        return ",".join(f"{round(rate / lr, 8):g}" for rate in block_lr[first:first + count])
+
+    return {"down_lr_weight": weights(1, 9), "mid_lr_weight": weights(10, 3), "up_lr_weight": weights(13, 9)}
+
+
+def save_lora(path: Path, model: Any, dtype: torch.dtype, meta: dict[str, str],
+              leave_out: Collection[int] = ()) -> Path:
+    """The LoRA of a UNet, or of every part of a pipeline, as one kohya file, without the layers of the
+    kohya blocks in `leave_out`."""
+    write_atomic(path, safetensors_bytes(kohya_state_dict(model, dtype, leave_out), metadata=meta))
     return path
 
 
@@ -229,7 +279,8 @@ class LoraMethod(Method):
         return unet + text_param_groups(pipe, self.spec)
 
     def save(self, path: Path, pipe: Any, step: int, epoch: int, started: float) -> Path:
-        return save_lora(path, pipe, self.save_dtype, metadata(self.plan, step, epoch, started, self.lineage))
+        meta = metadata(self.plan, step, epoch, started, self.lineage)
+        return save_lora(path, pipe, self.save_dtype, meta, self.spec["unsaved_blocks"])
 
 
 def prune_checkpoints(folder: Path, name: str, keep: int) -> None:

@@ -67,7 +67,6 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
-    data_rng: random.Random,
 ) -> Path:
     """Write one checkpoint folder atomically and return its final path."""
     final = folder_for(out, position.step)
@@ -77,7 +76,7 @@ def save_state(
         _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             _torch_save(scaler.state_dict(), tmp / "scaler.pt")
-        _save_rng(tmp, data_rng)
+        _save_rng(tmp)
         (tmp / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(asdict(position)), encoding="utf-8")
         write_folder_sums(tmp)  # last: a folder whose files all match it is a whole checkpoint
@@ -135,21 +134,21 @@ def load_state(folder: Path) -> Saved:
         raise RunError(f"cannot read checkpoint {folder}: {type(exc).__name__}: {exc}") from exc
 
 
-def restore_rng(rng: dict[str, Any], data_rng: random.Random) -> None:
+def restore_rng(rng: dict[str, Any]) -> None:
+    """The process's RNG states (a batch's data randomness is seeded by its place: runtime/train/loader.py;
+    a checkpoint of an older sdxlc also holds the state of the sequential data generator it replaced)."""
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    data_rng.setstate(rng["data"])
 
 
-def _save_rng(folder: Path, data_rng: random.Random) -> None:
+def _save_rng(folder: Path) -> None:
     """RNG states without pickle: python and numpy states as JSON, torch states as byte tensors."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {
         "python": _py_state(random.getstate()),
-        "data": _py_state(data_rng.getstate()),
         "numpy": [kind, [int(k) for k in keys], pos, has_gauss, gauss],
     }
     (folder / "rng.json").write_text(json.dumps(states), encoding="utf-8")
@@ -166,7 +165,6 @@ def _load_rng(folder: Path) -> dict[str, Any]:
     cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1)]
     return {
         "python": _py_unstate(states["python"]),
-        "data": _py_unstate(states["data"]),
         "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss),
         "torch": tensors["torch"],
         "cuda": cuda,

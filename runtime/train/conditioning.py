@@ -70,7 +70,7 @@ def text_states(models: Models, captions: list[str]) -> tuple[torch.Tensor, torc
 def encode_pixels(models: Models, pixels: torch.Tensor) -> torch.Tensor:
     """The VAE's latent distribution parameters (mean and log-variance) for a batch of pixels."""
     vae = models.pipe.vae
-    return vae.encode(pixels.to(models.device, models.vae_dtype)).latent_dist.parameters
+    return vae.encode(pixels.to(models.device, models.vae_dtype, non_blocking=True)).latent_dist.parameters
 
 
 @torch.no_grad()
@@ -259,6 +259,10 @@ class Conditioning:
         self.latent_counts = self._total(counts)
         if self.models.device.type != "cpu":  # cached latents free the VAE (sampling brings it back)
             self.models.pipe.vae.to("cpu")
+
+    def report(self) -> None:
+        """Say the warnings (skipped images) not said yet."""
+        self._flush()
 
     def batch(self, indices: list[int], rng: random.Random) -> Batch:
         batch = make_batch(self.data, indices, rng, pixels=self.latents is None, substitute=True)

@@ -16,7 +16,7 @@ import hashlib
 import io
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,13 @@ class Batch:
     time_ids: torch.Tensor  # (B, 6): original h, w; crop top, left; target h, w
     keys: list[tuple[int, bool]]  # (image index, flipped): what the latents depend on
     weights: list[float] = field(default_factory=list)  # each sample's loss weight (its dataset's)
+    # images found undecodable while making the batch, with their warnings (runtime/train/loader.py)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:
+        """The batch with its tensors in page-locked memory (DataLoader's `pin_memory`)."""
+        pixels = self.pixels.pin_memory() if self.pixels.numel() else self.pixels
+        return replace(self, pixels=pixels, time_ids=self.time_ids.pin_memory())
 
 
 @dataclass
@@ -57,6 +64,7 @@ class TrainData:
     batch_size: int
     seed: int
     bad: set[int] = field(default_factory=set)  # image indices that failed to decode during the run
+    skips: list[tuple[int, str]] = field(default_factory=list)  # (image, warning) of each, in order found
     warnings: list[str] = field(default_factory=list)
     rank: int = 0  # this process among `world` training processes (docs/SCALE.md)
     world: int = 1
@@ -230,33 +238,29 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
     """Captions, size conditioning and (unless latents are cached) pixels for the given samples.
 
     With `substitute`, a sample whose image cannot be decoded is replaced by another sample of the
-    same bucket (warned once per image); without it, that is a RunError.
+    same bucket (warned once per image); without it, that is a RunError. A replaced sample draws its
+    randomness as if its image had been known to be bad beforehand, so the batch does not depend on
+    which process found out first.
     """
     captions, ids, keys, tensors, weights = [], [], [], [], []
     for index in indices:
-        index = replacement(data, index) if substitute and data.samples[index].image in data.bad else index
-        sample = data.samples[index]
-        item = data.images[sample.image]
-        dataset = data.datasets[item.dataset]
-        flip = dataset["flip"] and rng.random() < 0.5
-        crop = bk.random_crop(sample.crop, sample.bucket, rng) if dataset["random_crop"] else sample.crop
-        strength = dataset["color_jitter"]
-        jitter = tuple(1.0 + rng.uniform(-strength, strength) for _ in range(3)) if strength > 0 else None
-        if pixels:
+        state = rng.getstate()
+        while True:
             try:
-                tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
+                sample, crop, flip, tensor = _sample(data, index, rng, pixels, substitute)
+                break
             except InputChanged:
                 raise
             except RunError as exc:
-                if not substitute:
+                image = data.samples[index].image
+                if not substitute or image in data.bad:  # a replacement found none: nothing left to try
                     raise
-                mark_bad(data, sample.image, str(exc))
-                index = replacement(data, index)
-                sample, item = data.samples[index], data.images[data.samples[index].image]
-                dataset = data.datasets[item.dataset]
-                crop = sample.crop
-                tensor = load_pixels(item, crop, sample.bucket, flip, jitter)  # type: ignore[arg-type]
+                mark_bad(data, image, str(exc))
+                rng.setstate(state)
+        if tensor is not None:
             tensors.append(tensor)
+        item = data.images[sample.image]
+        dataset = data.datasets[item.dataset]
         captions.append(process_caption(item.caption, dataset, rng))
         ids.append(time_ids(item, crop, sample.bucket, flip))
         keys.append((sample.image, flip))
@@ -265,10 +269,33 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
     return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys, weights)
 
 
+def _sample(data: TrainData, index: int, rng: random.Random, pixels: bool, substitute: bool
+            ) -> tuple[Sample, bk.Crop, bool, torch.Tensor | None]:
+    """The sample trained in place of sample `index`, its crop, flip and (with `pixels`) tensor; an image
+    known to be bad is first replaced by another of the same bucket."""
+    if substitute and data.samples[index].image in data.bad:
+        index = replacement(data, index)
+    sample = data.samples[index]
+    item = data.images[sample.image]
+    dataset = data.datasets[item.dataset]
+    flip = dataset["flip"] and rng.random() < 0.5
+    crop = bk.random_crop(sample.crop, sample.bucket, rng) if dataset["random_crop"] else sample.crop
+    strength = dataset["color_jitter"]
+    jitter = tuple(1.0 + rng.uniform(-strength, strength) for _ in range(3)) if strength > 0 else None
+    tensor = load_pixels(item, crop, sample.bucket, flip, jitter) if pixels else None  # type: ignore[arg-type]
+    return sample, crop, flip, tensor
+
+
 def mark_bad(data: TrainData, image: int, reason: str) -> None:
+    note_bad(data, image, f"skipped {reason}")
+
+
+def note_bad(data: TrainData, image: int, warning: str) -> None:
+    """Image `image` does not decode: skipped from now on, warned once."""
     if image not in data.bad:
         data.bad.add(image)
-        data.warnings.append(f"skipped {reason}")
+        data.skips.append((image, warning))
+        data.warnings.append(warning)
 
 
 def replacement(data: TrainData, index: int) -> int:

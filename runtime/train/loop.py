@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from runtime.model.load import Models
 from runtime.train import checkpoint
 from runtime.train.conditioning import Conditioning, Say
 from runtime.train.data import Batch, TrainData
+from runtime.train.loader import Loader, Ticket, batches
+from runtime.train.loader import batch_stream as batch_stream
 from runtime.train.loss import batch_loss
 from runtime.train.loss import snr_weights as snr_weights
 from runtime.train.optim import make_optimizer as make_optimizer
@@ -44,7 +45,6 @@ class TrainStats:
     # the live objects a checkpoint saves (set by `train`)
     optimizer: Any = None
     schedule: Any = None
-    data_rng: random.Random | None = None
 
     @property
     def final_loss(self) -> float:
@@ -56,15 +56,6 @@ class TrainStats:
 
 
 # ---- the loop ---------------------------------------------------------------------------------
-
-
-def batch_stream(data: TrainData, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, int, list[int]]]:
-    """Batches in training order from (epoch, start) on: (epoch, index within the epoch, sample indices)."""
-    while True:
-        for index, indices in enumerate(data.epoch(epoch)):
-            if index >= start:
-                yield epoch, index, indices
-        epoch, start = epoch + 1, 0
 
 
 @dataclass
@@ -107,8 +98,7 @@ def _restore_state(resume: Resume, plan: dict[str, Any], stats: TrainStats, acc:
         stats.schedule.load_state_dict(saved.scheduler)
     if saved.scaler is not None and acc.scaler is not None:
         acc.scaler.load_state_dict(saved.scaler)
-    assert stats.data_rng is not None
-    checkpoint.restore_rng(saved.rng, stats.data_rng)
+    checkpoint.restore_rng(saved.rng)
 
 
 def train(
@@ -128,9 +118,9 @@ def train(
     come from the checkpoint, so the run continues exactly where the checkpointed run stood.
     `stats` (optional) is filled in as training goes, for hooks that save checkpoints.
     """
-    training, acc = plan["training"], models.accelerator
+    acc = models.accelerator
     stats = stats if stats is not None else TrainStats()
-    unet, rank, world = models.pipe.unet, acc.process_index, acc.num_processes
+    unet, world = models.pipe.unet, acc.num_processes
     method = methods.for_plan(plan)
     if resume is not None:
         _restore(resume, plan, method, models.pipe, stats)
@@ -153,21 +143,59 @@ def train(
         raise RunError("the fused backward pass cannot step loss-scaled fp16 gradients: use bf16 or fp32")
     hooks = fuse_backward(getattr(optimizer, "optimizer", optimizer), plan["optimizer"]["max_grad_norm"]) \
         if fused else []
-    stats.optimizer, stats.schedule, stats.data_rng = optimizer, schedule, random.Random(training["seed"])
+    stats.optimizer, stats.schedule = optimizer, schedule
     if resume is not None:
         _restore_state(resume, plan, stats, acc)
+    live = _Live(conditioning, model, optimizer, trainable, outside, fused)
+    with batches(data, Loader.of(plan), conditioning.latents is None, stats.next_epoch,
+                 stats.next_batch) as stream:
+        _steps(plan, models, live, stream, stats, _Hooks(on_step, on_loss, on_metrics))
+    for handle in hooks:
+        handle.remove()
+    for module in (model, *encoders):
+        module.eval()
+    return stats
+
+
+@dataclass
+class _Live:
+    """What a training pass steps: the prepared model and optimizer, and the batches' conditioning."""
+
+    conditioning: Conditioning
+    model: Any
+    optimizer: Any
+    trainable: list[torch.nn.Parameter]
+    outside: list[torch.nn.Parameter]  # trained parameters outside the UNet (averaged by hand)
+    fused: bool
+
+
+@dataclass
+class _Hooks:
+    on_step: StepHook | None
+    on_loss: Callable[[int, float, float], None] | None
+    on_metrics: MetricsHook | None
+
+
+def _steps(plan: dict[str, Any], models: Models, live: _Live, stream: Iterator[tuple[Ticket, Batch]],
+           stats: TrainStats, hooks: _Hooks) -> None:
+    """Optimizer steps until the plan's last, from the batches of `stream`."""
+    training, acc = plan["training"], models.accelerator
+    rank, world = acc.process_index, acc.num_processes
+    model, optimizer, trainable, fused = live.model, live.optimizer, live.trainable, live.fused
+    on_step, on_loss, on_metrics = hooks.on_step, hooks.on_loss, hooks.on_metrics
     pending: list[float] = []
-    for epoch, index, indices in batch_stream(data, stats.next_epoch, stats.next_batch):
+    for (epoch, index, _, _), batch in stream:
+        live.conditioning.report()
         # noise, timesteps and dropout of a batch are seeded by its place in the global order: the ranks
         # draw different noise, and N processes reproduce one process with N× the accumulation
         torch.manual_seed(batch_seed(training["seed"], epoch, index * world + rank))
-        latents, states, pooled = conditioning.encode(batch := conditioning.batch(indices, stats.data_rng))
+        latents, states, pooled = live.conditioning.encode(batch)
         norm: Any = None
         with acc.accumulate(model):
             loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids, batch.weights)
             acc.backward(loss)  # with the fused backward pass, every weight has stepped when it returns
             if acc.sync_gradients and world > 1:
-                for parameter in outside:
+                for parameter in live.outside:
                     if parameter.grad is not None:
                         parameter.grad = acc.reduce(parameter.grad, "mean")
             max_norm = plan["optimizer"]["max_grad_norm"]
@@ -194,11 +222,6 @@ def train(
             on_step(stats.steps, stats.epoch)
         if stats.steps >= training["total_steps"]:
             break
-    for handle in hooks:
-        handle.remove()
-    for module in (model, *encoders):
-        module.eval()
-    return stats
 
 
 def batch_seed(seed: int, epoch: int, position: int) -> int:

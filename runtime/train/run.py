@@ -15,7 +15,7 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from runtime import RunError, saving, timestamp
-from runtime.gen import sample
+from runtime.gen import compare, sample
 from runtime.methods import lora
 from runtime.methods import registry as methods
 from runtime.model import load as models
@@ -24,6 +24,7 @@ from runtime.train import data as datamod
 from runtime.train.inputs import check_model
 from runtime.train.progress import Progress
 from runtime.train.tblog import TensorBoardLog, open_log
+from runtime.train.trackers import Trackers, check_trackers, open_trackers
 from sdxlc.plan import contract as plans
 from sdxlc.plan import layout
 from sdxlc.plan.files import write_atomic
@@ -40,6 +41,7 @@ class RunResult:
     diffusers_path: Path | None = None  # a fine-tune's diffusers folder, when the plan asks for one
     samples: list[Path] = field(default_factory=list)
     grids: list[Path] = field(default_factory=list)  # one per sampling step: all prompts side by side
+    before_after: Path | None = None  # the step-0 grid above the final one, when the plan samples before
     logs: Path | None = None  # the TensorBoard folder, when the plan turns it on
     checkpoints: list[Path] = field(default_factory=list)
     final_loss: float = float("nan")
@@ -121,8 +123,10 @@ class Run:
         loaded: models.Models,
         progress: Progress,
         log: TensorBoardLog | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.plan, self.models, self.progress, self.log = plan, loaded, progress, log
+        self.scalars = [sink for sink in (log, trackers) if sink is not None]  # where loss and lr go
         self.method = methods.for_plan(plan)
         self.stats = loop.TrainStats()  # filled in by the loop; what a checkpoint saves
         self.started = timestamp()
@@ -164,14 +168,13 @@ class Run:
     def save_state(self) -> Path:
         """The whole training state at the current step, atomically; older states pruned after."""
         stats = self.stats
-        assert stats.data_rng is not None
         position = checkpoint.Position(stats.steps, stats.next_epoch, stats.next_batch, list(stats.losses),
                                        list(self.method.lineage))
         with saving(checkpoint.folder_for(self.out, stats.steps)):
             folder = checkpoint.save_state(
                 self.out, position, self.plan, self.method.trainable_state(self.models.pipe), stats.optimizer,
                 stats.schedule,
-                self.models.accelerator.scaler, stats.data_rng,
+                self.models.accelerator.scaler,
             )
         checkpoint.prune(self.out, self.plan["save"]["keep"])
         return folder
@@ -184,12 +187,12 @@ class Run:
 
     def on_loss(self, step: int, loss: float, lr: float) -> None:
         self.progress.step(step, loss, lr)
-        if self.log is not None:
-            self.log.loss(step, loss, self.progress.average)
+        for sink in self.scalars:
+            sink.loss(step, loss, self.progress.average)
 
     def on_metrics(self, step: int, grad_norm: float | None, groups: list[dict[str, Any]]) -> None:
-        if self.log is not None:
-            self.log.optimizer(step, grad_norm, groups)
+        for sink in self.scalars:
+            sink.optimizer(step, grad_norm, groups)
 
     @property
     def quiet(self) -> bool:
@@ -214,7 +217,7 @@ def train(
             stats=run.stats,
             on_message=run.progress.message,
             # on every process alike: measuring the norm may be a collective operation
-            on_metrics=run.on_metrics if plan["log"]["tensorboard"] else None,
+            on_metrics=run.on_metrics if plan["log"]["tensorboard"] or plan["log"]["trackers"] else None,
         )
     finally:
         run.progress.close()
@@ -233,6 +236,8 @@ def finish(run: Run, stats: loop.TrainStats) -> RunResult:
         if result.diffusers_path is not None:
             run.progress.message(f"saved {result.diffusers_path}")
         run.write_samples(stats.steps)
+        if run.plan["sample"]["before"]:
+            result.before_after = compare.write_before_after(run.plan, stats.steps)
     result.final_loss, result.average_loss, result.steps = stats.final_loss, stats.average_loss, stats.steps
     result.seconds = time.monotonic() - run.clock
     return result
@@ -261,6 +266,7 @@ def run_plan(
     """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
     check_plan(plan)
     check_device(plan)
+    check_trackers(plan)  # a missing tracker package fails before anything is written
     manifest = datamod.load_manifest(plan, plan_file)
     check_model(plan)
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
@@ -271,8 +277,10 @@ def run_plan(
         with saving(Path(plan["output"]["dir"]), "nothing was trained yet"):
             write_plan(plan, manifest, resuming=resume is not None)
     log = open_log(plan, main)  # before the model: a missing tensorboard package fails fast
+    trackers = None
     set_seed(plan["training"]["seed"])
     try:
+        trackers = open_trackers(plan, main)
         loaded = setup_model(plan)
         training = plan["training"]
         reporter = Progress(
@@ -282,14 +290,17 @@ def run_plan(
             device=loaded.device.type,
             history=restart.saved.position.losses if restart is not None else (),
         )
-        run = Run(plan, loaded, reporter, log)
+        run = Run(plan, loaded, reporter, log, trackers)
         if restart is not None:
             run.method.lineage = lineage_after(restart.saved.position.lineage, restart.saved.plan, plan)
+        if restart is None and plan["sample"]["before"] and run.main:
+            run.write_samples(0)  # step 0: what the base model draws before any training
         stats = train(plan, loaded, data, run, restart)
         return finish(run, stats), loaded
     finally:
-        if log is not None:
-            log.close()
+        for sink in (log, trackers):
+            if sink is not None:
+                sink.close()
 
 
 __all__ = ["RunError", "RunResult", "execute", "finish", "run_plan", "setup_data", "setup_model", "train"]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sdxlc.check.bounds import BOUND_CHECKS
+from sdxlc.check.cadence import CADENCE_CHECKS
 from sdxlc.check.method import METHOD_CHECKS, cached_te_message
 from sdxlc.lang.diagnostics import Diagnostic, make, suggestion
 from sdxlc.lang.layers import Layers
@@ -337,6 +338,7 @@ CHECKS: tuple[Check, ...] = (
     launch_combination,
     *METHOD_CHECKS,
     *BOUND_CHECKS,
+    *CADENCE_CHECKS,
 )
 
 

@@ -95,7 +95,7 @@ def diff_command(a: str, b: str, as_json: bool) -> None:
     file, or a run's output folder holding `plan.json`.
     """
     from sdxlc.plan.diff import diff_plans, render_changes
-    from sdxlc.tools.diff import SideError, load_side
+    from sdxlc.tools.diff import SideError, load_side, side_manifests
 
     plans = []
     for spec in (a, b):
@@ -106,7 +106,7 @@ def diff_command(a: str, b: str, as_json: bool) -> None:
                 click.echo(render_text(error.diagnostics, error.sources, color=sys.stderr.isatty()), err=True)
             click.echo(f"error: {error.message}", err=True)
             sys.exit(EXIT_RECIPE)
-    changes = diff_plans(plans[0], plans[1])
+    changes = diff_plans(plans[0], plans[1], side_manifests((a, b), plans))
     if as_json:
         counts: dict[str, int] = {}
         for change in changes:

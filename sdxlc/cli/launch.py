@@ -42,6 +42,15 @@ def inside_launch(env: Mapping[str, str] | None = None) -> bool:
     return any(name in env for name in INSIDE_LAUNCH)
 
 
+def main_process(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process reports for the run (its summary, the plan's warnings, where the results
+    are): the only process, or rank 0 of a launched run. torchrun and `accelerate launch` set RANK (the
+    global rank) in every process they start; LOCAL_RANK stands in where a launcher sets only that."""
+    env = os.environ if env is None else env
+    rank = env.get("RANK", env.get("LOCAL_RANK", "0")).strip()
+    return rank in ("", "0")
+
+
 def accelerate_config(plan: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The config `accelerate launch --config_file` reads, from the plan's `launch` section.
 

@@ -15,13 +15,13 @@ from typing import Any
 import click
 
 from sdxlc import __version__
+from sdxlc.cli.exits import EXIT_INTERNAL, EXIT_OK, EXIT_RECIPE, EXIT_RUN, EXIT_USAGE
+from sdxlc.cli.launch import main_process
 from sdxlc.cli.report import print_plan_warnings
 from sdxlc.lang.diagnostics import render_text, to_json
 from sdxlc.pipeline import Compiled, compile_recipe
 from sdxlc.plan.contract import to_text
 from sdxlc.plan.contract import write as write_plan_file
-
-EXIT_OK, EXIT_RECIPE, EXIT_USAGE, EXIT_RUN = 0, 1, 2, 3
 
 _recipe_arg = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 _set_opt = click.option(
@@ -74,6 +74,8 @@ def check(files: tuple[Path, ...], sets: tuple[str, ...], profile: str | None, f
 @_set_opt
 @_profile_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (the runtime's contract).")
+@click.option("--all", "everything", is_flag=True,
+              help="List every resolved value with its provenance, and the whole arithmetic.")
 @click.option(
     "--format",
     "fmt",
@@ -98,11 +100,13 @@ def plan(
     sets: tuple[str, ...],
     profile: str | None,
     as_json: bool,
+    everything: bool,
     fmt: str,
     output: Path | None,
     exact: bool,
 ) -> None:
-    """Resolve RECIPE: settings with provenance, step arithmetic, buckets and the memory estimate."""
+    """Resolve RECIPE: what the recipe set and what was chosen for it, step arithmetic, buckets, the
+    memory, time and disk estimates (`--all`: every resolved value with its provenance)."""
     from sdxlc.cli.report import render_plan
 
     compiled = _compile(recipe, sets, profile)
@@ -119,9 +123,11 @@ def plan(
         except OSError as exc:
             click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_RUN)
-    click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan), nl=False)
+    click.echo(to_text(compiled.plan) if as_json else render_plan(compiled.plan, everything), nl=False)
     if exact:
-        _print_exact(compiled.plan)
+        from sdxlc.cli.exact import print_exact
+
+        print_exact(compiled.plan)
 
 
 def _refuse_a_runs_plan(path: Path, plan_hash: str) -> None:
@@ -133,72 +139,6 @@ def _refuse_a_runs_plan(path: Path, plan_hash: str) -> None:
         click.echo(f"error: {path} is the plan of the run in {path.parent}; write this plan elsewhere "
                    "(`sdxlc run` writes it into the output folder itself)", err=True)
         sys.exit(EXIT_USAGE)
-
-
-def _print_exact(plan_: dict[str, Any]) -> None:
-    """Measure the plan's training step on fake tensors and print it against the analytic estimate."""
-    try:
-        from runtime.exact.step import measure
-    except ImportError as exc:  # the training stack is not installed
-        click.echo(f"error: --exact needs the training runtime: {exc}", err=True)
-        sys.exit(EXIT_RUN)
-    from runtime import RunError
-
-    try:
-        result = measure(plan_)
-    except RunError as exc:
-        click.echo(f"error: --exact: {exc}", err=True)
-        sys.exit(EXIT_RUN)
-    est = plan_["estimate"]
-    skip = {"allocator_overhead", "cuda_context", "sample_peak"}
-    analytic = sum(v for k, v in est["vram_breakdown"].items() if k not in skip)
-    peak = result["peak_bytes"]
-    unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
-    click.echo(
-        f"\nexact training-step peak (fake tensors, {result['seconds']:.1f} s, "
-        f"peak in {result['peak_phase']}):"
-    )
-    click.echo(f"  measured  {peak / scale:8.2f} {unit}")
-    click.echo(
-        f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
-        "without allocator overhead and CUDA context, which fake tensors cannot see)"
-    )
-    terms = {k: v for k, v in est["vram_breakdown"].items() if k not in skip}
-    click.echo(f"    {'':<24} {'measured':>12} {'estimate':>12}")
-    for name in sorted(set(result["breakdown"]) | set(terms), key=lambda k: -result["breakdown"].get(k, 0)):
-        cells = [f"{d[name] / scale:8.2f} {unit}" if name in d else "" for d in (result["breakdown"], terms)]
-        click.echo(f"    {name:<24} {cells[0]:>12} {cells[1]:>12}")
-    flops, want = result["step_flops"], est["step_flops"]
-    fu, fs = ("TFLOP", 1e12) if flops >= 1e12 else ("GFLOP", 1e9)
-    click.echo(
-        f"  FLOPs per step: measured {flops / fs:.2f} {fu}, estimate {want / fs:.2f} {fu} "
-        f"({(want - flops) / flops * 100:+.1f}%)"
-    )
-    for note in result.get("notes", []):
-        click.echo(f"  note: {note}")
-    _print_exact_sampling(plan_)
-
-
-def _print_exact_sampling(plan_: dict[str, Any]) -> None:
-    """The sampling peak on fake tensors against the estimate's `sample_peak`, when the plan samples."""
-    from runtime.exact.sample import measure_sampling
-    from sdxlc.estimate.analytic import sample_peak_seen
-    from sdxlc.resolve.profiles import load_profile
-
-    result = measure_sampling(plan_)
-    if result is None:
-        return
-    analytic = sample_peak_seen(plan_, load_profile(plan_["hardware"]["profile"]))
-    peak = result["peak_bytes"]
-    unit, scale = ("GiB", float(1 << 30)) if peak >= 1 << 30 else ("MiB", float(1 << 20))
-    passes = ", ".join(f"{name} +{size / scale:.2f} {unit}" for name, size in result["phase_bytes"].items())
-    click.echo(
-        f"\nexact sampling peak (fake tensors, {result['seconds']:.1f} s, peak in {result['peak_phase']}):"
-    )
-    click.echo(f"  measured  {peak / scale:8.2f} {unit}  (resident {result['resident_bytes'] / scale:.2f} "
-               f"{unit}; {passes})")
-    click.echo(f"  estimate  {analytic / scale:8.2f} {unit}  ({(analytic - peak) / peak * 100:+.1f}%; "
-               "without allocator overhead and CUDA context)")
 
 
 @main.command()
@@ -245,6 +185,7 @@ def run(
     if resume_from not in (None, "latest") and not Path(str(resume_from)).is_dir():
         raise click.UsageError(f"--resume {resume_from}: no such checkpoint folder (or `latest`)")
     plan_, plan_file, manifest = _plan_to_run(target, sets, profile)
+    _check_trackers(plan_)
     # judged (resume) or claimed (fresh) before anything is written: a refusal changes nothing
     folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
     if resume_from is None and not inside_launch():  # the launching process claimed the folder
@@ -277,6 +218,20 @@ def run(
     _print_result(plan_, result, time.monotonic() - started)
 
 
+def _check_trackers(plan: dict[str, Any]) -> None:
+    """A tracker the plan names must import here, before the run writes anything (exit 3)."""
+    if not plan["log"].get("trackers"):
+        return
+    from runtime import RunError
+    from runtime.train.trackers import check_trackers
+
+    try:
+        check_trackers(plan)
+    except RunError as exc:
+        click.echo(f"error: the run failed: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+
+
 def _plan_to_run(
     target: Path, sets: tuple[str, ...], profile: str | None
 ) -> tuple[dict[str, Any], Path, Any]:
@@ -292,7 +247,8 @@ def _plan_to_run(
         except contract.PlanError as exc:
             click.echo(f"error: {target}: {exc}", err=True)
             sys.exit(EXIT_USAGE)
-        click.echo(f"running plan {target} ({plan_['plan_hash'][:12]})", err=True)
+        if main_process():  # every process of a launched run reads the plan file; one says so
+            click.echo(f"running plan {target} ({plan_['plan_hash'][:12]})", err=True)
         return plan_, target, None
     compiled = _compile(target, sets, profile)
     _print_diagnostics(compiled)
@@ -331,6 +287,8 @@ def _claim(plan_: dict[str, Any], overwrite: bool) -> None:
 
 
 def _print_result(plan_: dict[str, Any], result: Any, seconds: float) -> None:
+    if not main_process():
+        return
     click.echo(f"done in {seconds:.1f} s")
     label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:"}[plan_["method"]["kind"]]
     click.echo(f"  {label:<8} {result.lora_path}")
@@ -341,6 +299,8 @@ def _print_result(plan_: dict[str, Any], result: Any, seconds: float) -> None:
         click.echo(f"  sample:  {sample}")
     for grid in result.grids:
         click.echo(f"  grid:    {grid}")
+    if result.before_after is not None:
+        click.echo(f"  before/after: {result.before_after}")
     if result.logs is not None:
         click.echo(f"  logs:    {result.logs}  (tensorboard --logdir {result.logs})")
 
@@ -357,7 +317,7 @@ def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[P
     except layout.ResumeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_RUN)
-    for line in skipped:
+    for line in skipped if main_process() else ():
         click.echo(line, err=True)
     if old["output"]["name"] != plan_["output"]["name"]:
         click.echo(f"error: {folder} is a checkpoint of `{old['output']['name']}`, not of "
@@ -376,6 +336,8 @@ def _resume(plan_: dict[str, Any], which: str, allow: frozenset[str]) -> tuple[P
             err=True,
         )
         sys.exit(EXIT_RECIPE)
+    if not main_process():
+        return folder, verdict.rebuild_schedule
     click.echo(
         f"resuming from {folder}"
         + (" with the schedule rebuilt from its step" if verdict.rebuild_schedule else "")
@@ -435,6 +397,9 @@ def _steps_done(folder: Path) -> int:
 
 
 def _print_run_header(plan_: dict[str, Any]) -> None:
+    """The plan's warnings and a two-line summary, once per run: by the main process of a launched one."""
+    if not main_process():
+        return
     print_plan_warnings(plan_)
     est, t = plan_["estimate"], plan_["training"]
     click.echo(
@@ -450,17 +415,19 @@ def _print_run_header(plan_: dict[str, Any]) -> None:
 
 def _register_language_tools() -> None:
     from sdxlc.cli.data import cache_command
+    from sdxlc.cli.editor import lsp_command
     from sdxlc.cli.gen import gen_command
+    from sdxlc.cli.kohya import export_group, import_group
     from sdxlc.cli.lang import diff_command, explain_command, fmt_command
+    from sdxlc.cli.lora import lora_group
     from sdxlc.cli.runs import runs_command
 
-    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command, runs_command):
+    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command, runs_command,
+                    lsp_command, import_group, export_group, lora_group):
         main.add_command(command)
 
 
 _register_language_tools()
-
-EXIT_INTERNAL = 70
 
 
 def entry() -> None:

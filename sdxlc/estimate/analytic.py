@@ -1,6 +1,7 @@
 """Analytic VRAM and time estimate of a resolved plan (the plan's ``estimate`` object).
 
-Architecture facts come from ``schema/models/<model>.json``, device facts from a :class:`Profile`. Every
+Architecture facts come from ``schema/models/<model>.json`` or, for any other SDXL-topology model, from its
+own configs (``sdxlc/estimate/facts.py``); device facts from a :class:`Profile`. Every
 constant and its source is documented in ``docs/ESTIMATE.md``. Pure Python: no torch.
 """
 
@@ -9,8 +10,13 @@ from __future__ import annotations
 import copy
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+from sdxlc.estimate.facts import derive
+from sdxlc.estimate.scale import communication_seconds, launch_shape, shard_terms
+from sdxlc.resolve.architecture import CONFIG_ERRORS, read_configs
+from sdxlc.resolve.model_source import SHIPPED_CONFIG, config_folder
 from sdxlc.resolve.optimizers import optimizer_table
 from sdxlc.resolve.profiles import SCHEMA_DIR, Profile
 
@@ -20,10 +26,6 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
 TIGHT_HEADROOM = 0.10
 SAMPLE_KEY = "sample_peak"
-# Gradient traffic between processes (docs/SCALE.md): PCIe 4.0 x16 as measured by all-reduce benchmarks
-# (NVLink is several times faster: the estimate errs slow), gloo over shared memory, a 100 Gbit/s network.
-LINK_BYTES_PER_S = {"cuda": 20e9, "cpu": 2e9}
-NETWORK_BYTES_PER_S = 12.5e9
 
 
 # Temporaries of an optimizer step. torch's AdamW steps every tensor at once on CUDA (`foreach`): the
@@ -50,8 +52,36 @@ def load_model(name: str) -> dict[str, Any]:
 
 
 def model_name(plan: dict[str, Any]) -> str:
-    """``tiny`` for the built-in tiny model, ``sdxl`` for everything else (hub ids, folders, single files)."""
+    """The plan's `model.architecture`: ``sdxl``, ``tiny`` or ``custom``; a plan from before that field:
+    ``tiny`` for the built-in tiny model, ``sdxl`` for everything else."""
+    recorded = plan.get("model", {}).get("architecture")
+    if recorded:
+        return str(recorded)
     return "tiny" if get_path(plan, "model.kind") == "tiny" else "sdxl"
+
+
+def model_facts(plan: dict[str, Any]) -> dict[str, Any]:
+    """Architecture facts of the plan's model: ``schema/models/<name>.json``, or for a ``custom``
+    architecture computed from its configs (sdxlc/estimate/facts.py)."""
+    name = model_name(plan)
+    if name != "custom":
+        return load_model(name)
+    model = plan["model"]
+    folder = config_folder(str(model["kind"]), str(model["source"]), model.get("config"))
+    if folder is None:
+        raise EstimateError("a `custom` model architecture needs a config folder")
+    stamp = tuple(sorted((str(p), p.stat().st_mtime_ns) for p in folder.glob("*/config.json")))
+    return _derived(str(folder), stamp)
+
+
+@cache
+def _derived(folder: str, stamp: tuple[tuple[str, int], ...]) -> dict[str, Any]:
+    """Facts of a config folder (`stamp`: its configs' modification times, so an edit is seen)."""
+    try:
+        configs = read_configs(Path(folder))
+        return derive(configs, read_configs(SHIPPED_CONFIG), load_model("sdxl"), load_model("tiny"))
+    except CONFIG_ERRORS as exc:
+        raise EstimateError(f"cannot size the model from {folder}: {exc}") from exc
 
 
 def get_path(plan: dict[str, Any], dotted: str) -> Any:
@@ -208,7 +238,7 @@ def _resident(plan: dict[str, Any]) -> dict[str, bool]:
 
 def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int]:
     """Training-peak terms (they add up) and the sampling peak (compared, not added)."""
-    model = load_model(model_name(plan))
+    model = model_facts(plan)
     params = model["params"]
     acts_facts = model["activations"]
     mixed = str(get_path(plan, "precision.mixed"))
@@ -302,57 +332,11 @@ def sample_peak_seen(plan: dict[str, Any], profile: Profile) -> float:
     return float(terms["sample_peak"] - terms.get("cuda_context", 0)) / (1.0 + profile.allocator_overhead)
 
 
-def launch_shape(plan: dict[str, Any]) -> tuple[int, int, str]:
-    """(world size, machines, strategy); one process when the plan predates `launch`."""
-    launch = plan.get("launch") or {}
-    machines, strategy = int(launch.get("machines", 1)), str(launch.get("strategy", "ddp"))
-    return int(launch.get("world_size", 1)), machines, strategy
-
-
-def shard_terms(plan: dict[str, Any], terms: dict[str, int]) -> dict[str, int]:
-    """The training terms of ONE process of a multi-process run (docs/SCALE.md).
-
-    ddp: every process holds everything, plus DDP's gradient buckets (a flat copy of the gradients).
-    deepspeed-zero2: optimizer state and gradients are split over the processes (`*_zero2_shard`).
-    fsdp: the weights too (`*_fsdp_shard`); the all-gathered unit in flight is not counted.
-    """
-    world, _, strategy = launch_shape(plan)
-    if world <= 1:
-        return terms
-    out = dict(terms)
-    if strategy == "ddp":
-        out["ddp_gradient_buckets"] = terms.get("gradients", 0)
-        return out
-    sharded = ["gradients", "optimizer_state"]
-    if strategy == "fsdp":
-        sharded += ["unet_weights", "trainable_params"]
-    suffix = "_zero2_shard" if strategy == "deepspeed-zero2" else "_fsdp_shard"
-    for key in sharded:  # a term the method's peak does not hold (a fine-tune trains its *_weights) stays out
-        if key in out:
-            out[key + suffix] = -(-out.pop(key) // world)
-    return out
-
-
-def _communication_seconds(plan: dict[str, Any], model: dict[str, Any], device: str) -> float:
-    """Seconds per optimizer step spent averaging gradients (ring all-reduce: 2(N-1)/N of their bytes),
-    plus FSDP's weight all-gathers (forward and backward); not overlapped with compute."""
-    world, machines, strategy = launch_shape(plan)
-    if world <= 1:
-        return 0.0
-    share = (world - 1) / world
-    moved = 2 * share * trainable_param_count(plan, model) * LORA_DTYPE_BYTES
-    if strategy == "fsdp":
-        weight_bytes = DTYPE_BYTES[str(get_path(plan, "precision.mixed"))]
-        moved += 2 * share * int(model["params"]["unet"]) * weight_bytes
-    bandwidth = NETWORK_BYTES_PER_S if machines > 1 else LINK_BYTES_PER_S[device]
-    return moved / bandwidth
-
-
 def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict[str, float]]:
     """(FLOPs per optimizer step, seconds per step, the time breakdown): seconds per step split into
     compute, dispatch overhead and gradient communication, and the run's seconds of training, sampling
     and caching."""
-    model = load_model(model_name(plan))
+    model = model_facts(plan)
     flops = model["flops"]
     mixed = str(get_path(plan, "precision.mixed"))
     throughput = profile.tflops_for(mixed) * 1e12 * profile.efficiency
@@ -399,16 +383,17 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
         "effective_tflops": throughput / 1e12,
         "compute_per_step": step_flops / throughput,
         "overhead_per_step": overhead * accumulate,
-        "communication_per_step": _communication_seconds(plan, model, device),
+        "communication_per_step": communication_seconds(
+            plan, trainable_param_count(plan, model),
+            int(model["params"]["unet"]) * DTYPE_BYTES[mixed], device),
     }
     seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
     time["training"] = seconds_per_step * int(get_path(plan, "training.total_steps"))
     sampling = caching = 0.0
 
     prompts = get_path(plan, "sample.prompts") or []
-    every = get_path(plan, "sample.every_steps")
-    if prompts and every:
-        events = int(get_path(plan, "training.total_steps")) // int(every)
+    if prompts:
+        events = sample_passes(plan)
         sw, sh = int(get_path(plan, "sample.width")), int(get_path(plan, "sample.height"))
         cfg_batch = 2 if float(get_path(plan, "sample.cfg")) > 1.0 else 1
         steps = int(get_path(plan, "sample.steps"))
@@ -423,6 +408,18 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
         caching += images * te_flops / throughput
     time.update(sampling=sampling, caching=caching)
     return step_flops, seconds_per_step, time
+
+
+def sample_passes(plan: dict[str, Any]) -> int:
+    """How many times the run renders its sample prompts: at every multiple of `sample.every_steps`
+    before the last step, once more after the final save, and before the first step with
+    `sample.before` (none without prompts)."""
+    if not get_path(plan, "sample.prompts"):
+        return 0
+    every = get_path(plan, "sample.every_steps")
+    total = int(get_path(plan, "training.total_steps"))
+    before = 1 if get_path(plan, "sample.before") else 0
+    return (max(total - 1, 0) // int(every) if every else 0) + 1 + before
 
 
 def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:

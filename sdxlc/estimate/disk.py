@@ -12,8 +12,7 @@ from typing import Any
 
 from sdxlc.estimate.analytic import (
     get_path,
-    load_model,
-    model_name,
+    model_facts,
     optimizer_state_bytes,
     trainable_param_count,
 )
@@ -21,7 +20,6 @@ from sdxlc.plan.files import free_bytes
 
 SAVE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 PNG_RATIO = 0.5  # a sample PNG against its raw RGB size: a generous bound for generated images
-TEXT_TOKENS, TE_WIDTH, POOLED_WIDTH = 77, 768 + 1280, 1280  # SDXL's text-encoder outputs per caption
 MARGIN = 1.1  # filesystem overhead and the temporary copy of the file being replaced
 # Fixed per file, so that the estimate (and the plan hash) never depends on paths or the recipe's layout:
 FILE_OVERHEAD = 64 << 10  # a safetensors header and its metadata, the whole plan included
@@ -30,7 +28,7 @@ CHECKPOINT_OVERHEAD = 384 << 10  # pickled optimizer and scheduler structure, RN
 
 def disk_bytes(plan: dict[str, Any]) -> dict[str, int]:
     """Bytes the run writes at most, by kind, and their `total`."""
-    model = load_model(model_name(plan))
+    model = model_facts(plan)
     trained = trainable_param_count(plan, model)
     total_steps = int(get_path(plan, "training.total_steps"))
     saves = _events(plan["save"]["every_steps"], total_steps)
@@ -57,9 +55,11 @@ def _samples(plan: dict[str, Any], total_steps: int) -> int:
     prompts = len(sample.get("prompts") or [])
     if not prompts:
         return 0
-    passes = _events(sample.get("every_steps"), total_steps) + 1
+    before = 1 if sample.get("before") else 0
+    passes = _events(sample.get("every_steps"), total_steps) + 1 + before
     image = int(sample["width"] * sample["height"] * 3 * PNG_RATIO)
-    return passes * (prompts + 1) * image  # each prompt's image and the grid
+    # each prompt's image and the grid; with `before`, the before/after grid (two rows of the prompts)
+    return passes * (prompts + 1) * image + before * 2 * prompts * image
 
 
 def _caches(plan: dict[str, Any], model: dict[str, Any]) -> int:
@@ -75,7 +75,8 @@ def _caches(plan: dict[str, Any], model: dict[str, Any]) -> int:
         if any(d["flip"] for d in plan["data"]["datasets"]):
             total *= 2
     if cache["text_encoder"]:
-        total += plan["data"]["images"] * (TEXT_TOKENS * TE_WIDTH + POOLED_WIDTH) * 4
+        context = model["context"]  # the text-encoder outputs per caption, fp32
+        total += plan["data"]["images"] * (context["length"] * context["width"] + context["pooled_width"]) * 4
     return total
 
 

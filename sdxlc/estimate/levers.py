@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sdxlc.estimate.analytic import estimate, get_path, launch_shape, set_path
+from sdxlc.estimate.analytic import estimate, get_path, set_path
+from sdxlc.estimate.scale import launch_shape
 from sdxlc.resolve.profiles import Profile
 
 Candidate = tuple[str, dict[str, Any], str]  # (name, plan path → new value, description)

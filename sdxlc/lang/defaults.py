@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "sample.cfg": 7.0,
     "log.every": 10,
     "log.tensorboard": True,
+    "loader.workers": 0,
+    "loader.prefetch": 2,
+    "loader.pin_memory": False,
     "fit": "strict",
     "launch.processes": 1,
     "launch.machines": 1,
@@ -54,8 +57,10 @@ DEFAULTS: dict[str, Any] = {
 
 # Per profile device (`cuda`, `cpu`): defaults that pay off on one kind of device only. Channels-last
 # memory format speeds up the UNet's convolutions with cuDNN; on the CPU it only costs conversions.
+# Data-loading workers keep a GPU fed while images decode; on the CPU they compete with the step for the
+# same cores (bench/results/data_wait.md); cached latents leave nothing to decode (resolve/loader.py).
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cuda": {"training.channels_last": True},
+    "cuda": {"training.channels_last": True, "loader.workers": 4, "loader.pin_memory": True},
 }
 
 # Per base-model family: what an SDXL trainer expects for that model.
@@ -92,6 +97,10 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "prodigy": {"optimizer.lr": 1.0},
     "adafactor": {"optimizer.max_grad_norm": 0.0},
 }
+
+# Adafactor with an explicit lr (kohya's advice for SDXL): a constant rate after about 100 warmup steps.
+# The schedule of an Adafactor recipe that names none; the warmup is at most a tenth of the run.
+ADAFACTOR_SCHEDULE: dict[str, Any] = {"schedule.name": "constant_with_warmup", "schedule.warmup_steps": 100}
 
 
 def default_output(stem: str) -> str:

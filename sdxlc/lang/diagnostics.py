@@ -103,6 +103,8 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0514": ("warning", "`config` for a model that is not a single file"),
     "SDX0515": ("warning", "`init normal` with a LoRA"),
     "SDX0516": ("error", "a path that cannot be resolved"),
+    "SDX0517": ("error", "the model is not SDXL"),
+    "SDX0518": ("error", "a single file that does not fit its config folder"),
     "SDX0520": ("error", "cached text-encoder outputs with caption shuffle or dropout"),
     "SDX0521": ("error", "cached text-encoder outputs with text-encoder training"),
     "SDX0522": ("error", "bucket step or resolution not a multiple of 32"),
@@ -138,6 +140,8 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0577": ("error", "full bf16 without bf16 mixed precision"),
     "SDX0578": ("error", "a diffusers save without a full fine-tune"),
     "SDX0579": ("warning", "a setting the training method does not use"),
+    "SDX0590": ("warning", "a cadence longer than the run"),
+    "SDX0591": ("warning", "Adafactor with a schedule other than constant_with_warmup"),
     # SDX06xx hardware and estimate
     "SDX0601": ("warning", "`profile auto` found no GPU"),
     "SDX0602": ("error", "unknown hardware profile"),

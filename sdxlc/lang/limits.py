@@ -146,9 +146,7 @@ def read_recipe(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     except ValueError as error:  # a NUL in the path
         raise RecipeFileError("SDX0305", f"cannot read `{path}`: {error}") from None
     if len(data) > limit:
-        raise RecipeFileError("SDX0307", f"`{path}` is larger than {limit // 1024} KiB",
-                              f"recipes are read whole and kept small: at most {limit // 1024} KiB "
-                              f"per file and {MAX_TOTAL_BYTES // 1024} KiB with the files they use")
+        raise _too_large(path, limit)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -156,6 +154,19 @@ def read_recipe(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         column = len(data[data.rfind(b"\n", 0, error.start) + 1 : error.start].decode("utf-8", "replace")) + 1
         raise RecipeFileError("SDX0305", f"`{path}` is not UTF-8 text (byte 0x{data[error.start]:02x})",
                               "save the recipe as UTF-8", (line, column)) from None
+
+
+def read_unsaved(path: Path, text: str, limit: int = MAX_FILE_BYTES) -> str:
+    """An editor's unsaved text of a recipe file, held to the size limit of a file on disk."""
+    if len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise _too_large(path, limit)
+    return text.removeprefix("\ufeff")
+
+
+def _too_large(path: Path, limit: int) -> RecipeFileError:
+    return RecipeFileError("SDX0307", f"`{path}` is larger than {limit // 1024} KiB",
+                           f"recipes are read whole and kept small: at most {limit // 1024} KiB "
+                           f"per file and {MAX_TOTAL_BYTES // 1024} KiB with the files they use")
 
 
 def in_system_folder(path: Path) -> Path | None:

@@ -14,7 +14,7 @@ whole `data` list.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -347,7 +347,8 @@ def _unexpected(item: ast.Item, context: str) -> Diagnostic:
 
 
 class _Loader:
-    def __init__(self) -> None:
+    def __init__(self, unsaved: Mapping[Path, str]) -> None:
+        self.unsaved = unsaved  # an editor's unsaved texts, by resolved path: read instead of the files
         self.sources: dict[str, str] = {}
         self.diags: list[Diagnostic] = []
         self.done: dict[Path, _Layer] = {}
@@ -394,7 +395,9 @@ class _Loader:
         or at the top of the recipe itself)."""
         where = at or Span(file, 1, 1, 1, 1)
         try:
-            text = limits.read_recipe(Path(file))
+            real = _real(file)
+            text = (limits.read_unsaved(Path(file), self.unsaved[real]) if real in self.unsaved
+                    else limits.read_recipe(Path(file)))
             if len(text.encode("utf-8")) > self.room:
                 raise limits.RecipeFileError(
                     "SDX0307", f"`{file}` takes the recipe past {limits.MAX_TOTAL_BYTES // 1024} KiB with "
@@ -424,9 +427,10 @@ def _real(file: str) -> Path:
 SET_FILE = "--set"  # where `--set` values are written: line N is the N-th `--set`
 
 
-def load_recipe(path: Path, sets: Sequence[str] = ()) -> Lowered:
-    """Read, parse and lower a recipe with the files it uses and `--set` strings; never raises."""
-    loader = _Loader()
+def load_recipe(path: Path, sets: Sequence[str] = (), unsaved: Mapping[Path, str] | None = None) -> Lowered:
+    """Read, parse and lower a recipe with the files it uses and `--set` strings; never raises. A file
+    whose resolved path is in `unsaved` is read from there (an editor's buffer) instead of the disk."""
+    loader = _Loader(unsaved or {})
     top = str(path)
     layer = loader.load(top, (), None)
     provenance = {

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sdxlc.plan.manifest import Manifest
+
 Kind = Literal[
     "cosmetic", "logging", "schedule", "numerics", "cache-invalidating", "resume-breaking", "estimate"
 ]
@@ -60,11 +62,16 @@ KINDS: dict[str, Kind] = {
     "method.lr_te1": "schedule",
     "method.lr_te2": "schedule",
     "method.save_diffusers": "cosmetic",
+    "method.unsaved_blocks": "logging",
     "precision": "numerics",
     "data": "cache-invalidating",
     "data.datasets.*.repeat": "schedule",
+    "data.datasets.*.samples": "schedule",  # repeats (and the regularization balance) count samples
+    "data.buckets.table.*.batches": "schedule",  # the same images in the same buckets, counted again
+    "data.manifest.samples": "schedule",
     "data.datasets.*.loss_weight": "numerics",
     "data.samples_per_epoch": "schedule",
+    "data.loader": "cosmetic",
     "optimizer": "numerics",
     "optimizer.name": "resume-breaking",
     "optimizer.lr": "schedule",
@@ -110,10 +117,34 @@ def kind_of(path: str) -> Kind:
     return FALLBACK
 
 
-def diff_plans(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
-    """Every leaf that differs between two plans, in path order."""
-    changes = [Change(path, old, new, kind_of(path)) for path, old, new in _walk(a, b, "")]
+def diff_plans(
+    a: dict[str, Any], b: dict[str, Any], manifests: tuple[Manifest, Manifest] | None = None
+) -> list[Change]:
+    """Every leaf that differs between two plans, in path order.
+
+    The sample manifests, when the caller has them, tell a manifest that changed only in its sample
+    counts (repeats) from one with other images, captions, buckets or crops: only the latter
+    invalidates the caches. Without them a changed manifest is taken to invalidate them."""
+    counts_only = manifests is not None and same_but_counts(*manifests)
+    changes = [Change(path, old, new, _manifest_kind(path, counts_only))
+               for path, old, new in _walk(a, b, "")]
     return sorted(changes, key=lambda change: change.path)
+
+
+MANIFEST_IDENTITY = ("data.manifest.file", "data.manifest.sha256")
+
+
+def same_but_counts(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests list the same images, captions, buckets and crops, in the same order, and
+    differ at most in how many samples each image gives an epoch."""
+    def cached(manifest: Manifest) -> list[dict[str, Any]]:
+        return [{k: v for k, v in image.to_json().items() if k != "count"} for image in manifest.images]
+
+    return cached(a) == cached(b)
+
+
+def _manifest_kind(path: str, counts_only: bool) -> Kind:
+    return "schedule" if counts_only and path in MANIFEST_IDENTITY else kind_of(path)
 
 
 def _walk(a: Any, b: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:

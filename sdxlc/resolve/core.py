@@ -14,7 +14,13 @@ from typing import Any
 
 from sdxlc import __version__
 from sdxlc.lang import sources
-from sdxlc.lang.defaults import DEVICE_DEFAULTS, OPTIMIZER_ARGS, OPTIMIZER_DEFAULTS, default_output
+from sdxlc.lang.defaults import (
+    ADAFACTOR_SCHEDULE,
+    DEVICE_DEFAULTS,
+    OPTIMIZER_ARGS,
+    OPTIMIZER_DEFAULTS,
+    default_output,
+)
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.lang.lower import Lowered
@@ -22,17 +28,22 @@ from sdxlc.plan.manifest import Manifest
 from sdxlc.resolve.data import resolve_data
 from sdxlc.resolve.index import Index
 from sdxlc.resolve.launch import resolve_launch
+from sdxlc.resolve.loader import resolve_loader
 from sdxlc.resolve.method import resolve_method
 from sdxlc.resolve.model_source import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
     SHIPPED_CONFIG,
+    architecture,
+    config_mismatch,
     config_problem,
+    family_problem,
     model_files,
     sdxl_problem,
 )
 from sdxlc.resolve.optimizers import accepted_args, normalise_arg, optimizer_table
 from sdxlc.resolve.profiles import Profile, ProfileError, load_profile, probe_auto
+from sdxlc.resolve.trackers import resolve_trackers
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -86,6 +97,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     batch_size = b.take("training.batch_size", "training.batch_size")
     data = resolve_data(layers, recipe_dir, batch_size)
     diags.extend(data.diagnostics)
+    data.section["loader"] = resolve_loader(layers, profile.device, data.section["cache"], b.provenance)
     model["files"] = b.derived("model.files", _model_files(model, data.section["cache"]["dir"]))
     b.provenance.update(data.provenance)
     training = _training(b, data.section, diags, profile.device)
@@ -103,13 +115,14 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "precision": precision,
         "data": data.section,
         "optimizer": optimizer,
-        "schedule": _schedule(b, training["total_steps"], diags),
+        "schedule": _schedule(b, training["total_steps"], optimizer, diags),
         "training": training,
-        "save": _save(b, training["steps_per_epoch"]),
+        "save": _save(b, training["steps_per_epoch"], recipe_dir),
         "sample": _sample(b, data.section["resolution"], training["seed"], training["steps_per_epoch"]),
         "output": _output(b, recipe, recipe_dir),
         "log": {"every_steps": b.take("log.every", "log.every_steps"),
-                "tensorboard": b.take("log.tensorboard", "log.tensorboard")},
+                "tensorboard": b.take("log.tensorboard", "log.tensorboard"),
+                "trackers": resolve_trackers(b.layers, b.provenance)},
         "launch": launch,
         "estimate": {},
         "provenance": {},
@@ -158,6 +171,9 @@ def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, 
         else:
             diags.append(make("SDX0511", f"model `{source}` is neither a folder nor a hub id", span,
                               help=f"looked for the folder {path}"))
+        if problem := family_problem(kind, source):
+            diags.append(make("SDX0517", problem, span, help="name an SDXL base model: a diffusers folder, "
+                              "a .safetensors file or a hub id (stabilityai/stable-diffusion-xl-base-1.0)"))
     if kind in ("single_file", "pickle"):
         if config is None:
             config = b.derived("model.config", str(SHIPPED_CONFIG))
@@ -166,6 +182,10 @@ def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, 
             if problem := config_problem(Path(config)):
                 diags.append(make("SDX0513", problem, b.layers.span("model.config"),
                                   help="a diffusers folder (no weights needed); leave `config` out for SDXL"))
+        usable = kind == "single_file" and not any(d.code == "SDX0510" for d in diags)
+        if usable and (problem := config_mismatch(Path(source), Path(config))):
+            diags.append(make("SDX0518", problem, b.layers.span("model.config") or span,
+                              help="name the model's configs with `config` (a diffusers folder, no weights)"))
     elif config is not None:
         diags.append(make("SDX0514", "`config` only applies to a single-file model; ignored",
                           b.layers.span("model.config"), help=f"the `{kind}` model brings its own configs"))
@@ -184,6 +204,7 @@ def _model(b: _Builder, recipe_dir: Path, diags: list[Diagnostic]) -> dict[str, 
         "vae": vae,
         "prediction": b.take("model.prediction", "model.prediction"),
         "tiny_seed": b.take("model.tiny_seed", "model.tiny_seed"),
+        "architecture": b.derived("model.architecture", architecture(kind, source, config)),
         "base_model_version": b.derived(
             "model.base_model_version", "sdxlc_tiny" if kind == "tiny" else "sdxl_base_v1-0"
         ),
@@ -258,7 +279,9 @@ def _per_optimizer(b: _Builder, name: str, recipe_path: str, plan_path: str) -> 
     """A recipe value, or when the recipe leaves it out, the optimizer's own default if it has one."""
     defaults = OPTIMIZER_DEFAULTS.get(name, {})
     if recipe_path in defaults and not b.layers.given(recipe_path):
-        return b.derived(plan_path, defaults[recipe_path], "default")
+        value = b.derived(plan_path, defaults[recipe_path], "default")
+        b.provenance[plan_path]["at"] = f"for {name}"  # `sdxlc plan` shows why
+        return value
     return b.take(recipe_path, plan_path)
 
 
@@ -318,11 +341,22 @@ def _training(b: _Builder, data: dict[str, Any], diags: list[Diagnostic], device
     }
 
 
-def _schedule(b: _Builder, total_steps: int, diags: list[Diagnostic]) -> dict[str, Any]:
-    name = b.take("schedule.name", "schedule.name")
+def _schedule(
+    b: _Builder, total_steps: int, optimizer: dict[str, Any], diags: list[Diagnostic]
+) -> dict[str, Any]:
+    adafactor = _adafactor_schedule(b, optimizer)
+    if adafactor:
+        name = b.derived("schedule.name", ADAFACTOR_SCHEDULE["schedule.name"], "default")
+        b.provenance["schedule.name"]["at"] = "for adafactor"
+    else:
+        name = b.take("schedule.name", "schedule.name")
     if b.layers.given("schedule.warmup_percent"):
         percent = b.take("schedule.warmup_percent", "schedule.warmup_steps")
         warmup = round(total_steps * percent / 100)
+    elif adafactor and not b.layers.given("schedule.warmup_steps"):
+        warmup = b.derived("schedule.warmup_steps",
+                           min(ADAFACTOR_SCHEDULE["schedule.warmup_steps"], total_steps // 10), "default")
+        b.provenance["schedule.warmup_steps"]["at"] = "for adafactor"  # 100 steps, at most 10% of the run
     else:
         warmup = b.take("schedule.warmup_steps", "schedule.warmup_steps")
     if name == "constant" and warmup > 0:
@@ -346,6 +380,13 @@ def _schedule(b: _Builder, total_steps: int, diags: list[Diagnostic]) -> dict[st
     return {"name": name, "warmup_steps": warmup}
 
 
+def _adafactor_schedule(b: _Builder, optimizer: dict[str, Any]) -> bool:
+    """Whether the schedule is Adafactor's default: Adafactor with an explicit lr (not its relative step,
+    which needs `constant`) and no schedule named by the recipe."""
+    explicit_lr = optimizer["name"] == "adafactor" and not optimizer["args"].get("relative_step")
+    return explicit_lr and not b.layers.given("schedule.name")
+
+
 def _cadence(b: _Builder, section: str, plan_path: str, steps_per_epoch: int) -> int | None:
     every = b.take(f"{section}.every", plan_path)
     if every is None:
@@ -354,11 +395,13 @@ def _cadence(b: _Builder, section: str, plan_path: str, steps_per_epoch: int) ->
     return int(every * steps_per_epoch if unit == "epochs" else every)
 
 
-def _save(b: _Builder, steps_per_epoch: int) -> dict[str, Any]:
+def _save(b: _Builder, steps_per_epoch: int, recipe_dir: Path) -> dict[str, Any]:
     return {
         "every_steps": _cadence(b, "save", "save.every_steps", steps_per_epoch),
         "keep": b.take("save.keep", "save.keep"),
         "dtype": b.take("save.dtype", "save.dtype"),
+        "private": b.take("save.private", "save.private", False),
+        "relative_to": b.derived("save.relative_to", str(recipe_dir)),
     }
 
 
@@ -373,6 +416,7 @@ def _sample(b: _Builder, resolution: int, seed: int, steps_per_epoch: int) -> di
         "steps": b.take("sample.steps", "sample.steps"),
         "cfg": b.take("sample.cfg", "sample.cfg"),
         "seed": b.take("sample.seed", "sample.seed", seed),
+        "before": b.take("sample.before", "sample.before", False),
     }
 
 

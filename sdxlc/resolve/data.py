@@ -4,6 +4,7 @@ sample manifest (every image's hash, caption, samples per epoch, bucket and crop
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,14 +67,14 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
             make(
                 "SDX0504",
                 f"no bucket fits between {lo} and {hi} at resolution {size}",
-                layers.span("resolution.min"),
-                help="widen `buckets MIN..MAX`",
+                layers.span("resolution.min") or layers.span("resolution") or layers.anchor(),
+                help="widen `buckets MIN..MAX`, or `no buckets` for square images only",
             )
         )
         bucket_list = [(size, size)]
     top = hi if enabled else size
-    placement = partial(bk.place, buckets=bucket_list, no_upscale=bool(no_upscale), resolution=size,
-                        step=step, max_side=top)
+    placement = _memo(partial(bk.place, buckets=bucket_list, no_upscale=bool(no_upscale), resolution=size,
+                              step=step, max_side=top))
     balance = epoch_counts(items, datasets)
     res.warnings.extend(_balance(layers, datasets, items, balance, res))
     table = _bucket_table(items, balance.counts, placement, batch_size)
@@ -81,6 +82,8 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     res.bucket_sizes = [row["samples"] for row in table]
     samples = sum(res.bucket_sizes)
     res.manifest = manifest(items, balance.counts, placement)
+    _RESOLVED.clear()
+    _RESOLVED[res.manifest.sha256] = res.manifest
     res.section = {
         "datasets": datasets,
         "resolution": size,
@@ -103,37 +106,70 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
 
 def manifest(items: list[ImageItem], counts: list[int], placement: Placement) -> Manifest:
     """Every image as the run will train it: hash, caption and its source, samples per epoch, bucket, crop."""
+    crops: dict[tuple[int, int], tuple[bk.Bucket, bk.Crop]] = {}
     entries = []
     for item, count in zip(items, counts, strict=True):
-        bucket = placement(item.width, item.height)
+        shape = (item.width, item.height)
+        placed = crops.get(shape)
+        if placed is None:
+            bucket = placement(*shape)
+            placed = crops[shape] = (bucket, bk.cover_crop(*shape, bucket))
         entries.append(ManifestImage(
             item.path, item.sha256, item.size, item.width, item.height, item.dataset, item.caption,
-            item.caption_source, count, bucket, bk.cover_crop(item.width, item.height, bucket),
+            item.caption_source, count, *placed,
         ))
     return Manifest(tuple(entries))
+
+
+# The manifest `resolve_data` made last in this process, by its sha256: `bucket_details` reads the
+# plan's images from it instead of scanning the datasets again.
+_RESOLVED: dict[str, Manifest] = {}
 
 
 def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-bucket report for `sdxlc plan`: images, mean aspect error and share of pixels cropped."""
     placement = bk.plan_placement(plan["data"])
-    rows: dict[tuple[int, int], dict[str, Any]] = {
-        (row["width"], row["height"]): {"errors": [], "cropped": []}
-        for row in plan["data"]["buckets"]["table"]
+    rows: dict[tuple[int, int], list[float]] = {  # images, summed aspect error, summed cropped share
+        (row["width"], row["height"]): [0, 0.0, 0.0] for row in plan["data"]["buckets"]["table"]
     }
-    index = Index.in_dir(plan["data"]["cache"]["dir"])
-    for number, dataset in enumerate(plan["data"]["datasets"]):
-        for item in scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index).items:
-            bucket = placement(item.width, item.height)
-            rows[bucket]["errors"].append(bk.aspect_error(item.width, item.height, bucket))
-            rows[bucket]["cropped"].append(bk.cropped_fraction(item.width, item.height, bucket))
+    for (width, height), count in Counter(_plan_shapes(plan)).items():  # a few distinct sizes
+        bucket = placement(width, height)
+        stats = rows[bucket]
+        stats[0] += count
+        stats[1] += count * bk.aspect_error(width, height, bucket)
+        stats[2] += count * bk.cropped_fraction(width, height, bucket)
     details = []
     for row in plan["data"]["buckets"]["table"]:
-        stats = rows[(row["width"], row["height"])]
-        n = max(1, len(stats["errors"]))
-        details.append(
-            {**row, "aspect_error": sum(stats["errors"]) / n, "cropped": sum(stats["cropped"]) / n}
-        )
+        n, errors, cropped = rows[(row["width"], row["height"])]
+        details.append({**row, "aspect_error": errors / max(1, n), "cropped": cropped / max(1, n)})
     return details
+
+
+def _plan_shapes(plan: dict[str, Any]) -> list[tuple[int, int]]:
+    """(width, height) of every image of the plan: from its manifest when this process resolved it,
+    else from a scan of its datasets through the index."""
+    known = _RESOLVED.get(plan["data"]["manifest"]["sha256"])
+    if known is not None:
+        return [(image.width, image.height) for image in known.images]
+    index = Index.in_dir(plan["data"]["cache"]["dir"])
+    shapes = []
+    for number, dataset in enumerate(plan["data"]["datasets"]):
+        scan = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index)
+        shapes += [(item.width, item.height) for item in scan.items]
+    return shapes
+
+
+def _memo(placement: Placement) -> Placement:
+    """`placement` remembered per image size (a dataset holds few distinct sizes)."""
+    placed: dict[tuple[int, int], bk.Bucket] = {}
+
+    def place(width: int, height: int) -> bk.Bucket:
+        bucket = placed.get((width, height))
+        if bucket is None:
+            bucket = placed[(width, height)] = placement(width, height)
+        return bucket
+
+    return place
 
 
 def _datasets(
@@ -234,15 +270,17 @@ def _listing(problems: list[Problem]) -> str:
 def _upscaled(items: list[ImageItem], placement: Placement) -> list[str]:
     """Images smaller than their bucket: trained upscaled, with one warning naming them."""
     small = []
+    count = 0
     for item in items:
         bucket = placement(item.width, item.height)
         if item.width < bucket[0] or item.height < bucket[1]:
-            small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
+            count += 1
+            if count <= LISTED:
+                small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
     if not small:
         return []
-    more = f"; … and {len(small) - LISTED} more" if len(small) > LISTED else ""
-    return [f"{len(small)} image(s) are smaller than their bucket and are upscaled: "
-            + "; ".join(small[:LISTED]) + more]
+    more = f"; … and {count - LISTED} more" if count > LISTED else ""
+    return [f"{count} image(s) are smaller than their bucket and are upscaled: " + "; ".join(small) + more]
 
 
 def _balance(

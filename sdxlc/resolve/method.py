@@ -192,10 +192,11 @@ def _lora(b: Builder, recipe_dir: Path, lr: float, diags: list[Diagnostic]) -> d
         modules = b.take("lora.modules", "method.modules", ["attention"])
     unet = [m for kind in modules for m in UNET_MODULES[kind]] if "unet" in targets else []
     te = [m for kind in modules for m in TE_MODULES[kind]] if {"te1", "te2"} & set(targets) else []
+    block_lr = b.take("block_lr", "method.block_lr")
     return {
         "kind": "lora",
         "targets": targets,
-        "block_lr": b.take("block_lr", "method.block_lr"),
+        "block_lr": block_lr,
         **_te_lrs(b, "lora", targets, lr),
         "rank": rank,
         "alpha": alpha,
@@ -204,7 +205,17 @@ def _lora(b: Builder, recipe_dir: Path, lr: float, diags: list[Diagnostic]) -> d
         "te_modules": b.derived("method.te_modules", te),
         "dropout": b.take("lora.dropout", "method.dropout"),
         "init_from": init_from,
+        "unsaved_blocks": b.derived("method.unsaved_blocks", unsaved_blocks(block_lr, targets, init_from)),
     }
+
+
+def unsaved_blocks(block_lr: list[float] | None, targets: list[str], init_from: str | None) -> list[int]:
+    """The kohya blocks whose LoRA layers the saved file leaves out: a block_lr of 0 freezes them for the
+    whole run, and without `from` they start as a no-op (lora_up is zero) and stay one. Layers loaded
+    `from` a file keep that file's weights, so with `from` every layer is saved."""
+    if block_lr is None or "unet" not in targets or init_from is not None:
+        return []
+    return [block for block, rate in enumerate(block_lr) if rate == 0]
 
 
 def _match_file(b: Builder, found: LoraFile, diags: list[Diagnostic]) -> None:
@@ -224,9 +235,17 @@ def _match_file(b: Builder, found: LoraFile, diags: list[Diagnostic]) -> None:
             shown = "+".join(value) if isinstance(value, list) else f"{value:g}"
             diags.append(make(
                 "SDX0572", f"the recipe's LoRA {key} differs from the file it continues from ({shown})",
-                b.layers.span(f"lora.{key}"), help=f"drop the {key}: it is read from the file",
+                b.layers.span(f"lora.{key}"), help=_keep_help(key, stated, value),
                 related=((span, "the file is named here"),) if span is not None else (),
             ))
+
+
+def _keep_help(key: str, stated: Any, found: Any) -> str:
+    """Drop the value; a lower rank than the file's can also come from resizing the file first."""
+    if key == "rank" and float(stated) < float(found):
+        return (f"drop the rank (it is read from the file), or resize the file to rank {stated} first: "
+                f"`sdxlc lora resize FILE -o SMALLER.safetensors --rank {stated}`, then continue from that")
+    return f"drop the {key}: it is read from the file"
 
 
 def _finetune(b: Builder, lr: float) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 A `.safetensors` file starts with an 8-byte little-endian header length and a JSON header naming every
 tensor, so the compiler can tell an SDXL checkpoint (original layout: `model.diffusion_model.*` and
-OpenCLIP bigG under `conditioner.embedders.1.model.*`) from a LoRA, a diffusers component or an SD 1.x
-checkpoint by reading that header alone. Pickle checkpoints cannot be inspected without running them.
+OpenCLIP bigG under `conditioner.embedders.1.model.*`) from a LoRA, a diffusers component, the SDXL
+refiner, an SD 1.x/2.x, SD3 or FLUX checkpoint by reading that header alone, and check its shapes
+against its config folder. Pickle checkpoints cannot be inspected without running them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sdxlc.resolve.architecture import (
+    CONFIG_ERRORS,
+    classify,
+    header_mismatch,
+    read_configs,
+    unet_tensors,
+)
 from sdxlc.resolve.index import Index
+from sdxlc.resolve.model_family import folder_problem, hub_problem, single_file_kind
+from sdxlc.resolve.profiles import SCHEMA_DIR
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "data" / "sdxl_config"
+MODELS_DIR = SCHEMA_DIR / "models"
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SDXL_MARKERS = {
@@ -56,6 +67,8 @@ def _looks_like(keys: list[str]) -> str:
     if set(keys) and set(keys) <= {"clip_l", "clip_g"}:
         return ("it looks like a textual-inversion embedding: load it with "
                 "`sdxlc gen --embedding FILE:TOKEN` on a base model")
+    if other := single_file_kind(keys):
+        return f"it looks like {other}"
     if any(k.startswith("cond_stage_model.") for k in keys):
         return "it looks like a Stable Diffusion 1.x/2.x checkpoint, not SDXL"
     if any(k.startswith(("down_blocks.", "encoder.down_blocks.", "text_model.")) for k in keys):
@@ -110,3 +123,52 @@ def model_files(model: dict[str, Any], index: Index) -> list[dict[str, Any]]:
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def config_mismatch(path: Path, folder: Path) -> str | None:
+    """Why a single SDXL file's tensor shapes do not fit its config folder, or None (an unreadable file
+    or folder is reported by `sdxl_problem` and `config_problem`)."""
+    try:
+        problem = header_mismatch(read_header(path), read_configs(folder))
+    except (OSError, HeaderError, *CONFIG_ERRORS):
+        return None
+    return f"`{path.name}` does not fit the config folder {folder}: {problem}" if problem else None
+
+
+def family_problem(kind: str, source: str) -> str | None:
+    """Why a diffusers folder or a hub id is not an SDXL base-topology model, or None."""
+    if kind == "hub":
+        return hub_problem(source)
+    if kind != "diffusers_folder":
+        return None
+    try:
+        if problem := folder_problem(Path(source)):
+            return problem
+        unet_tensors(read_configs(Path(source)).unet)
+    except CONFIG_ERRORS as exc:
+        return f"its configs do not describe an SDXL-topology model ({exc}): sdxlc trains SDXL only"
+    return None
+
+
+def config_folder(kind: str, source: str, config: str | None) -> Path | None:
+    """Where the model's configs are: a folder's own, a single file's config folder; None for the tiny
+    model and hub ids (the shipped SDXL configs describe those)."""
+    if kind == "diffusers_folder":
+        return Path(source)
+    return Path(config) if kind in ("single_file", "pickle") and config else None
+
+
+def architecture(kind: str, source: str, config: str | None) -> str:
+    """Which model facts describe the model: `tiny` or `sdxl` (schema/models/<name>.json) when its configs
+    give exactly those parameter counts, else `custom` (computed from its configs by the estimate)."""
+    folder = config_folder(kind, source, config)
+    if kind == "tiny":
+        return "tiny"
+    if folder is None:
+        return "sdxl"
+    known = {name: json.loads((MODELS_DIR / f"{name}.json").read_text(encoding="utf-8"))["params"]
+             for name in ("sdxl", "tiny")}
+    try:
+        return classify(read_configs(folder), known)
+    except CONFIG_ERRORS:
+        return "sdxl"  # an unreadable config is reported by the checks; the runtime would not load it

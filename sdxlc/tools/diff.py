@@ -22,6 +22,8 @@ from typing import Any
 
 from sdxlc.lang.diagnostics import Diagnostic
 from sdxlc.pipeline import compile_recipe
+from sdxlc.plan import manifest
+from sdxlc.plan.manifest import Manifest
 
 
 class SideError(Exception):
@@ -58,6 +60,24 @@ def load_side(spec: str) -> dict[str, Any]:
     if not isinstance(plan, dict):
         raise SideError(f"`{spec}` does not hold a plan (a JSON object)")
     return plan
+
+
+def side_manifests(specs: tuple[str, str], plans: list[dict[str, Any]]) -> tuple[Manifest, Manifest] | None:
+    """The sample manifests of both sides (beside a plan file or output folder's plan, else in the cache
+    folder's store, where compiling a recipe keeps it); None when either cannot be found intact."""
+    found = []
+    for spec, plan in zip(specs, plans, strict=True):
+        summary = plan.get("data", {}).get("manifest")
+        if not isinstance(summary, dict) or "file" not in summary:
+            return None
+        path = Path(spec)
+        plan_file = path / "plan.json" if path.is_dir() else path if path.suffix != ".sdx" else None
+        places = manifest.candidates(summary, plan_file, plan["data"].get("cache", {}).get("dir"))
+        try:
+            found.append(manifest.load(summary, places))
+        except (manifest.ManifestError, KeyError, TypeError):
+            return None
+    return found[0], found[1]
 
 
 def _compile(path: Path, label: str) -> dict[str, Any]:

@@ -90,6 +90,15 @@ DETAILS: dict[str, str] = {
     "`finetune unet`.",
     "SDX0516": "A path the recipe gives cannot be resolved: its symbolic links loop, or the system refuses "
     "the name. Nothing is read through it.",
+    "SDX0517": "sdxlc trains Stable Diffusion XL base-topology models only. The compiler reads a folder's "
+    "model_index.json (`_class_name`) and unet/config.json (SDXL: `text_time` size conditioning, "
+    "cross_attention_dim = the two text encoders' widths) and knows the well-known hub ids: SD 1.x/2.x, "
+    "SD3, FLUX, PixArt, SDXL inpainting and the SDXL refiner (one text encoder) are refused. Hub ids are "
+    "never downloaded at plan time; an unknown one is taken for SDXL.",
+    "SDX0518": "A single file holds weights only; its shapes come from `config` (by default the full-size "
+    "SDXL configs shipped with sdxlc). The file's UNet width, text-encoder widths or UNet tensor count, read "
+    "from its safetensors header, differ from that config, so the model could not be loaded with it and "
+    "the estimate would size the wrong model. Name the model's own config folder with `config`.",
     "SDX0511": "The model source is neither an existing folder nor a hub id of the form `owner/name`.",
     "SDX0525": "With `cache latents` every image is encoded once, at its crop, before training, so a random "
     "crop or a colour jitter would be drawn once and then frozen. Drop the augmentation or the latent cache; "
@@ -155,7 +164,9 @@ DETAILS: dict[str, str] = {
     "SDX0571": "`lora from` names a file the compiler reads the header of (rank, alpha, models, layers). "
     "It must exist and be a kohya-format LoRA .safetensors file with `*.lora_down.weight` keys.",
     "SDX0572": "A LoRA continued from a file keeps the file's rank, alpha, models and layer kinds, so the "
-    "weights fit. Leave those out of the recipe (they are read from the file), or start a new LoRA.",
+    "weights fit. Leave those out of the recipe (they are read from the file), or start a new LoRA. "
+    "For a lower rank, resize the file first (`sdxlc lora resize FILE -o SMALLER --rank N`) and continue "
+    "from that.",
     "SDX0573": "Textual inversion trains input rows of both text encoders, so their outputs change every "
     "step and cannot be computed once before training.",
     "SDX0574": "The fused backward pass steps each weight inside the backward pass with Adafactor's "
@@ -170,6 +181,13 @@ DETAILS: dict[str, str] = {
     "model. A LoRA or an embedding is one small file.",
     "SDX0579": "The chosen method ignores this setting: `block_lr` sets the UNet blocks' rates, `te1 lr` "
     "and `te2 lr` the rates of encoders that are trained.",
+    "SDX0590": "A `save every`, `sample every` or `log every` cadence longer than the whole run never "
+    "fires: the run writes only its final save, renders only its final samples, logs only its last step. "
+    "A cadence in epochs counts the run's steps per epoch. Give a shorter cadence to get intermediate ones.",
+    "SDX0591": "Adafactor with an explicit learning rate (sdxlc's default, `relative_step=false`) is usually "
+    "trained at a constant rate after a short warmup (kohya's SDXL advice); an Adafactor recipe that names "
+    "no schedule gets `constant_with_warmup` with 100 warmup steps (at most a tenth of the run). Another "
+    "schedule is allowed, and warned about.",
     "SDX0601": "`profile auto` could not find a GPU with nvidia-smi, so the plan is made for the CPU.",
     "SDX0602": "The hardware profile named is unknown or unreadable; `sdxlc profiles` lists them.",
     "SDX0610": "The estimated peak memory of the run is over the profile's budget. The help lists the "
@@ -218,6 +236,7 @@ def explain(topic: str) -> str | None:
         _field(topic),
         _value(topic),
         _profile(topic),
+        _kohya(topic),
     ]
     found = [part for part in parts if part]
     return "\n\n".join(found) + "\n" if found else None
@@ -229,7 +248,19 @@ def topics() -> list[str]:
     paths = _recipe_paths() + [path for path, _ in _plan_fields()]
     codes = sorted(set(CATALOG) | set(DETAILS))
     values = [str(value) for _, choices in _enums() for value in choices]
-    return list(dict.fromkeys(words + paths + codes + values + list_profiles()))
+    return list(dict.fromkeys(words + paths + codes + values + list_profiles() + kohya_topics()))
+
+
+def _kohya(topic: str) -> str | None:
+    from sdxlc.tools.kohya.table import explain_kohya
+
+    return explain_kohya(topic)
+
+
+def kohya_topics() -> list[str]:
+    from sdxlc.tools.kohya.table import kohya_topics as names
+
+    return names()
 
 
 # --- diagnostic codes ---------------------------------------------------------------------------

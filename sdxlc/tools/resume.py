@@ -44,6 +44,7 @@ class Verdict:
             lines += [f"  {_line(c)}" for c in self.breaking]
             if artifact is not None:
                 lines.append(f'to start a new run from its weights instead, add `lora … from "{artifact}"`')
+                lines += _resize_hint(self.breaking, artifact)
         for word, changes in self.needs.items():
             lines.append(f"these changes need `--allow {word}`:")
             lines += [f"  {_line(c)}" for c in changes]
@@ -63,6 +64,16 @@ def judge(old: dict[str, Any], new: dict[str, Any], allow: frozenset[str] = froz
         else:
             verdict.needs.setdefault(ALLOWABLE.get(change.kind, change.kind), []).append(change)
     return verdict
+
+
+def _resize_hint(breaking: list[Change], artifact: Path) -> list[str]:
+    """A lower LoRA rank: the artifact resized to it (SVD) is a file the new run can start from."""
+    rank = next((c for c in breaking if c.path == "method.rank"), None)
+    if rank is None or not isinstance(rank.new, int) or not isinstance(rank.old, int) or rank.new >= rank.old:
+        return []
+    smaller = artifact.with_name(f"{artifact.stem}-rank{rank.new}{artifact.suffix}")
+    return [f'for rank {rank.new}, resize it first and start from that file: `sdxlc lora resize "{artifact}" '
+            f'-o "{smaller}" --rank {rank.new}`, then `lora … from "{smaller}"`']
 
 
 def _line(change: Change) -> str:

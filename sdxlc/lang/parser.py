@@ -1,6 +1,9 @@
 """Parse recipe text into a lark tree with positions, turning syntax errors into diagnostics.
 
-The grammar lives in `grammar/sdx.lark`; the LALR parser is built once. `parse_recovering` reports
+The grammar lives in `grammar/sdx.lark`; the LALR parser is built once per grammar and lark version and
+kept in the user's cache folder (`$XDG_CACHE_HOME/sdxlc`, else `~/.cache/sdxlc`; lark checks the file
+against the grammar's hash and rebuilds it when they differ, and a folder that cannot be written only
+means no cache). `SDXLC_NO_PARSER_CACHE=1` builds the parser every time. `parse_recovering` reports
 every syntax error of a file: it parses the text one statement group at a time (a line, with the lines
 a trailing `,` continues it onto), and after an error it blanks the offending line of that group
 (keeping every other line and column where it was) and parses the group again, so the statements
@@ -11,6 +14,8 @@ file's parse budget is dropped after its first error, so no text takes long to r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -52,13 +57,34 @@ class RecipeSyntaxError(Exception):
 
 @cache
 def parser() -> Lark:
-    """The recipe parser (built once)."""
+    """The recipe parser (built once, then loaded from the cache file)."""
+    grammar = GRAMMAR.read_text(encoding="utf-8")
+    cache_file = _cache_file(grammar)
     return Lark(
-        GRAMMAR.read_text(encoding="utf-8"),
+        grammar,
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=False,
+        cache=str(cache_file) if cache_file is not None else False,
     )
+
+
+def _cache_file(grammar: str) -> Path | None:
+    """Where the built parser is kept, named by the grammar and lark version; None for no cache."""
+    if os.environ.get("SDXLC_NO_PARSER_CACHE"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = Path(base) / "sdxlc"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK):
+        return None
+    from lark import __version__ as lark_version
+
+    digest = hashlib.sha256(f"{grammar}\0{lark_version}".encode()).hexdigest()[:16]
+    return folder / f"sdx-parser-{digest}.lark-cache"
 
 
 def parse(text: str, file: str) -> Tree[Token]:

@@ -16,28 +16,53 @@ from typing import Any
 def describe(sources: dict[str, str]) -> list[dict[str, Any]]:
     """One entry per file read: path, sha256 of its text, and its git state when it is in a repository.
     The `--set` options (kept with the sources to show their diagnostics) are no file."""
+    names = [name for name in sources if name != "--set"]
+    states = git_states([Path(name) for name in names])
     return [
-        {"file": name, "sha256": hashlib.sha256(text.encode()).hexdigest(), "git": git_state(Path(name))}
-        for name, text in sources.items()
-        if name != "--set"
+        {"file": name, "sha256": hashlib.sha256(sources[name].encode()).hexdigest(), "git": state}
+        for name, state in zip(names, states, strict=True)
     ]
 
 
 def git_state(file: Path) -> dict[str, Any] | None:
     """{commit, dirty, path} of the file's repository, or None outside git (or without git)."""
-    folder = file.resolve().parent
-    commit = _git(folder, "rev-parse", "HEAD")
-    top = _git(folder, "rev-parse", "--show-toplevel")
-    if commit is None or top is None:
-        return None
-    relative = str(file.resolve().relative_to(Path(top).resolve()))
-    status = _git(folder, "status", "--porcelain", "--", str(file.resolve()))
-    return {"commit": commit, "dirty": bool(status), "path": relative}
+    return git_states([file])[0]
 
 
-def _git(folder: Path, *args: str) -> str | None:
+def git_states(files: list[Path]) -> list[dict[str, Any] | None]:
+    """`git_state` of each file; the git commands of all of them run side by side."""
+    resolved = [file.resolve() for file in files]
+    heads = [_start(path.parent, "rev-parse", "HEAD", "--show-toplevel") for path in resolved]
+    statuses = [_start(path.parent, "status", "--porcelain", "--", str(path)) for path in resolved]
+    states: list[dict[str, Any] | None] = []
+    for path, head, status in zip(resolved, heads, statuses, strict=True):
+        lines = (_finish(head) or "").split("\n")
+        changed = _finish(status)
+        if len(lines) != 2 or not all(lines):
+            states.append(None)
+            continue
+        commit, top = lines
+        relative = str(path.relative_to(Path(top).resolve()))
+        states.append({"commit": commit, "dirty": bool(changed), "path": relative})
+    return states
+
+
+def _start(folder: Path, *args: str) -> subprocess.Popen[str] | None:
     try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        return subprocess.Popen(["git", "-C", str(folder), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    except OSError:
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _finish(process: subprocess.Popen[str] | None) -> str | None:
+    """The stripped output of a git command, None when it failed or took over 10 s."""
+    if process is None:
+        return None
+    try:
+        out, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return None
+    return out.strip() if process.returncode == 0 else None

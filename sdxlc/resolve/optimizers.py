@@ -11,9 +11,8 @@ import json
 from functools import cache
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped, unused-ignore]
-
-from sdxlc.plan.schemas import SCHEMA_DIR
+from sdxlc.plan.quick_valid import Check, surely_valid
+from sdxlc.plan.schemas import SCHEMA_DIR, validator
 
 
 @cache
@@ -32,9 +31,20 @@ def accepted_args(name: str) -> dict[str, dict[str, Any]]:
 
 def arg_problem(name: str, key: str, value: Any) -> str | None:
     """Why `value` is not a valid `key` argument of the optimizer (it must be accepted), or None."""
-    spec = {k: v for k, v in accepted_args(name)[key].items() if k != "default"}
-    errors = list(jsonschema.Draft202012Validator(spec).iter_errors(value))
+    if _arg_surely_valid(name, key)(value):
+        return None
+    errors = list(validator(_arg_schema(name, key)).iter_errors(value))
     return errors[0].message if errors else None
+
+
+@cache
+def _arg_schema(name: str, key: str) -> dict[str, Any]:
+    return {k: v for k, v in accepted_args(name)[key].items() if k != "default"}
+
+
+@cache
+def _arg_surely_valid(name: str, key: str) -> Check:
+    return surely_valid(_arg_schema(name, key))
 
 
 def normalise_arg(name: str, key: str, value: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 from sdxlc.check.bounds import BOUND_CHECKS
 from sdxlc.check.cadence import CADENCE_CHECKS
 from sdxlc.check.method import METHOD_CHECKS, cached_te_message
+from sdxlc.check.precision import PRECISION_CHECKS
 from sdxlc.lang.diagnostics import Diagnostic, make, suggestion
 from sdxlc.lang.layers import Layers
 from sdxlc.resolve.optimizers import accepted_args, arg_problem, optimizer_table
@@ -120,15 +121,21 @@ def fp16_with_stock_vae(plan: dict[str, Any], layers: Layers) -> list[Diagnostic
 
 
 def precision_supported(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """bf16 runs on every CPU (torch's CPU autocast; SDX0526 warns where it is emulated); fp16 does not
+    train there: accelerate enables no CPU autocast and no loss scaling for it."""
     hardware, mixed = plan["hardware"], plan["precision"]["mixed"]
-    if mixed == "fp32" or hardware[mixed]:
+    if mixed == "fp32" or hardware[mixed] or (mixed == "bf16" and hardware["device"] == "cpu"):
         return []
+    if hardware["device"] == "cpu":
+        fix = "use bf16 (CPU autocast) or fp32"
+    else:
+        fix = "use fp16 with `vae fp32`" if mixed == "bf16" and hardware["fp16"] else "use fp32"
     return [
         make(
             "SDX0524",
             f"{mixed} is not supported on {hardware['name']}",
             layers.span("precision.mixed"),
-            help="use fp16 with `vae fp32`" if mixed == "bf16" and hardware["fp16"] else "use fp32",
+            help=fix,
         )
     ]
 
@@ -325,6 +332,7 @@ CHECKS: tuple[Check, ...] = (
     bucket_step_multiple_of_32,
     fp16_with_stock_vae,
     precision_supported,
+    *PRECISION_CHECKS,
     timestep_range,
     something_to_train,
     init_normal_with_lora,

@@ -173,6 +173,9 @@ def test_load_side_reports_a_recipe_that_does_not_compile(tmp_path: Path) -> Non
     assert "SDX0203" in [d.code for d in caught.value.diagnostics]
     with pytest.raises(SideError):
         load_side(str(tmp_path / "missing.json"))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(SideError, match="nested too deeply"):
+        load_side(str(tmp_path / "deep.json"))
 
 
 def _git_tracks(path: Path) -> bool:

@@ -215,6 +215,17 @@ def test_hover_explains_words_phrases_and_codes(client: Client, tmp_path: Path) 
     assert "SDX0403 (error)" in hover(2, 9)  # the diagnostic under the cursor is explained too
 
 
+def test_requests_for_documents_not_opened_are_answered_without_reading_them(client: Client) -> None:
+    """A hover or completion for a URI the client never opened answers nothing: the server does not read
+    it (`/dev/zero` would never end) and keeps serving."""
+    position = {"line": 0, "character": 0}
+    for target in ("file:///dev/zero", "file:///no/such/recipe.sdx"):
+        params = {"textDocument": {"uri": target}, "position": position}
+        assert client.request("textDocument/hover", params) is None
+        result = client.request("textDocument/completion", params)
+        assert result["items"] == []
+
+
 def test_the_other_commands_do_not_load_pygls() -> None:
     code = "import sys, sdxlc.cli.main; print(*sorted(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -90,6 +90,15 @@ def test_an_unwritable_folder_is_an_oserror(tmp_path: Path) -> None:
         write_atomic(blocker / "plan.json", b"x")  # a file where the folder should be
 
 
+def test_a_fifo_or_device_is_never_replaced_by_a_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        write_atomic(fifo, b"x")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]
+
+
 def test_atomic_folder_replaces_a_folder_whole(tmp_path: Path) -> None:
     final = tmp_path / "checkpoints" / "step-000004"
     with atomic_folder(final) as temp:

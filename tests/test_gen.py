@@ -150,6 +150,24 @@ def test_usage_and_load_errors(tmp_path: Path) -> None:
     assert wrong.exit_code == 3 and "clip_l and clip_g" in wrong.output
 
 
+def test_an_empty_or_non_finite_embedding_and_a_non_finite_weight_are_refused(tmp_path: Path) -> None:
+    runner = CliRunner()
+    files = {"empty.safetensors": {"clip_l": torch.zeros(0, TE1_HIDDEN),
+                                   "clip_g": torch.zeros(0, TE2_HIDDEN)},
+             "nan.safetensors": {"clip_l": torch.full((1, TE1_HIDDEN), float("nan")),
+                                 "clip_g": torch.zeros(1, TE2_HIDDEN)}}
+    for name, tensors in files.items():
+        save_file(tensors, str(tmp_path / name))
+        refused = runner.invoke(gen_command, [*FAST, "-p", "x", "--embedding", str(tmp_path / name),
+                                              "--out", str(tmp_path / "out")])
+        assert refused.exit_code == 3 and "embedding" in refused.output, refused.output
+    nan = runner.invoke(gen_command, [*FAST, "-p", "x", "--lora", f"{tmp_path / 'a.safetensors'}:nan"])
+    assert nan.exit_code == 2 and "not a finite number" in nan.output
+    folder = runner.invoke(gen_command, [*FAST, "-p", "x", "--lora", str(tmp_path)])
+    assert folder.exit_code == 3 and "is a folder" in folder.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_option_parsing() -> None:
     assert parse_lora("a/b.safetensors:0.8") == (Path("a/b.safetensors"), 0.8)
     assert parse_lora("a/b.safetensors") == (Path("a/b.safetensors"), 1.0)

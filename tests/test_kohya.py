@@ -297,6 +297,39 @@ def test_malformed_files_are_usage_errors(tmp_path: Path, name: str, text: str, 
     assert code == 2 and message in err, err
 
 
+def test_the_output_never_replaces_an_input_or_a_special_file(tmp_path: Path) -> None:
+    training = _write(tmp_path / "train.toml", "network_dim = 16\n")
+    code, _, err = _cli("import", "kohya", str(training), "-o", str(training), "--force")
+    assert code == 2 and "is an input" in err and training.read_text(encoding="utf-8") == "network_dim = 16\n"
+    code, _, err = _cli("import", "kohya", str(training), "-o", "/dev/null", "--force")
+    assert code == 2 and "not a regular file" in err
+    recipe = _write(tmp_path / "prompts.txt", "sdx 1\nmodel tiny\n")
+    code, _, err = _cli("export", "kohya", str(recipe), "-o", str(tmp_path), "--force")
+    assert code == 2 and "would replace the recipe" in err
+    assert recipe.read_text(encoding="utf-8") == "sdx 1\nmodel tiny\n"
+
+
+def test_deeply_nested_or_very_long_files_are_handled(tmp_path: Path) -> None:
+    import time
+
+    deep = _write(tmp_path / "deep.json", '{"a":' * 100_000 + "1" + "}" * 100_000)
+    code, _, err = _cli("import", "kohya", str(deep))
+    assert code == 2 and "nested too deeply" in err, err
+    deep_toml = _write(tmp_path / "deep.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert _cli("import", "kohya", str(deep_toml))[0] == 2
+    flags = " ".join(f"--unknown_{i}={i}" for i in range(30_000))  # one note each: linear, not quadratic
+    command = _write(tmp_path / "train.sh", f"python sdxl_train_network.py {flags}\n")
+    start = time.perf_counter()
+    code, out, _ = _cli("import", "kohya", str(command))
+    assert code == 1 and "--unknown_29999=29999" in out and time.perf_counter() - start < 30
+
+
+def test_a_dataset_config_that_is_not_a_dataset_toml_is_a_usage_error(tmp_path: Path) -> None:
+    training = _write(tmp_path / "train.toml", 'dataset_config = "train.toml"\n')
+    code, _, err = _cli("import", "kohya", str(training))
+    assert code == 2 and "which has no [[datasets]]" in err, err
+
+
 def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = _cli("import", "kohya", str(tmp_path / "nope.toml"))
     assert code == 2 and "nope.toml: no such file" in err

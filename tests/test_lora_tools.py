@@ -238,3 +238,32 @@ def test_a_lower_rank_than_the_lora_file_names_the_resize_command(tmp_path: Path
     compiled = compile_text(tmp_path, 'lora from "old.safetensors" rank 2\n')
     assert codes(compiled) == ["SDX0572"]
     assert "sdxlc lora resize FILE -o SMALLER.safetensors --rank 2" in (compiled.diagnostics[-1].help or "")
+
+
+def test_non_finite_or_misshapen_files_and_values_are_usage_errors(tmp_path: Path) -> None:
+    key = "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_k"
+    good = {f"{key}.lora_down.weight": torch.ones(2, 8), f"{key}.lora_up.weight": torch.ones(8, 2),
+            f"{key}.alpha": torch.tensor(2.0)}
+    lora, out = tmp_path / "good.safetensors", str(tmp_path / "o.safetensors")
+    save_file(good, lora)
+    bad = {"nan.safetensors": {**good, f"{key}.alpha": torch.tensor(float("nan"))},
+           "inf.safetensors": {**good, f"{key}.lora_down.weight": torch.full((2, 8), float("inf"))},
+           "flat.safetensors": {**good, f"{key}.lora_down.weight": torch.ones(16),
+                                f"{key}.lora_up.weight": torch.ones(16)},
+           "alphas.safetensors": {**good, f"{key}.alpha": torch.ones(3)}}
+    for name, tensors in bad.items():
+        save_file(tensors, tmp_path / name)
+        invoke("resize", str(tmp_path / name), "-o", out, "--rank", "1", code=2)
+    assert "finite" in invoke("resize", str(lora), "-o", out, "--alpha", "nan", "--rank", "1", code=2).output
+    assert "finite" in invoke("resize", str(lora), "-o", out, "--dynamic", "fro", "nan", code=2).output
+    assert "finite" in invoke("merge", "--lora", f"{lora}:nan", "-o", out, code=2).output
+    assert "finite" in invoke("merge", "--lora", f"{lora}:inf", "-o", out, code=2).output
+    assert not Path(out).exists()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}", encoding="utf-8")
+    index = model / "model_index.json"
+    inside = invoke("merge", "--model", str(model), "--lora", str(lora), "-o", str(index), code=2)
+    assert "inside it" in inside.output and index.read_text(encoding="utf-8") == "{}"
+    into = str(model / "x.safetensors")
+    invoke("extract", "--base", str(model), "--tuned", "tiny", "--rank", "1", "-o", into, code=2)

@@ -143,9 +143,11 @@ def load_embedding(pipe: StableDiffusionXLPipeline, path: Path, token: str) -> i
                                     ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):
         vectors = tensors[key]
         width = encoder.get_input_embeddings().weight.shape[1]
-        if vectors.ndim != 2 or vectors.shape[1] != width:
+        if vectors.ndim != 2 or vectors.shape[1] != width or vectors.shape[0] == 0:
             raise RunError(f"embedding {path}: {key} has shape {tuple(vectors.shape)}, "
-                           f"this model's encoder needs [n, {width}]")
+                           f"this model's encoder needs [n, {width}] with n at least 1")
+        if not bool(torch.isfinite(vectors.float()).all()):
+            raise RunError(f"embedding {path}: {key} holds NaN or infinite values")
         try:
             pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
         except ValueError as exc:
@@ -218,6 +220,8 @@ def prepare(request: GenRequest) -> tuple[StableDiffusionXLPipeline, dict[str, A
         raise RunError("no prompt: give --prompt or --prompts FILE")
     model = model_spec(request.model, request.vae)
     for path in [*(path for path, _ in request.loras), *(path for path, _ in request.embeddings)]:
+        if path.is_dir():
+            raise RunError(f"{path} is a folder: name the .safetensors file in it")
         if not path.is_file():
             raise RunError(f"{path} does not exist")
     pipe = load_pipeline(model)

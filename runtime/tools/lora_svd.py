@@ -105,9 +105,17 @@ def read_lora(path: Path) -> LoraFile:
         if key + UP not in tensors:
             raise BadRequest(f"{path}: {key} has a lora_down but no lora_up weight")
         down, up = tensors[key + DOWN], tensors[key + UP]
-        if up.ndim != down.ndim or up.shape[1] != down.shape[0] or (up.ndim == 4 and up.shape[2:] != (1, 1)):
+        if (up.ndim != down.ndim or up.ndim not in (2, 4) or up.shape[1] != down.shape[0]
+                or (up.ndim == 4 and up.shape[2:] != (1, 1))):
             raise BadRequest(f"{path}: {key} has lora_down {tuple(down.shape)} and lora_up "
                              f"{tuple(up.shape)}, which do not multiply")
+        if key + ALPHA in tensors and tensors[key + ALPHA].numel() != 1:
+            shape = tuple(tensors[key + ALPHA].shape)
+            raise BadRequest(f"{path}: {key}.alpha has shape {shape}, not one number")
+        for part in (DOWN, UP, ALPHA):
+            value = tensors.get(key + part)
+            if value is not None and not bool(torch.isfinite(value.float()).all()):
+                raise BadRequest(f"{path}: {key}{part} holds NaN or infinite values")
         alpha = float(tensors[key + ALPHA]) if key + ALPHA in tensors else 0.0
         modules[key] = Module(down, up, alpha or float(down.shape[0]))  # none or 0: alpha = rank (kohya)
         dtypes.add(down.dtype)

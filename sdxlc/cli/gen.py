@@ -6,6 +6,7 @@ Exit codes as for the rest of `sdxlc`: 0 success, 2 usage errors, 3 the generati
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -20,9 +21,12 @@ def parse_lora(text: str) -> tuple[Path, float]:
     path, sep, weight = text.rpartition(":")
     if sep and path:
         try:
-            return Path(path), float(weight)
+            value = float(weight)
         except ValueError:
-            pass
+            return Path(text), 1.0
+        if not math.isfinite(value):
+            raise click.UsageError(f"--lora {text}: the weight {weight} is not a finite number")
+        return Path(path), value
     return Path(text), 1.0
 
 

@@ -39,6 +39,10 @@ def import_kohya_command(files: tuple[Path, ...], output: Path | None, force: bo
 
     if output is not None and output.exists() and not force:
         raise click.UsageError(f"{output} exists; add --force to replace it")
+    if output is not None and any(output.resolve() == path.resolve() for path in files):
+        raise click.UsageError(f"-o {output} is an input: write the recipe to another file")
+    if output is not None and output.exists() and not output.is_file():
+        raise click.UsageError(f"-o {output} is not a regular file")
     folder = (output.parent if output is not None else Path.cwd()).resolve()
     try:
         imported = import_kohya(list(files), folder)
@@ -74,6 +78,9 @@ def export_kohya_command(recipe: Path, folder: Path, profile: str | None, force:
 
     if not recipe.is_file():
         raise click.BadParameter(f"no such recipe file: {recipe}", param_hint="RECIPE")
+    written = ("config.toml", "dataset.toml", "prompts.txt")  # what export_files may write
+    if any((folder / name).resolve() == recipe.resolve() for name in written):
+        raise click.UsageError(f"-o {folder} would replace the recipe {recipe}: write to another folder")
     compiled = compile_recipe(recipe, (), profile)
     if compiled.diagnostics and compiled.errors:
         click.echo(render_text(compiled.ordered(), compiled.sources, color=sys.stderr.isatty()), err=True)

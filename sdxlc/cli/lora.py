@@ -8,6 +8,7 @@ inside the commands.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,10 @@ def resize_command(source: Path, out: Path, rank: int | None, alpha: float | Non
     _not_input(out, [source])
     if rank is None and dynamic is None:
         raise click.UsageError("give --rank N, or --dynamic METHOD R")
+    if alpha is not None and not math.isfinite(alpha):
+        raise click.UsageError(f"--alpha {alpha}: not a finite number")
+    if dynamic is not None and not math.isfinite(dynamic[1]):
+        raise click.UsageError(f"--dynamic {dynamic[0]} {dynamic[1]}: not a finite number")
 
     def action() -> Any:
         from runtime.tools.lora_resize import resize
@@ -125,6 +130,7 @@ def merge_command(model: str | None, config: Path | None, loras: tuple[str, ...]
                                "model")
     if model is not None:
         _check_model(model)
+    _not_in_model(out, [str(p) for p in (model, config) if p is not None])
     _check_config(config, [model] if model is not None else [])
 
     def action() -> Any:
@@ -142,6 +148,15 @@ def merge_command(model: str | None, config: Path | None, loras: tuple[str, ...]
                    f"mean {sum(values) / len(values):.4f} over {len(values)} modules")
     what = f"into {model}" if model is not None else "into one LoRA"
     click.echo(f"merged {len(parsed)} LoRA(s) ({done.modules} modules) {what}: wrote {done.path}")
+
+
+def _not_in_model(out: Path, models: list[str]) -> None:
+    """-o must not replace a model file or a file inside a model folder (or a --config folder)."""
+    target = out.expanduser().resolve()
+    for model in models:
+        path = Path(model).expanduser()
+        if path.exists() and (target == path.resolve() or path.resolve() in target.parents):
+            raise click.UsageError(f"-o {out} is the model {model} or inside it: write the result elsewhere")
 
 
 def _check_config(config: Path | None, models: list[str]) -> None:
@@ -176,6 +191,7 @@ def extract_command(base: str, tuned: str, config: Path | None, rank: int, out: 
 
     for model in (base, tuned):
         _check_model(model)
+    _not_in_model(out, [str(p) for p in (base, tuned, config) if p is not None])
     _check_config(config, [base, tuned])
     unet = [name for names in UNET_MODULES.values() for name in names]
     text = [name for names in TE_MODULES.values() for name in names] if te else []

@@ -42,7 +42,59 @@ _format_opt = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The commands defined outside this module, by the `sdxlc.cli` module that holds them: each module is
+# imported the first time one of its commands is named (or help lists them), so `sdxlc plan` loads none.
+_LAZY = {"fmt": "lang", "explain": "lang", "diff": "lang", "cache": "data", "gen": "gen", "runs": "runs",
+         "lsp": "editor", "import": "kohya", "export": "kohya", "lora": "lora"}
+
+
+def _load_commands(module: str) -> list[click.Command]:
+    if module == "lang":
+        from sdxlc.cli.lang import diff_command, explain_command, fmt_command
+
+        return [fmt_command, explain_command, diff_command]
+    if module == "data":
+        from sdxlc.cli.data import cache_command
+
+        return [cache_command]
+    if module == "gen":
+        from sdxlc.cli.gen import gen_command
+
+        return [gen_command]
+    if module == "runs":
+        from sdxlc.cli.runs import runs_command
+
+        return [runs_command]
+    if module == "editor":
+        from sdxlc.cli.editor import lsp_command
+
+        return [lsp_command]
+    if module == "kohya":
+        from sdxlc.cli.kohya import export_group, import_group
+
+        return [import_group, export_group]
+    from sdxlc.cli.lora import lora_group
+
+    return [lora_group]
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands from other modules are imported when first named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(_LAZY))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            # An unknown name loads everything, so that click's "did you mean" sees every command.
+            wanted = [_LAZY[cmd_name]] if cmd_name in _LAZY else sorted(set(_LAZY.values()))
+            for module in wanted:
+                for command in _load_commands(module):
+                    self.commands.setdefault(str(command.name), command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sdxlc")
 def main() -> None:
     """Compile SDXL training recipes into checked plans, and run them."""
@@ -411,23 +463,6 @@ def _print_run_header(plan_: dict[str, Any]) -> None:
         f"on {plan_['hardware']['name']} ({est['verdict'].replace('_', ' ')}), "
         f"about {est['total_seconds']:.0f} s"
     )
-
-
-def _register_language_tools() -> None:
-    from sdxlc.cli.data import cache_command
-    from sdxlc.cli.editor import lsp_command
-    from sdxlc.cli.gen import gen_command
-    from sdxlc.cli.kohya import export_group, import_group
-    from sdxlc.cli.lang import diff_command, explain_command, fmt_command
-    from sdxlc.cli.lora import lora_group
-    from sdxlc.cli.runs import runs_command
-
-    for command in (fmt_command, explain_command, diff_command, cache_command, gen_command, runs_command,
-                    lsp_command, import_group, export_group, lora_group):
-        main.add_command(command)
-
-
-_register_language_tools()
 
 
 def entry() -> None:

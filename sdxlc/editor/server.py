@@ -87,6 +87,10 @@ def path_of(doc: TextDocument) -> Path:
 
 
 def _lines(server: RecipeServer, uri: str) -> list[str]:
+    """An open document's lines; none for a document the client did not open (never read from disk:
+    its URI may name a device or a folder)."""
+    if uri not in server.workspace.text_documents:
+        return []
     return text.lines_of(server.workspace.get_text_document(uri).source)
 
 

@@ -111,6 +111,7 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0523": ("error", "fp16 with the stock SDXL VAE"),
     "SDX0524": ("error", "precision not supported by the hardware profile"),
     "SDX0525": ("error", "cached latents with random crop or colour jitter"),
+    "SDX0526": ("warning", "bf16 on a CPU without native bf16 instructions"),
     "SDX0528": ("error", "empty timestep range"),
     "SDX0529": ("error", "every block learning rate is 0"),
     "SDX0530": ("error", "bad input files with `on bad image fail`"),

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped, unused-ignore]
-
 from sdxlc.lang import ast, limits
 from sdxlc.lang.ast import LowerError
 from sdxlc.lang.diagnostics import Diagnostic, Span, did_you_mean, make, suggestion
-from sdxlc.plan.schemas import load_schema
+from sdxlc.plan.quick_valid import Check, surely_valid
+from sdxlc.plan.schemas import load_schema, validator
 
 STATEMENT = "statement"
 ANY = "any"
@@ -413,9 +412,22 @@ BLOCK_LR_HELP = (
 _RANGE_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 
 
+@cache
+def _validator(path: str) -> Any:
+    """The validator of a path's schema (`coerce`'s node), built once per path."""
+    return validator(schema_node(path) or {})
+
+
+@cache
+def _surely_valid(path: str) -> Check:
+    return surely_valid(schema_node(path) or {})
+
+
 def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[Span]) -> None:
     limits.check_strings(value, node, path, span, spans)
-    errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(value), key=lambda e: list(e.path))
+    if _surely_valid(path)(value):
+        return
+    errors = sorted(_validator(path).iter_errors(value), key=lambda e: list(e.path))
     if not errors:
         return
     error = errors[0]

@@ -13,6 +13,7 @@ Pure standard library: the runtime imports it too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -25,6 +26,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A new empty file beside `path` for a writer that needs a file name (safetensors, torch);
     fsynced and moved over `path` when the block ends, removed when it raises."""
     target = Path(path)
+    if target.exists() and not target.is_file():  # a device or a fifo is never replaced by a file
+        raise OSError(errno.EINVAL, "not a regular file", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = _new_temp(target)
     try:

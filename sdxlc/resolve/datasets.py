@@ -13,7 +13,6 @@ it finds in the plan's sample manifest (`sdxlc.plan.manifest`), which is all the
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -306,6 +305,8 @@ def _manifest_rows(path: Path, result: ScanResult) -> list[tuple[str, dict[str, 
     text = "\n".join(lines)
     rows: list[tuple[str, dict[str, Any]]] = []
     if path.suffix.lower() == ".csv":
+        import csv  # only for CSV manifests
+
         reader = csv.DictReader(text.splitlines())
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             result.problems.append(Problem(str(path), "CSV manifest needs a header row naming `path`"))

@@ -57,6 +57,8 @@ def load_side(spec: str) -> dict[str, Any]:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SideError(f"cannot read a plan from `{spec}`: {error}") from error
+    except RecursionError as error:
+        raise SideError(f"cannot read a plan from `{spec}`: JSON nested too deeply") from error
     if not isinstance(plan, dict):
         raise SideError(f"`{spec}` does not hold a plan (a JSON object)")
     return plan

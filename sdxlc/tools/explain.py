@@ -110,7 +110,13 @@ DETAILS: dict[str, str] = {
     "multiples of 32.",
     "SDX0523": "The stock SDXL VAE overflows in float16 and produces NaN latents. Use the fp16-fix VAE, "
     "`vae fp32`, or bf16.",
-    "SDX0524": "The hardware profile cannot compute in this mixed-precision dtype.",
+    "SDX0524": "The hardware profile cannot compute in this mixed-precision dtype. On the CPU, bf16 runs "
+    "(torch's CPU autocast) but fp16 does not train: accelerate turns on no CPU autocast and no loss "
+    "scaling for it, so use bf16 or fp32 there.",
+    "SDX0526": "The plan computes in bf16 on the CPU, and this machine's CPU flags (/proc/cpuinfo) show "
+    "no native bf16 instructions (x86 avx512_bf16 or amx_bf16, Arm bf16): torch emulates bf16 there, "
+    "slower than fp32. The warning depends on the machine that compiles the recipe, so it is never "
+    "stored in the plan and does not change its hash. See docs/TRAINING.md.",
     "SDX0528": "The timestep range is empty: its low bound is not below its high bound.",
     "SDX0529": "Every per-block learning rate is 0, so no LoRA layer would change.",
     "SDX0530": "A dataset with `on bad image fail` holds files that cannot be trained on: corrupt, truncated "
@@ -493,11 +499,12 @@ def _profile(topic: str) -> str | None:
     tflops = f"fp32 {p.fp32_tflops:g}"
     tflops += f", bf16 {p.bf16_tflops:g}" if p.bf16_tflops else ""
     tflops += f", fp16 {p.fp16_tflops:g}" if p.fp16_tflops else ""
+    cpu_bf16 = "on request (CPU autocast, not the default)" if p.device == "cpu" else "no"
     lines = [
         f"{p.name} (hardware profile): {p.title}",
         f"  device:    {p.device} ({p.tier}, {p.architecture})",
         f"  memory:    {p.vram_total_bytes / gib:.1f} GiB, {p.usable_vram_bytes / gib:.1f} GiB usable",
-        f"  dtypes:    bf16 {'yes' if p.bf16 else 'no'}, fp16 {'yes' if p.fp16 else 'no'}",
+        f"  dtypes:    bf16 {'yes' if p.bf16 else cpu_bf16}, fp16 {'yes' if p.fp16 else 'no'}",
         f"  TFLOP/s:   {tflops}; memory bandwidth {p.memory_bandwidth_gbps:g} GB/s",
         f"  example:   profile {p.name}",
     ]

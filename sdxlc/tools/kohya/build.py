@@ -23,6 +23,7 @@ class Builder:
     notes: list[Note] = field(default_factory=list)
     remarks: list[str] = field(default_factory=list)  # differences that are no setting of the files
     used: set[str] = field(default_factory=set)
+    noted: dict[str, list[Note]] = field(default_factory=dict)  # the notes by key, to find repeats fast
 
     def take(self, key: str, default: Any = None) -> Any:
         """The value of `key` (marked as carried by the recipe), or `default` when it is not set."""
@@ -51,7 +52,9 @@ class Builder:
     def note(self, key: str, value: Any, why: str, changes: bool = True) -> None:
         self.used.add(key)
         note = Note(key, value, why, changes)
-        if note not in self.notes:  # a [general] key seen by every subset is noted once
+        same_key = self.noted.setdefault(key, [])
+        if note not in same_key:  # a [general] key seen by every subset is noted once
+            same_key.append(note)
             self.notes.append(note)
 
     def add(self, line: str) -> None:

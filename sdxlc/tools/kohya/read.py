@@ -40,7 +40,12 @@ def read_configs(paths: list[Path]) -> KohyaConfig:
         if not found.is_file():
             raise KohyaError(f"{origin}: dataset_config names {named}, which does not exist "
                              "(name the dataset TOML on the command line too)")
-        _dataset(_toml(found), str(found), config)
+        if found.stat().st_size > MAX_BYTES:
+            raise KohyaError(f"{found}: larger than {MAX_BYTES // 2**20} MiB: not a kohya config")
+        doc = _toml(found)
+        if not isinstance(doc.get("datasets"), list):
+            raise KohyaError(f"{origin}: dataset_config names {named}, which has no [[datasets]]")
+        _dataset(doc, str(found), config)
     return config
 
 
@@ -105,6 +110,8 @@ def _toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(_text(path))
     except tomllib.TOMLDecodeError as error:
         raise KohyaError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise KohyaError(f"{path}: not a kohya config: nested too deeply") from None
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -112,6 +119,8 @@ def _json(path: Path) -> dict[str, Any]:
         data = json.loads(_text(path))
     except json.JSONDecodeError as error:
         raise KohyaError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+    except RecursionError:
+        raise KohyaError(f"{path}: not a kohya config: nested too deeply") from None
     if not isinstance(data, dict):
         raise KohyaError(f"{path}: a kohya config is a JSON object, not a {type(data).__name__}")
     return data

@@ -291,6 +291,8 @@ def test_output_file_is_written_once_unless_forced(images: Path) -> None:
     ("list.json", "[1, 2]", "a kohya config is a JSON object"),
     ("empty.sh", "# nothing here\n", "no kohya command found"),
     ("dim.toml", 'network_dim = "sixteen"\n', "network_dim = 'sixteen' must be a number"),
+    ("repeats.toml", '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img"\nnum_repeats = 1.5\n',
+     "num_repeats = 1.5 must be a whole number"),
 ])
 def test_malformed_files_are_usage_errors(tmp_path: Path, name: str, text: str, message: str) -> None:
     code, _, err = _cli("import", "kohya", str(_write(tmp_path / name, text)))

@@ -204,7 +204,10 @@ def extract_command(base: str, tuned: str, config: Path | None, rank: int, out: 
     done = _work(action)
     values = list(done.kept_fro.values())
     full = max(done.full_rank.values())
+    kept = f"at rank {rank}"
+    if rank > full:
+        kept = f"at rank {full} (asked {rank}: no change has a higher rank)"
     click.echo(f"{len(values)} changed modules ({done.unchanged} unchanged left out), their change of rank "
-               f"up to {full}; kept Frobenius norm at rank {rank}: min {min(values):.4f}, "
+               f"up to {full}; kept Frobenius norm {kept}: min {min(values):.4f}, "
                f"mean {sum(values) / len(values):.4f}")
     click.echo(f"wrote {done.path}")

@@ -100,6 +100,8 @@ def _clause(clause: str, kind: str, key: str, value: Any, origin: str) -> str:
     if kind in ("int", "number"):
         number = to_number(key, value, origin)
         assert number is not None
+        if kind == "int" and not float(number).is_integer():
+            raise KohyaError(f"{origin}: {key} = {value} must be a whole number")
         return f"{clause} {num(int(number) if kind == 'int' else number)}"
     if kind == "word":
         return f"{clause} {word_or_string(str(value))}"

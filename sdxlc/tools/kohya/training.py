@@ -15,7 +15,8 @@ def map_steps(b: Builder, batch: Any) -> None:
     if batch in (None, ""):
         size = b.integer("train_batch_size", 1)
     else:
-        size = int(to_number("batch_size", batch, "the dataset config") or 1)
+        number = to_number("batch_size", batch, "the dataset config")
+        size = 1 if number is None else int(number)
     b.used.add("train_batch_size")
     accumulate = b.integer("gradient_accumulation_steps", 1)
     b.add(f"batch {size}" + (f" accumulate {accumulate}" if accumulate != 1 else ""))

@@ -34,13 +34,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from PIL import Image, ImageDraw
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from make_quickstart import COLOURS, SHAPES, article, draw_shape  # noqa: E402
 
-from runtime.model.tiny import tiny_tokenizer  # noqa: E402
+from runtime.model.tiny import text_config, tiny_tokenizer  # noqa: E402
 
 SIZE = 64  # pixels; the VAE downsamples 8×, so the UNet sees 8×8 latents
 TE1_HIDDEN, TE2_HIDDEN, TIME_DIM, MAX_TOKENS = 32, 48, 8, 77
@@ -119,15 +119,6 @@ def cosine(step: int, total: int, peak: float, warmup: int = 100) -> float:
 # ---- models -------------------------------------------------------------------------------------
 
 
-def text_config(tokenizer: CLIPTokenizer, hidden: int, **extra: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, hidden_act="gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **extra,
-    )
-
-
 def scheduler() -> EulerDiscreteScheduler:
     """SDXL base's sampling scheduler."""
     return EulerDiscreteScheduler(
@@ -190,8 +181,10 @@ def train_unet(
 ) -> tuple[UNet2DConditionModel, CLIPTextModel, CLIPTextModelWithProjection]:
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    te1 = CLIPTextModel(text_config(tokenizers[0], TE1_HIDDEN))
-    te2 = CLIPTextModelWithProjection(text_config(tokenizers[1], TE2_HIDDEN, projection_dim=TE2_HIDDEN))
+    te1 = CLIPTextModel(text_config(tokenizers[0], TE1_HIDDEN, layers=3, ff_mult=4))
+    te2 = CLIPTextModelWithProjection(
+        text_config(tokenizers[1], TE2_HIDDEN, layers=3, ff_mult=4, projection_dim=TE2_HIDDEN)
+    )
     models = torch.nn.ModuleList([unet, te1, te2])
     ema = copy.deepcopy(models).requires_grad_(False)
     optimizer = torch.optim.AdamW(models.parameters(), lr=1e-3, weight_decay=1e-2)

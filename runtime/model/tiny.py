@@ -65,9 +65,12 @@ def tiny_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     )
 
 
-def _text_config(tokenizer: CLIPTokenizer, hidden: int, **extra: int) -> CLIPTextConfig:
+def text_config(tokenizer: CLIPTokenizer, hidden: int, layers: int = 2, ff_mult: int = 2,
+                **extra: int) -> CLIPTextConfig:
+    """A small CLIP text encoder's config over `tokenizer` (the tiny model's: 2 layers, 2× feed-forward)."""
     return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ff_mult * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4, max_position_embeddings=MAX_TOKENS, hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **extra,
@@ -80,9 +83,9 @@ def tiny_components() -> dict[str, Any]:
     return {
         "tokenizer": tokenizer,
         "tokenizer_2": tokenizer_2,
-        "text_encoder": CLIPTextModel(_text_config(tokenizer, TE1_HIDDEN)),
+        "text_encoder": CLIPTextModel(text_config(tokenizer, TE1_HIDDEN)),
         "text_encoder_2": CLIPTextModelWithProjection(
-            _text_config(tokenizer_2, TE2_HIDDEN, projection_dim=TE2_HIDDEN)
+            text_config(tokenizer_2, TE2_HIDDEN, projection_dim=TE2_HIDDEN)
         ),
         "unet": UNet2DConditionModel(**UNET_CONFIG),
         "vae": AutoencoderKL(**VAE_CONFIG),

@@ -12,8 +12,9 @@ from sdxlc.check.semantic import run_checks
 from sdxlc.check.structure import structural as structure
 from sdxlc.estimate.analytic import estimate
 from sdxlc.estimate.disk import disk_bytes
-from sdxlc.estimate.fit import Applied, mark, next_lever
+from sdxlc.estimate.fit import Applied, mark, next_lever, supersede
 from sdxlc.estimate.levers import enough, levers
+from sdxlc.estimate.lowvram import MOOT
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers
 from sdxlc.lang.lower import load_recipe
@@ -76,7 +77,7 @@ def compile_recipe(
                 solved = sets + tuple(s for a in (*applied, lever) for s in a.sets())
                 trial = _compile_once(path, solved, profile, unsaved)
                 if trial[1] is not None and not trial[0].errors:
-                    applied.append(lever)
+                    applied = supersede(applied, lever)
                     result, plan, layers = trial
                 else:
                     rejected.append(lever)
@@ -148,10 +149,11 @@ def _fit_help(plan: dict[str, Any], profile: Profile) -> str:
     options = [lever for lever in levers(plan, profile) if not solved & set(lever["changes"])]
     if not options:
         return "pick a larger profile"
-    chosen, peak = enough(plan, profile, {lever["name"] for lever in options})
+    chosen, peak = enough(plan, profile, None, frozenset(solved))
     if chosen:
         names = {lever["name"] for lever, _ in chosen}
-        rest = [_lever_text(lever, lever["saves_bytes"]) for lever in options if lever["name"] not in names]
+        rest = [_lever_text(lever, lever["saves_bytes"]) for lever in options
+                if lever["name"] not in names and MOOT.get(lever["name"]) not in names]
         return (f"these together bring it to about {_gib(peak)}: "
                 + "; ".join(_lever_text(lever, saves) for lever, saves in chosen)
                 + (". Other levers: " + "; ".join(rest[:3]) if rest else ""))

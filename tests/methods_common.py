@@ -21,7 +21,7 @@ LORA_TE: dict[str, Any] = {
     "rank": 4, "alpha": 4, "modules": ALL_MODULES,
     "unet_modules": [m for kind in ALL_MODULES for m in UNET_MODULES[kind]],
     "te_modules": [m for kind in ALL_MODULES for m in TE_MODULES[kind]], "dropout": 0.0, "init_from": None,
-    "unsaved_blocks": [],
+    "unsaved_blocks": [], "adapter": "lora", "dora": False, "factor": None,
 }
 FINETUNE: dict[str, Any] = {
     "kind": "finetune", "targets": ["unet", "te1", "te2"], "block_lr": None, "lr_te1": 1e-4, "lr_te2": 1e-4,

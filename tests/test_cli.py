@@ -227,12 +227,12 @@ def test_fit_auto_never_overrides_what_the_recipe_pinned(tmp_path: Path) -> None
     recipe = _write(
         tmp_path,
         'model "org/some-sdxl"\nprofile rtx4060-8gb\ndata "data"\nresolution 1024\nlora rank 16\n'
-        "batch 4 accumulate 1\nfit auto\n",
+        "batch 8 accumulate 1\nfit auto\n",
     )
     code, out, _ = _cli("check", str(recipe), "--format", "json")
     assert code == 1
     (diag,) = [d for d in json.loads(out) if d["code"] == "SDX0610"]
-    assert "batch 2" in diag["help"]  # the lever it may not pull is offered to the user
+    assert "batch 4" in diag["help"]  # the lever it may not pull is offered to the user
 
 
 def test_an_internal_error_is_a_one_line_report_with_exit_70(tmp_path: Path) -> None:

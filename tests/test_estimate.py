@@ -93,7 +93,8 @@ def test_model_facts_match_measurements() -> None:
                               "te1": 36_064, "te2": 68_688}
     assert sum(sdxl["lora_params_per_rank"]["unet"][m] for m in ATTN) == 1_451_520
     assert sum(tiny["lora_params_per_rank"]["unet"][m] for m in ATTN) == 15_712
-    assert sum(sdxl["lora_params_per_rank"]["unet"].values()) == 2_659_840
+    assert sdxl["lora_params_per_rank"]["unet"]["time_emb_proj"] == 35_520  # the `emb` group
+    assert sum(sdxl["lora_params_per_rank"]["unet"].values()) == 2_659_840 + 35_520
     assert sum(sdxl["lora_params_per_rank"]["te1"][m] for m in sdxl["te_lora_modules"]) == 73_728
     assert sum(sdxl["lora_params_per_rank"]["te2"].values()) == 737_280
 
@@ -267,9 +268,9 @@ def test_levers_cover_unused_options_cheapest_first() -> None:
                      batch=4)
     found = levers(plan, load_profile("rtx3060-12gb"))
     names = [lv["name"] for lv in found]
-    assert names == ["cache_text_encoder", "cache_latents", "gradient_checkpointing", "optimizer_8bit",
-                     "optimizer_factored",
-                     "mixed_precision_bf16", "smaller_batch"]
+    assert names == ["cache_text_encoder", "cache_latents", "offload_text_encoders", "offload_vae",
+                     "gradient_checkpointing", "optimizer_8bit", "optimizer_factored",
+                     "mixed_precision_bf16", "smaller_batch", "base_fp8"]
     for lever in found:
         assert lever["saves_bytes"] > 0 and lever["description"]
     by_name = {lv["name"]: lv for lv in found}
@@ -280,6 +281,7 @@ def test_levers_cover_unused_options_cheapest_first() -> None:
 def test_levers_skip_what_is_used() -> None:
     plan = make_plan(cache_te=True, cache_latents=True, ckpt=True, optimizer="lion8bit", mixed="bf16",
                      batch=1)
+    plan["precision"]["base_fp8"] = True
     assert levers(plan, load_profile("rtx3060-12gb")) == []
     # a trained text encoder cannot be cached away
     te = make_plan(targets=("unet", "te1"), cache_te=False)

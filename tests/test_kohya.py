@@ -16,6 +16,7 @@ from sdxlc.lang.fmt import format_recipe
 from sdxlc.pipeline import compile_recipe
 from sdxlc.tools.kohya.convert import Imported, import_kohya
 from sdxlc.tools.kohya.export import export_files
+from sdxlc.tools.kohya.read import tomllib
 
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 PROFILE = "a100-80gb"
@@ -123,7 +124,7 @@ def test_dataset_and_training_toml_give_kohyas_settings(images: Path) -> None:
     plan = _plan(imported, images)
     method, optimizer, training_ = plan["method"], plan["optimizer"], plan["training"]
     assert (method["kind"], method["rank"], method["alpha"], method["targets"]) == ("lora", 16, 8.0, ["unet"])
-    assert method["modules"] == ["attention", "ff"]
+    assert method["modules"] == ["kohya"]  # kohya's default network: attention, ff, proj_in/proj_out
     assert (optimizer["name"], optimizer["lr"], optimizer["max_grad_norm"]) == ("adamw8bit", 1e-4, 0.5)
     assert optimizer["args"] == {"weight_decay": 0.05, "betas": [0.9, 0.99]}
     assert plan["schedule"] == {"name": "cosine", "warmup_steps": 20}
@@ -177,7 +178,7 @@ def test_gui_json_reads_like_the_gui_builds_its_command(images: Path) -> None:
     plan = _plan(imported, images)
     method = plan["method"]
     assert (method["rank"], method["alpha"], method["targets"]) == (32, 16.0, ["unet"])  # text_encoder_lr 0
-    assert method["modules"] == ["attention", "ff", "conv"]  # Kohya LoCon, conv_dim/alpha as the LoRA's
+    assert method["modules"] == ["kohya", "conv", "emb"]  # Kohya LoCon, conv_dim/alpha as the LoRA's
     assert (plan["optimizer"]["name"], plan["optimizer"]["lr"]) == ("lion", 1e-4)  # unet_lr wins
     assert plan["optimizer"]["args"]["weight_decay"] == 0.1
     training = plan["training"]
@@ -189,7 +190,8 @@ def test_gui_json_reads_like_the_gui_builds_its_command(images: Path) -> None:
     assert (training["timestep_min"], training["timestep_max"]) == (100, 900)
     assert training["seed"] == 42  # seed 0 is kohya's "random"; sdxlc's own seed, with a remark
     assert "random seed" in imported.text
-    assert plan["precision"] == {"mixed": "fp16", "vae_fp32": True, "vae_slicing": False}
+    assert plan["precision"] == {"mixed": "fp16", "vae_fp32": True, "vae_slicing": False, "base_fp8": False,
+                                 "offload_text_encoders": False, "offload_vae": False}
     assert plan["save"] == {**plan["save"], "dtype": "bf16"}
     assert plan["data"]["datasets"][0]["samples"] == 20  # repeats from the `10_sks dog` folder
     assert plan["data"]["datasets"][0]["caption_dropout"] == 0.1
@@ -224,7 +226,7 @@ def test_a_saved_command_line_with_continuations(images: Path) -> None:
     plan = _plan(imported, images)
     method = plan["method"]
     assert (method["rank"], method["targets"], method["modules"]) == (8, ["unet", "te1", "te2"],
-                                                                     ["attention", "ff", "conv"])
+                                                                     ["kohya", "conv", "emb"])
     assert (method["lr_te1"], method["lr_te2"]) == (5e-5, 2e-5)
     assert plan["optimizer"]["name"] == "prodigy" and plan["optimizer"]["lr"] == 1e-4
     assert plan["optimizer"]["args"]["d_coef"] == 0.5 and plan["optimizer"]["args"]["use_bias_correction"]
@@ -343,7 +345,7 @@ model "{model}"
 data "img" caption .txt shuffle keep 1 flip
 data "reg" as regularization loss weight 0.5
 resolution 1024 buckets 256..2048 step 64 no upscale
-lora rank 16 alpha 8 on unet modules attention+ff+conv
+lora rank 16 alpha 8 on unet modules kohya+conv+emb
 optimizer adamw8bit lr 2e-4 args weight_decay=0.02 betas=0.9,0.99
 schedule cosine warmup 10
 batch 2 accumulate 2
@@ -390,7 +392,7 @@ def test_export_then_import_gives_the_same_plan(images: Path) -> None:
 
 
 def test_export_names_what_kohya_lacks(images: Path) -> None:
-    text = ROUND_TRIP.format(model=MODEL).replace(" modules attention+ff+conv", "")
+    text = ROUND_TRIP.format(model=MODEL).replace(" modules kohya+conv+emb", "")
     recipe = _write(images / "att.sdx", text)
     compiled = compile_recipe(recipe, (), PROFILE)
     assert compiled.plan is not None
@@ -448,3 +450,167 @@ def test_a_command_lines_config_file_is_read_under_its_flags(images: Path) -> No
     missing = _write(images / "bad.sh", "python sdxl_train_network.py --config_file nowhere.toml\n")
     code, _, err = _cli("import", "kohya", str(missing))
     assert code == 2 and "--config_file nowhere.toml does not exist" in err
+
+
+def _companions(root: Path, folder: str) -> Path:
+    """Same-stem images (masks or control images) for `img/10_sks dog`."""
+    (root / folder).mkdir()
+    for i in range(2):
+        Image.new("L", (96, 64), 255).save(root / folder / f"{i}.png")
+    return root / folder
+
+
+MASK_DATASET = """\
+[general]
+caption_extension = ".txt"
+resolution = 1024
+
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "{root}/img/10_sks dog"
+  num_repeats = 10
+  conditioning_data_dir = "{root}/masks"
+
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "{root}/img/10_sks dog"
+  alpha_mask = true
+"""
+
+
+def test_masked_loss_and_alpha_mask_become_mask_clauses(images: Path) -> None:
+    """kohya's `masked_loss` reads a subset's `conditioning_data_dir` as its mask folder; `alpha_mask`
+    masks with the alpha channel: `mask "…"` and `mask alpha`."""
+    _companions(images, "masks")
+    dataset = _write(images / "dataset.toml", MASK_DATASET.format(root=images))
+    text = TRAINING_TOML.format(root=images, model=MODEL)
+    training = _write(images / "train.toml", text + "masked_loss = true\n")
+    imported = import_kohya([dataset, training], images)
+    assert imported.changes_training == [], [n.text() for n in imported.notes]
+    assert 'mask "masks"' in imported.text and "mask alpha" in imported.text
+    masked, alpha = _plan(imported, images)["data"]["datasets"]
+    assert (masked["mask"], masked["masks_missing"], alpha["mask"]) == (str(images / "masks"), 0, "alpha")
+    # a ControlNet dataset without masked_loss: kohya's network training refuses it
+    no_flag = import_kohya([dataset, _write(images / "plain.toml", text)], images)
+    assert [n.key for n in no_flag.changes_training] == ["conditioning_data_dir"]
+    command = _write(images / "alpha.sh", "python sdxl_train_network.py --pretrained_model_name_or_path "
+                     f"{MODEL} --train_data_dir {images}/img --resolution 1024 --alpha_mask --masked_loss")
+    imported = import_kohya([command], images)
+    assert imported.changes_training == [], [n.text() for n in imported.notes]
+    assert "# not mapped: --masked_loss=true (no subset has a conditioning_data_dir" in imported.text
+    assert _plan(imported, images, "alpha.sdx")["data"]["datasets"][0]["mask"] == "alpha"
+
+
+def test_validation_split_and_cadence_become_validate(images: Path) -> None:
+    base = f"python sdxl_train_network.py --pretrained_model_name_or_path {MODEL} --train_data_dir " \
+           f"{images}/img --reg_data_dir {images}/reg --resolution 1024 --max_train_steps 20 " \
+           "--validation_split 0.5"
+    extra = " --validate_every_n_steps 5 --validation_seed 3 --max_validation_steps 2"
+    imported = import_kohya([_write(images / "val.sh", base + extra)], images)
+    assert imported.changes_training == [], [n.text() for n in imported.notes]
+    assert "validate every 5 steps split 50% seed 3" in imported.text
+    plan = _plan(imported, images)
+    validate = plan["validate"]
+    assert (validate["every_steps"], validate["fraction"], validate["seed"]) == (5, 0.5, 3)
+    assert validate["held_out"] == 1  # of the two training images; regularization images are never held out
+    trained = {str(p) for p in (images / "img").rglob("*.png")}
+    assert {image["path"] for image in validate["images"]} <= trained
+    epochs = _plan(import_kohya([_write(images / "ep.sh", base)], images), images, "ep.sdx")
+    assert epochs["validate"]["every_steps"] == epochs["training"]["steps_per_epoch"]  # kohya: every epoch
+    no_split = base.replace("0.5", "0") + " --validate_every_n_steps 5"
+    none = import_kohya([_write(images / "none.sh", no_split)], images)
+    assert "\nvalidate" not in none.text and none.changes_training == []
+
+
+def test_lllite_script_becomes_the_lllite_statement(images: Path) -> None:
+    """sdxl_train_control_net_lllite.py: `cond_emb_dim`, `network_dim` (mlp), `network_dropout`, and the
+    subset's `conditioning_data_dir` (with `train_data_dir`: the flag) as `control "…"`."""
+    _companions(images, "edges")
+    command = _write(images / "lllite.sh", "accelerate launch sdxl_train_control_net_lllite.py "
+                     f"--pretrained_model_name_or_path {MODEL} --train_data_dir '{images}/img/10_sks dog' "
+                     f"--conditioning_data_dir {images}/edges --caption_extension .txt --resolution 1024 "
+                     "--cond_emb_dim 16 --network_dim 32 --network_dropout 0.1 --learning_rate 2e-4")
+    imported = import_kohya([command], images)
+    assert imported.changes_training == [], [n.text() for n in imported.notes]
+    plan = _plan(imported, images)
+    method = plan["method"]
+    assert (method["kind"], method["cond_dim"], method["mlp_dim"]) == ("lllite", 16, 32)
+    assert method["dropout"] == 0.1
+    dataset = plan["data"]["datasets"][0]
+    assert (dataset["control"], dataset["control_pairs"]) == (str(images / "edges"), 2)
+    assert plan["optimizer"]["lr"] == 2e-4
+    subsets = f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{images}/img/10_sks dog"\n' \
+              f'conditioning_data_dir = "{images}/edges"\ncaption_extension = ".txt"\n'
+    config = _write(images / "l.toml", f'pretrained_model_name_or_path = "{MODEL}"\n'
+                    'network_module = "networks.control_net_lllite"\ncond_emb_dim = 8\nnetwork_dim = 16\n')
+    plan = _plan(import_kohya([_write(images / "lds.toml", subsets), config], images), images, "l.sdx")
+    assert (plan["method"]["cond_dim"], plan["method"]["mlp_dim"]) == (8, 16)
+    assert plan["data"]["datasets"][0]["control"] == str(images / "edges")
+
+
+def test_dora_wd_on_kohyas_own_lora_is_noted_not_mapped(images: Path) -> None:
+    """kohya's networks.lora ignores `dora_wd` (DoRA is LyCORIS'): the recipe keeps a plain LoRA."""
+    command = _write(images / "dora.sh", "python sdxl_train_network.py --pretrained_model_name_or_path "
+                     f"{MODEL} --train_data_dir {images}/img --resolution 1024 "
+                     '--network_module networks.lora --network_args "dora_wd=True"')
+    imported = import_kohya([command], images)
+    assert imported.changes_training == [] and "# not mapped: --network_args=dora_wd=True" in imported.text
+    assert _plan(imported, images)["method"]["dora"] is False
+
+
+MASKED_RECIPE = """\
+sdx 1
+model "{model}"
+data "img" caption .txt mask "masks"
+data "img" caption .txt mask alpha
+resolution 1024
+lora rank 8 on unet modules kohya
+steps 40
+validate every 10 steps split 50% seed 5
+"""
+
+
+def test_export_writes_masks_and_validation_and_reads_them_back(images: Path) -> None:
+    masks = _companions(images, "masks")
+    (masks / "10_sks dog").mkdir()
+    for i in range(2):
+        Image.new("L", (96, 64), 128).save(masks / "10_sks dog" / f"{i}.png")
+    recipe = _write(images / "masked.sdx", MASKED_RECIPE.format(model=MODEL))
+    compiled = compile_recipe(recipe, (), PROFILE)
+    assert compiled.plan is not None, [d.message for d in compiled.errors]
+    first = compiled.plan
+    folder = images / "kohya"
+    files = export_files(first, folder)
+    folder.mkdir()
+    for name, text in files.items():
+        _write(folder / name, text)
+    dataset = tomllib.loads(files["dataset.toml"])
+    assert (dataset["general"]["validation_split"], dataset["general"]["validation_seed"]) == (0.5, 5)
+    plain, control = dataset["datasets"]  # a ControlNet dataset: every subset has conditioning_data_dir
+    assert all(s.get("alpha_mask") for s in plain["subsets"])
+    assert [s["conditioning_data_dir"] for s in control["subsets"]] == [str(masks / "10_sks dog")]
+    assert not any("is_reg" in s or "class_tokens" in s for s in control["subsets"])
+    assert "# kohya has no class tokens in a subset with conditioning_data_dir" in files["dataset.toml"]
+    config = tomllib.loads(files["config.toml"])
+    assert config["masked_loss"] and config["validate_every_n_steps"] == 10
+    assert config["validate_every_n_epochs"] == first["training"]["epochs"]
+    again = _plan(import_kohya([folder / "config.toml"], images), images, "again.sdx")
+    assert {str(d["mask"]) for d in again["data"]["datasets"]} == {"alpha", str(masks / "10_sks dog")}
+    for key in ("every_steps", "fraction", "seed"):
+        assert again["validate"][key] == first["validate"][key], key
+
+
+def test_export_of_validation_kohya_cannot_run(images: Path) -> None:
+    _companions(images, "edges")
+    recipe = _write(images / "l.sdx", f'sdx 1\nmodel "{MODEL}"\ndata "img" caption .txt control "edges"\n'
+                    "resolution 1024\nlllite cond_dim 16 mlp_dim 32\nsteps 10\nvalidate split 1\n")
+    compiled = compile_recipe(recipe, (), PROFILE)
+    assert compiled.plan is not None, [d.message for d in compiled.errors]
+    files = export_files(compiled.plan, images / "k")
+    assert "# kohya has no validation loss (`validate`) for this method" in files["config.toml"]
+    assert "validation_split" not in files["dataset.toml"] and "is_reg" not in files["dataset.toml"]
+    assert "# kohya has no class tokens in a subset with conditioning_data_dir" in files["dataset.toml"]
+    again = import_kohya([_write(images / "d.toml", files["dataset.toml"]),
+                          _write(images / "c.toml", files["config.toml"])], images)
+    assert 'data "img/10_sks dog" repeat 10 caption .txt control "edges"' in again.text
+    assert "lllite cond_dim 16 mlp_dim 32" in again.text

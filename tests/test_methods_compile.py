@@ -121,10 +121,10 @@ def test_lora_file_problems(tmp_path: Path) -> None:
     with pytest.raises(LoraFileError):
         read_lora_file(tmp_path / "junk.safetensors")
     assert codes(compile_text(tmp_path, 'lora from "missing.safetensors"\n')) == ["SDX0571"]
-    kohya_file(tmp_path / "old.safetensors", ["lora_unet_input_blocks_4_1_proj_in",
+    kohya_file(tmp_path / "old.safetensors", ["lora_unet_time_embed_0",
                                               "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_k"])
     compiled = compile_text(tmp_path, 'lora from "old.safetensors" rank 8\n')
-    assert codes(compiled) == ["SDX0572", "SDX0572"]  # proj_in is no layer kind sdxlc trains; rank differs
+    assert codes(compiled) == ["SDX0572", "SDX0572"]  # time_embed is no layer kind sdxlc trains; rank differs
     assert "rank" in compiled.diagnostics[-1].message
 
 

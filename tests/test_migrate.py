@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ def test_migration_notes_reach_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(migrate, "CURRENT", 2)
     monkeypatch.setattr(migrate, "MIGRATIONS", {1: one_to_two})
     monkeypatch.setattr(schemas, "load_schema", newer)
+    # validators built from the real schema by earlier tests are cached: build them again from this one
+    for cached in (schemas.named_validator, schemas._surely_valid):
+        cached.cache_clear()
+        monkeypatch.setattr(schemas, cached.__wrapped__.__name__, functools.cache(cached.__wrapped__))
     (tmp_path / "data").symlink_to(ROOT / "recipes" / "data" / "quickstart", target_is_directory=True)
     recipe = tmp_path / "r.sdx"
     recipe.write_text('sdx 1\nmodel tiny\ndata "data"\nsteps 4\n', encoding="utf-8")

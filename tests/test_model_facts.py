@@ -25,6 +25,7 @@ COUNTED = (
     "largest_tensor_params",
     "lora_params_per_rank",
     "lora_conv_params_per_rank",
+    "lora_weight_elements",
     "te_lora_input_width",
     "te_lora_modules",
     "latent",

@@ -30,6 +30,9 @@ from sdxlc.plan.files import atomic_path
 KEY_VERSION = 2  # 2: configs hashed without diffusers' bookkeeping fields
 # the tensors of each kind, with their number of dimensions
 EXPECTED = {"latents": {"parameters": 3}, "text": {"states": 2, "pooled": 1}}
+# tensors an entry may hold besides the expected ones: a masked image's latent entry holds its mask
+# (1, H, W) in the image's crop (docs/DATA.md "Masked loss"), and its key names the mask
+OPTIONAL = {"latents": {"mask": 3}}
 
 
 @dataclass
@@ -61,10 +64,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def latent_key(image_hash: str, bucket: bk.Bucket, crop: bk.Crop, flip: bool, vae: str, dtype: str) -> str:
+def latent_key(image_hash: str, bucket: bk.Bucket, crop: bk.Crop, flip: bool, vae: str, dtype: str,
+               mask: str = "") -> str:
+    """`mask`: what the image's mask is made from (its file's sha256, or `alpha`); "" for none, which
+    leaves the key of an unmasked image as it was."""
     return _key({
         "kind": "latent", "image": image_hash, "bucket": list(bucket),
         "crop": [crop.scaled_w, crop.scaled_h, crop.top, crop.left], "flip": flip, "vae": vae, "dtype": dtype,
+        **({"mask": mask} if mask else {}),
     })
 
 
@@ -131,9 +138,10 @@ def entry_problem(kind: str, tensors: dict[str, torch.Tensor],
                   shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
     """What is wrong with an entry's tensors: a missing or extra tensor, a wrong shape (exactly `shapes`
     when given, else the right number of dimensions), a non-float or non-finite value."""
-    expected = EXPECTED.get(kind, {})
-    if set(tensors) != set(expected):
-        return f"holds {sorted(tensors)}, expected {list(expected)}"
+    expected = {**EXPECTED.get(kind, {}), **{k: v for k, v in OPTIONAL.get(kind, {}).items() if k in tensors}}
+    wanted = set(EXPECTED.get(kind, {})) | set(shapes or {})
+    if set(tensors) != set(expected) or not wanted <= set(tensors):
+        return f"holds {sorted(tensors)}, expected {sorted(wanted)}"
     for name, tensor in tensors.items():
         want = shapes.get(name) if shapes else None
         shape = tuple(tensor.shape)

@@ -64,6 +64,7 @@ class LiveBytes(TorchDispatchMode):  # type: ignore[misc]
         self.peak_categories: dict[str, int] = {}
         self.phase = "setup"
         self.peak_phase = "setup"
+        self.phase_peaks: dict[str, int] = {}  # the peak of each phase (see `enter`)
         self.count_flops = False
         self.flops = 0
         self.registry: dict[Any, Any] = {
@@ -92,12 +93,19 @@ class LiveBytes(TorchDispatchMode):  # type: ignore[misc]
         self.current += size
         if self.current > self.peak:
             self.reset_peak()
+        if self.current > self.phase_peaks.get(self.phase, 0):
+            self.phase_peaks[self.phase] = self.current
 
     def _free(self, key: int) -> None:
         entry = self.live.pop(key, None)
         if entry is not None:
             self.current -= entry[0]
             self.by_category[entry[1]] -= entry[0]
+
+    def enter(self, phase: str) -> None:
+        """Start a phase: its peak counts from the bytes live now (what a real process holds then)."""
+        self.phase = phase
+        self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), self.current)
 
     def reset_peak(self) -> None:
         self.peak = self.current

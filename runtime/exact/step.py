@@ -31,7 +31,9 @@ from torch.utils._pytree import tree_leaves
 
 from runtime import RunError
 from runtime.exact.fake_memory import LiveBytes, StatePlaceholder, bnb_state_bytes, fakeify
+from runtime.exact.lowvram import release_offloaded
 from runtime.methods import registry as methods
+from runtime.model.fp8 import apply_base_fp8
 
 __all__ = ["bnb_state_bytes", "measure"]
 
@@ -124,6 +126,7 @@ def setup_fake(
         method_only = {**plan, "method": {**plan["method"], "init_from": None}}
         with torch.device("meta"):
             methods.for_plan(method_only).attach(pipe)
+        apply_base_fp8(pipe, plan)  # as runtime.train.run.setup_model: after the method's layers
     finally:
         quiet.setLevel(level)
     if plan["training"]["gradient_checkpointing"]:
@@ -283,6 +286,10 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
         )
         optimizer = fake_optimizer(plan, pipe)
         trainable = materialise_state(optimizer, tracker)
+        ema = [torch.empty_like(p, dtype=torch.float32) for p in trainable] \
+            if plan["training"].get("ema") else []  # runtime/train/ema.py: fp32 copies of the trained weights
+        for shadow in ema:
+            tracker.track(shadow, "ema_weights")
         if isinstance(optimizer, StatePlaceholder):
             notes.append(f"{plan['optimizer']['name']} (bitsandbytes) state allocated at its analytic size")
         for p in trainable:
@@ -292,16 +299,23 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
                 tracker.track(p.grad, "gradients")
         hooks = fuse_backward(optimizer, max_norm) if fused else []
         tracker.reset_peak()
+        resident_bytes = tracker.current  # weights, trained values and optimizer state before the step
         tracker.count_flops = True
-        tracker.phase = "encode"
+        tracker.enter("encode")
         latents, states, pooled = conditioning(plan, parts, models, batch, width, height)
+        release_offloaded(plan, parts, tracker)
         time_ids = torch.randn(batch, 6)
-        tracker.phase = "forward"
+        # batches carry control images when a dataset has them (runtime/train/data.py); an LLLite
+        # network gets them as the loop hands them over, right before the UNet (other methods: no-op)
+        controls = any(dataset.get("control") for dataset in plan["data"]["datasets"])
+        control = torch.randn(batch, 3, height, width) if controls else None
+        methods.for_plan(plan).before_forward(pipe, SimpleNamespace(control=control))
+        tracker.enter("forward")
         unet = _Autocast(parts["unet"], weight_dtype)
         loss = batch_loss(unet, models, training, latents, states, pooled, time_ids)
-        tracker.phase = "backward"
+        tracker.enter("backward")
         loss.backward()  # the fused backward pass steps every weight in here
-        tracker.phase = "optimizer"
+        tracker.enter("optimizer")
         if not fused:
             if max_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, max_norm)
@@ -319,4 +333,7 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "peak_phase": tracker.peak_phase,
         "notes": notes,
+        # the peak of each phase of the step, and what is live before it (a steady-state step)
+        "phase_peaks": {k: int(v) for k, v in tracker.phase_peaks.items() if k != "setup"},
+        "resident_bytes": int(resident_bytes),
     }

@@ -1,4 +1,5 @@
-"""Image generation with a base model, weighted LoRAs and textual-inversion embeddings (`sdxlc gen`).
+"""Image generation with a base model, weighted LoRAs, textual-inversion embeddings and a ControlNet-LLLite
+network with its control image (`sdxlc gen`).
 
 What kohya's `sdxl_gen_img.py` is used for, on diffusers: the base model loads as for training
 (runtime/model/load.py), kohya-format LoRA files load with `load_lora_weights` and are mixed with
@@ -29,8 +30,10 @@ from safetensors.torch import load_file
 
 from runtime import RunError
 from runtime.formats.safetensors_file import addnet_hash
+from runtime.gen import control
 from runtime.gen.infotext import a1111_fields, lora_hashes, model_name, png_text, sampler_name
 from runtime.gen.sample import save_png
+from runtime.methods import lllite as lllite_method
 from runtime.model.load import DTYPES, load_pipeline
 from sdxlc.plan.share import share_value
 
@@ -62,6 +65,8 @@ class GenRequest:
     batch: int = 1
     loras: list[tuple[Path, float]] = field(default_factory=list)
     embeddings: list[tuple[Path, str]] = field(default_factory=list)
+    lllite: tuple[Path, float] | None = None  # a ControlNet-LLLite file and its multiplier
+    control: Path | None = None  # the LLLite network's control image, for every prompt
     vae: str | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -186,6 +191,15 @@ def parameters(request: GenRequest, job: Job, width: int, height: int,
     }
 
 
+def control_record(request: GenRequest) -> dict[str, Any]:
+    """The LLLite file, its multiplier and the control image of the `sdxlc` chunk (by name), when used."""
+    if request.lllite is None:
+        return {}
+    path, weight = request.lllite
+    return {"lllite": {"file": path.name, "weight": weight},
+            "control": request.control.name if request.control is not None else None}
+
+
 def lora_hash(path: Path) -> str:
     """The hash A1111 shows for a LoRA: the file's `sshs_model_hash` when it has one, else the sha256 of
     its tensor data; the first 12 hex digits (read once per file version)."""
@@ -219,7 +233,8 @@ def prepare(request: GenRequest) -> tuple[StableDiffusionXLPipeline, dict[str, A
     if not request.prompts:
         raise RunError("no prompt: give --prompt or --prompts FILE")
     model = model_spec(request.model, request.vae)
-    for path in [*(path for path, _ in request.loras), *(path for path, _ in request.embeddings)]:
+    lllite = [request.lllite[0]] if request.lllite else []
+    for path in [*(path for path, _ in request.loras), *(path for path, _ in request.embeddings), *lllite]:
         if path.is_dir():
             raise RunError(f"{path} is a folder: name the .safetensors file in it")
         if not path.is_file():
@@ -228,6 +243,8 @@ def prepare(request: GenRequest) -> tuple[StableDiffusionXLPipeline, dict[str, A
     load_loras(pipe, request.loras)
     for path, token in request.embeddings:
         load_embedding(pipe, path, token)
+    if request.lllite is not None:
+        lllite_method.load(pipe.unet, *request.lllite)
     set_sampler(pipe, request.sampler)
     device = pick_device(request.device)
     dtype = pick_dtype(request.precision, device)
@@ -255,9 +272,10 @@ def generate(request: GenRequest, on_file: Callable[[Path], None] | None = None,
     height = request.height or pipe.default_sample_size * pipe.vae_scale_factor
     request.out.mkdir(parents=True, exist_ok=True)
     number, files = next_number(request.out), []
+    hint = control.load_control(request.control, width, height) if request.control is not None else None
     for group in chunks(jobs(request), request.batch):
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in group]
-        with torch.inference_mode():
+        with torch.inference_mode(), control.controlled(pipe.unet, hint):
             images = pipe(
                 prompt=[job.prompt for job in group],
                 negative_prompt=[request.negative] * len(group) if request.negative else None,
@@ -267,7 +285,8 @@ def generate(request: GenRequest, on_file: Callable[[Path], None] | None = None,
         for job, image in zip(group, images, strict=True):
             path = request.out / f"{number:05d}-p{job.prompt_index:02d}-s{job.seed}.png"
             shown, fields = a1111_text(request, job, width, height, model, sampler_name(pipe.scheduler))
-            record = {**parameters(request, job, width, height, model), "prompt": job.prompt}
+            record = {**parameters(request, job, width, height, model), "prompt": job.prompt,
+                      **control_record(request)}
             info = png_text(shown, fields, record, request.negative)
             save_png(image, path, info)
             files.append(path)

@@ -17,6 +17,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
+from runtime.gen import control
 from runtime.gen.infotext import a1111_fields, model_name, png_text, sampler_name
 from runtime.methods.metadata import single_file_sha256
 from runtime.model.load import Models
@@ -103,7 +104,8 @@ def write_samples(models: Models, plan: dict[str, Any], step: int, quiet: bool,
     try:
         with unparked(pipe, models.device), models.accelerator.autocast():
             for index, prompt in enumerate(settings["prompts"]):
-                image = render(pipe, settings, prompt)
+                with control.sample_control(pipe.unet, plan, index):  # an LLLite run's control image
+                    image = render(pipe, settings, prompt)
                 path = folder / f"{stem}-{index:02d}.png"
                 save_png(image, path, png_text(prompt, fields, {**parameters, "prompt_index": index}))
                 images.append(image)

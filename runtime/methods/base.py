@@ -9,6 +9,7 @@ registered under its `method.kind` in `runtime.methods.registry`. The runtime as
   trains_text          whether the text encoders' outputs depend on trained parameters
   text_encoders(pipe)  the encoders that hold trained parameters (train mode while training)
   caption_map()        how the method rewrites a batch's captions, or None
+  before_forward(pipe, batch) what the method does with a batch right before the UNet runs (LLLite)
   save(path, pipe, step, epoch, started)  the method's artifact at this step, in the plan's save dtype
   save_final(path, pipe) what else the method writes once at the end (a fine-tune's diffusers folder)
 
@@ -78,6 +79,10 @@ class Method(ABC):
         """How the method rewrites a batch's captions; None leaves them as they are."""
         return None
 
+    def before_forward(self, pipe: Any, batch: Any) -> None:  # noqa: B027 (a hook: by default nothing)
+        """Called with each training batch right before the UNet runs on it (LLLite hands the network
+        the batch's control image); by default nothing."""
+
     @property
     def save_dtype(self) -> torch.dtype:
         return DTYPES[self.plan["save"]["dtype"]]
@@ -100,6 +105,10 @@ def keep_fp32(pipe: Any) -> None:
         for parameter in module.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
+
+
+# keys every file saved meanwhile carries besides its own (runtime/train/ema.py marks an EMA file with them)
+EXTRA_METADATA: dict[str, str] = {}
 
 
 def training_metadata(
@@ -147,4 +156,5 @@ def training_metadata(
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": plan["output"]["name"],
         **plan_metadata(plan, lineage),
+        **EXTRA_METADATA,
     }

@@ -17,13 +17,14 @@ from typing import Any
 
 import safetensors
 import torch
-from peft import LoraConfig
+from peft import PeftConfig
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from runtime import RunError
 from runtime.formats import sai_names
 from runtime.formats.safetensors_file import to_bytes as safetensors_bytes
+from runtime.methods import lycoris
 from runtime.methods.base import TEXT_ENCODERS, Method, keep_fp32, training_metadata
 from sdxlc.plan.files import write_atomic
 
@@ -31,11 +32,9 @@ ADAPTER = "default"
 BLOCKS = 23  # 0 time/label embed, 1-9 input 0-8, 10-12 middle 0-2, 13-21 output 0-8, 22 out
 
 
-def _config(method: dict[str, Any], modules: list[str]) -> LoraConfig:
-    return LoraConfig(
-        r=method["rank"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
-        target_modules=modules, init_lora_weights="gaussian",
-    )
+def _config(method: dict[str, Any], modules: list[str]) -> PeftConfig:
+    """LoRA (with DoRA), LoHa or LoKr by the plan's `adapter` (runtime/methods/lycoris.py)."""
+    return lycoris.config(method, modules)
 
 
 def add_lora(unet: torch.nn.Module, method: dict[str, Any]) -> None:
@@ -89,11 +88,12 @@ def block_index(sai: str) -> int:
 
 def lora_layers(unet: torch.nn.Module) -> dict[str, LoraLayer]:
     """The UNet's LoRA-carrying modules by diffusers module path."""
-    return {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+    return {name: module for name, module in unet.named_modules() if lycoris.is_adapter_layer(module)}
 
 
 def lora_parameters(layer: LoraLayer) -> list[torch.nn.Parameter]:
-    return [*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()]
+    """A, B (and DoRA's magnitude), or the LoHa / LoKr factors (runtime/methods/lycoris.py)."""
+    return lycoris.parameters(layer)
 
 
 def text_key(target: str, name: str) -> str:
@@ -174,9 +174,7 @@ def kohya_state_dict(
     for key, layer in layers.items():
         if leave_out and key_block(key) in leave_out:
             continue
-        state[f"{key}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
-        state[f"{key}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
-        state[f"{key}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]), dtype=dtype)
+        state.update(lycoris.layer_state(key, layer, dtype))  # LoRA, DoRA, LoHa or LoKr keys
     return state
 
 
@@ -186,7 +184,7 @@ def load_kohya(path: Path, layers: dict[str, LoraLayer]) -> None:
         state = load_file(str(path))
     except (OSError, safetensors.SafetensorError) as exc:
         raise RunError(f"cannot read the LoRA to continue from, {path}: {exc}") from exc
-    modules = {key.removesuffix(".lora_down.weight") for key in state if key.endswith(".lora_down.weight")}
+    modules = lycoris.file_modules(state)
     held = {key_block(key) for key in modules}
     # a UNet block the file leaves out entirely (frozen at block_lr 0 when it was trained) adds nothing:
     # its layers keep their no-op start
@@ -200,13 +198,7 @@ def load_kohya(path: Path, layers: dict[str, LoraLayer]) -> None:
         for key, layer in layers.items():
             if key in left_out:
                 continue
-            for part, weight in (("lora_down", layer.lora_A[ADAPTER].weight),
-                                 ("lora_up", layer.lora_B[ADAPTER].weight)):
-                value = state[f"{key}.{part}.weight"]
-                if value.shape != weight.shape:
-                    raise RunError(f"{path}: {key}.{part} has shape {tuple(value.shape)}, "
-                                   f"the plan's layer {tuple(weight.shape)}")
-                weight.copy_(value.to(weight.device, weight.dtype))
+            lycoris.load_layer(path, key, layer, state)
 
 
 def metadata(
@@ -217,8 +209,9 @@ def metadata(
     network_args = {"conv_dim": str(method["rank"]), "conv_alpha": str(method["alpha"])} \
         if "conv" in method["modules"] else {}
     network_args.update(block_lr_weights(method["block_lr"], plan["optimizer"]["lr"]))
+    network_args.update(lycoris.network_args(method))
     return {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": lycoris.network_module(method),
         "ss_network_dim": str(method["rank"]),
         "ss_network_alpha": str(method["alpha"]),
         "ss_network_dropout": str(method["dropout"]),

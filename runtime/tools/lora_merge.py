@@ -20,6 +20,7 @@ from runtime.formats.safetensors_file import addnet_hash
 from runtime.formats.single_file import save_single_file, to_original
 from runtime.tools.lora_modules import load_model, weight_modules
 from runtime.tools.lora_svd import BadRequest, Module, network_metadata, read_lora, write_lora
+from runtime.tools.lycoris_merge import is_lycoris, merge_file
 
 LORA_SPEC = {"modelspec.sai_model_spec": "1.0.0",
              "modelspec.implementation": "https://github.com/Stability-AI/generative-models"}
@@ -45,6 +46,9 @@ def merge_into_model(model: str, config: Path | None, loras: list[tuple[Path, fl
     modules = weight_modules(pipe)
     count = 0
     for path, weight in loras:
+        if is_lycoris(path):  # LoHa, LoKr, DoRA: each module's new weight (runtime/tools/lycoris_merge.py)
+            count += merge_file(path, weight, modules)
+            continue
         lora = read_lora(path)
         missing = sorted(set(lora.modules) - set(modules))
         if missing:

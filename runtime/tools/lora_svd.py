@@ -95,11 +95,15 @@ def read_lora(path: Path) -> LoraFile:
         raise BadRequest(f"cannot read {path} as a safetensors file: {exc}") from exc
     keys = sorted(key.removesuffix(DOWN) for key in tensors if key.endswith(DOWN))
     if not keys:
+        if any(".hada_" in key or ".lokr_" in key for key in tensors):  # runtime/tools/lycoris_merge.py
+            raise BadRequest(f"{path} is a LyCORIS LoHa/LoKr file, not a low-rank product: only "
+                             "`sdxlc lora merge --model` (into a model) takes it")
         raise BadRequest(f"{path} is not a LoRA: it has no `*{DOWN}` tensors")
     other = sorted(set(tensors) - {key + end for key in keys for end in (DOWN, UP, ALPHA)})
     if other:
         raise BadRequest(f"{path} holds {len(other)} tensors that are not plain LoRA weights ({other[0]}): "
-                         "LoHa, LoKr, DoRA and other variants are not supported")
+                         "LoHa, LoKr, DoRA and other variants can only be merged into a model "
+                         "(`sdxlc lora merge --model`)")
     modules, dtypes = {}, set()
     for key in keys:
         if key + UP not in tensors:

@@ -1,10 +1,11 @@
 """Training-state checkpoints: everything an exact resume needs, written atomically.
 
-A checkpoint is a folder `<output.dir>/checkpoints/step-NNNNNN/` holding the trainable weights, the
-optimizer, scheduler and grad-scaler states, the RNG states (python, numpy, torch), the data position
-and counters (`state.json`) and the plan that was running. It is written under a temporary name,
-every file flushed to disk, then renamed into place: a kill or a full disk during a save leaves the
-previous checkpoint whole. Older checkpoints are pruned only after the new one is complete.
+A checkpoint is a folder `<output.dir>/checkpoints/step-NNNNNN/` holding the trainable weights (and
+their EMA with `ema`: `ema.safetensors`), the optimizer, scheduler and grad-scaler states, the RNG
+states (python, numpy, torch), the data position and counters (`state.json`) and the plan that was
+running. It is written under a temporary name, every file flushed to disk, then renamed into place:
+a kill or a full disk during a save leaves the previous checkpoint whole. Older checkpoints are pruned
+only after the new one is complete.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from sdxlc.plan.files import atomic_folder
 from sdxlc.plan.layout import PREFIX as _PREFIX
 from sdxlc.plan.layout import STATE_FILE
 from sdxlc.plan.sums import write_folder_sums
+
+EMA_FILE = "ema.safetensors"
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Saved:
     scheduler: dict[str, Any]
     scaler: dict[str, Any] | None
     rng: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None = None  # the EMA of the trained weights (runtime/train/ema.py)
 
 
 def folder_for(out: Path, step: int) -> Path:
@@ -67,6 +71,7 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint folder atomically and return its final path."""
     final = folder_for(out, position.step)
@@ -76,6 +81,8 @@ def save_state(
         _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             _torch_save(scaler.state_dict(), tmp / "scaler.pt")
+        if ema is not None:
+            write_safetensors(tmp / EMA_FILE, {k: v.float() for k, v in ema.items()})
         _save_rng(tmp)
         (tmp / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(asdict(position)), encoding="utf-8")
@@ -129,6 +136,7 @@ def load_state(folder: Path) -> Saved:
             scheduler=torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True),
             scaler=torch.load(scaler_file, weights_only=True) if scaler_file.exists() else None,
             rng=_load_rng(folder),
+            ema=load_file(str(folder / EMA_FILE)) if (folder / EMA_FILE).exists() else None,
         )
     except Exception as exc:  # noqa: BLE001 - safetensors and torch raise their own types on damage
         raise RunError(f"cannot read checkpoint {folder}: {type(exc).__name__}: {exc}") from exc

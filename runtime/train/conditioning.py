@@ -26,6 +26,8 @@ from runtime.cache.store import (
     tokenizer_fingerprint,
 )
 from runtime.model.load import Models
+from runtime.model.offload import visiting
+from runtime.train.companions import load_mask, mask_identity
 from runtime.train.data import (
     Batch,
     Sample,
@@ -42,8 +44,11 @@ Say = Callable[[str], None]
 
 @torch.no_grad()
 def encode_text(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both encoders' penultimate hidden states side by side, and TE2's pooled projection."""
-    return text_states(models, captions)
+    """Both encoders' penultimate hidden states side by side, and TE2's pooled projection (offloaded
+    encoders visit the device for it: runtime/model/offload.py)."""
+    pipe = models.pipe
+    with visiting(pipe.text_encoder, models.device), visiting(pipe.text_encoder_2, models.device):
+        return text_states(models, captions)
 
 
 def text_states(models: Models, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +81,11 @@ def encode_pixels(models: Models, pixels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_finite(models: Models, pixels: torch.Tensor, say: Say, what: str) -> torch.Tensor:
     """`encode_pixels`; NaN or inf in the result encodes the batch again with the VAE in fp32."""
+    with visiting(models.pipe.vae, models.device):
+        return _encode_finite(models, pixels, say, what)
+
+
+def _encode_finite(models: Models, pixels: torch.Tensor, say: Say, what: str) -> torch.Tensor:
     parameters = encode_pixels(models, pixels)
     if torch.isfinite(parameters).all():
         return parameters
@@ -120,6 +130,7 @@ class Conditioning:
         self.latent_counts, self.text_counts = Counts(), Counts()
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.latents: dict[tuple[int, bool], torch.Tensor] | None = None
+        self.masks: dict[tuple[int, bool], torch.Tensor] | None = None  # with cached latents of a masked run
         self.shown = 0
         self.text_grad = False  # encode captions with gradients (the method trains the text encoders)
         self.captions: Callable[[list[str]], list[str]] | None = None  # the method's caption rewrite
@@ -146,11 +157,13 @@ class Conditioning:
         return {"states": (pipe.tokenizer.model_max_length, width),
                 "pooled": (pipe.text_encoder_2.config.projection_dim,)}
 
-    def _latent_shape(self, bucket: tuple[int, int]) -> dict[str, tuple[int, ...]]:
-        """The shape of one image's cached latent distribution (mean and log-variance) at its bucket."""
+    def _latent_shape(self, bucket: tuple[int, int], masked: bool = False) -> dict[str, tuple[int, ...]]:
+        """The shape of one image's cached latent distribution (mean and log-variance) at its bucket, and
+        of its mask when it has one."""
         config = self.models.pipe.vae.config
         down = 2 ** (len(config.block_out_channels) - 1)
-        return {"parameters": (2 * config.latent_channels, bucket[1] // down, bucket[0] // down)}
+        mask = {"mask": (1, bucket[1], bucket[0])} if masked else {}
+        return {"parameters": (2 * config.latent_channels, bucket[1] // down, bucket[0] // down), **mask}
 
     def _gather(self, mine: list[Any]) -> list[Any]:
         """Every rank's list, concatenated in rank order (this rank's own with one process)."""
@@ -207,6 +220,7 @@ class Conditioning:
 
     def _cache_latents(self) -> None:
         self.latents = {}
+        self.masks = {} if self.data.masks else None
         first: dict[int, Sample] = {}
         for sample in self.data.samples:
             first.setdefault(sample.image, sample)
@@ -218,17 +232,20 @@ class Conditioning:
         for image, sample in list(first.items())[self.rank :: self.world]:
             item = self.data.images[image]
             for flip in (False, True) if self.data.datasets[item.dataset]["flip"] else (False,):
-                key = ""
+                key, masked = "", mask_identity(item) if self.data.masks else ""
                 if self.disk is not None:  # keyed by the planned bytes (checked when they are read)
-                    key = latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype)
+                    key = latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype, masked)
                     keys[(image, flip)] = key
-                    entry = self.disk.load("latents", key, self._latent_shape(sample.bucket))
+                    entry = self.disk.load("latents", key, self._latent_shape(sample.bucket, bool(masked)))
                     if entry is not None:
                         self.latents[(image, flip)] = entry["parameters"].to(device)
+                        if masked:
+                            self.masks[(image, flip)] = entry["mask"]  # type: ignore[index]
                         counts.reused += 1
                         continue
                 try:
                     pixels = load_pixels(item, sample.crop, sample.bucket, flip)
+                    mask = None if self.masks is None else load_mask(item, sample.crop, sample.bucket, flip)
                 except InputChanged:
                     raise
                 except RunError as exc:
@@ -236,9 +253,12 @@ class Conditioning:
                     break
                 parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0]
                 self.latents[(image, flip)] = parameters
+                if mask is not None:
+                    self.masks[(image, flip)] = mask  # type: ignore[index]
                 counts.encoded += 1
                 if self.disk is not None:
-                    self.disk.store("latents", key, {"parameters": parameters})
+                    with_mask = {"mask": mask} if masked and mask is not None else {}
+                    self.disk.store("latents", key, {"parameters": parameters, **with_mask})
         if self.world > 1:
             bad = self._gather(bad)
             if self.disk is not None:
@@ -256,9 +276,18 @@ class Conditioning:
                     self.latents.setdefault((image, flip), parameters.to(device))
         for image, reason in sorted(bad):
             mark_bad(self.data, image, reason)
+        self._other_masks(first)
         self.latent_counts = self._total(counts)
         if self.models.device.type != "cpu":  # cached latents free the VAE (sampling brings it back)
             self.models.pipe.vae.to("cpu")
+
+    def _other_masks(self, first: dict[int, Sample]) -> None:
+        """The masks of the latents other processes encoded (each rank cuts them itself: they are small)."""
+        if self.masks is None or self.latents is None:
+            return
+        for image, flip in self.latents.keys() - self.masks.keys():
+            sample, item = first[image], self.data.images[image]
+            self.masks[(image, flip)] = load_mask(item, sample.crop, sample.bucket, flip)
 
     def report(self) -> None:
         """Say the warnings (skipped images) not said yet."""
@@ -275,6 +304,8 @@ class Conditioning:
             parameters = encode_finite(self.models, batch.pixels, self.say, "a batch")
         else:
             parameters = torch.stack([self.latents[key] for key in batch.keys])
+            if self.masks is not None:  # the masks cached with the latents
+                batch.mask = torch.stack([self.masks[key] for key in batch.keys])
         if self.text is None:
             captions = self.captions(batch.captions) if self.captions else batch.captions
             states, pooled = (text_states if self.text_grad else encode_text)(self.models, captions)
@@ -318,7 +349,8 @@ def used_keys(plan: dict[str, Any]) -> set[str]:
         for sample in {s.image: s for s in reversed(data.samples)}.values():
             item = data.images[sample.image]
             for flip in (False, True) if data.datasets[item.dataset]["flip"] else (False,):
-                keys.add(latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype))
+                masked = mask_identity(item) if data.masks else ""
+                keys.add(latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype, masked))
     if cache["text_encoder"]:
         identity = text_identity(models.pipe)
         keys.update(text_key(caption, *identity) for caption in all_captions(data))

@@ -24,11 +24,11 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from runtime import InputChanged, RunError
+from runtime.train import companions
+from runtime.train.images import WHITE, place, to_rgb  # noqa: F401 (also cuts the image's companions)
 from sdxlc.plan import buckets as bk
 from sdxlc.plan import manifest as mf
 from sdxlc.plan.manifest import Manifest, ManifestImage
-
-WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,21 @@ class Batch:
     weights: list[float] = field(default_factory=list)  # each sample's loss weight (its dataset's)
     # images found undecodable while making the batch, with their warnings (runtime/train/loader.py)
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    # loss mask (docs/DATA.md "Masked loss"): (B, 1, H, W) float32 in [0, 1] at pixel resolution, cut
+    # and flipped like the pixels (1 = train, 0 = ignore); an image without a mask is all 1. None when
+    # no dataset of the run has `mask`.
+    mask: torch.Tensor | None = None
+    # control image (docs/DATA.md "Control images"): (B, 3, H, W) float32 in [-1, 1] (the pixels' range;
+    # kohya's LLLite training feeds its conditioning images to the network in [-1, 1] too), cut and
+    # flipped like the pixels. None when no dataset of the run has `control`.
+    control: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
         """The batch with its tensors in page-locked memory (DataLoader's `pin_memory`)."""
         pixels = self.pixels.pin_memory() if self.pixels.numel() else self.pixels
-        return replace(self, pixels=pixels, time_ids=self.time_ids.pin_memory())
+        mask = self.mask.pin_memory() if self.mask is not None else None
+        control = self.control.pin_memory() if self.control is not None else None
+        return replace(self, pixels=pixels, time_ids=self.time_ids.pin_memory(), mask=mask, control=control)
 
 
 @dataclass
@@ -68,6 +78,8 @@ class TrainData:
     warnings: list[str] = field(default_factory=list)
     rank: int = 0  # this process among `world` training processes (docs/SCALE.md)
     world: int = 1
+    masks: bool = False  # a dataset of the run has `mask`: batches carry masks (runtime/train/companions.py)
+    controls: bool = False  # a dataset of the run has `control`: batches carry control images
 
     def all_batches(self, epoch: int) -> list[list[int]]:
         """Every batch (list of sample indices) of one epoch over all ranks, in training order."""
@@ -147,7 +159,8 @@ def setup_data(plan: dict[str, Any], manifest: Manifest | None = None) -> TrainD
     samples = [Sample(i, images[i].bucket, images[i].crop) for i in manifest.sample_order()]
     rank, world = topology()
     result = TrainData(images, samples, data["datasets"], training["batch_size"], training["seed"],
-                       rank=rank, world=world)
+                       rank=rank, world=world, masks=any(d.get("mask") for d in data["datasets"]),
+                       controls=any(d.get("control") for d in data["datasets"]))
     expected = (plan.get("launch") or {}).get("world_size", 1)
     if world != expected:
         raise RunError(f"{world} process(es) are running, the plan is for {expected}: "
@@ -170,20 +183,6 @@ def read_checked(image: ManifestImage) -> bytes:
     return raw
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB pixels from any mode: alpha composited onto white; grayscale, palette, CMYK, 16-bit converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        background = Image.new("RGBA", image.size, WHITE + (255,))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
 def load_pixels(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
                 jitter: tuple[float, float, float] | None = None) -> torch.Tensor:
     """The image resized to cover the bucket, cut at the crop, maybe mirrored and colour-jittered
@@ -195,10 +194,7 @@ def load_pixels(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: boo
             image = to_rgb(ImageOps.exif_transpose(raw))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise RunError(f"cannot read image {item.path}: {exc}") from exc
-    image = image.resize((crop.scaled_w, crop.scaled_h), Image.Resampling.LANCZOS)
-    image = image.crop((crop.left, crop.top, crop.left + bucket[0], crop.top + bucket[1]))
-    if flip:
-        image = ImageOps.mirror(image)
+    image = place(image, crop, bucket, flip)
     if jitter is not None:
         for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
                                     jitter, strict=True):
@@ -243,11 +239,14 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
     which process found out first.
     """
     captions, ids, keys, tensors, weights = [], [], [], [], []
+    masks: list[torch.Tensor] = []
+    controls: list[torch.Tensor] = []
     for index in indices:
         state = rng.getstate()
         while True:
             try:
                 sample, crop, flip, tensor = _sample(data, index, rng, pixels, substitute)
+                mask, control = _companions(data, sample, crop, flip, pixels)
                 break
             except InputChanged:
                 raise
@@ -259,6 +258,8 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
                 rng.setstate(state)
         if tensor is not None:
             tensors.append(tensor)
+        masks += [mask] if mask is not None else []
+        controls += [control] if control is not None else []
         item = data.images[sample.image]
         dataset = data.datasets[item.dataset]
         captions.append(process_caption(item.caption, dataset, rng))
@@ -266,7 +267,19 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
         keys.append((sample.image, flip))
         weights.append(float(dataset["loss_weight"]))
     stacked = torch.stack(tensors) if tensors else torch.empty(0)
-    return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys, weights)
+    return Batch(stacked, captions, torch.tensor(ids, dtype=torch.float32), keys, weights,
+                 mask=torch.stack(masks) if masks else None,
+                 control=torch.stack(controls) if controls else None)
+
+
+def _companions(data: TrainData, sample: Sample, crop: bk.Crop, flip: bool, pixels: bool
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The sample's mask (with its pixels: cached latents bring theirs) and control image, when the run
+    has them; cut like the image (runtime/train/companions.py)."""
+    if not (data.masks or data.controls):
+        return None, None
+    item = data.images[sample.image]
+    return companions.load(item, crop, sample.bucket, flip, data.masks and pixels, data.controls)
 
 
 def _sample(data: TrainData, index: int, rng: random.Random, pixels: bool, substitute: bool
@@ -309,6 +322,7 @@ def replacement(data: TrainData, index: int) -> int:
         item = data.images[sample.image]
         try:
             load_pixels(item, sample.crop, sample.bucket, False)
+            _companions(data, sample, sample.crop, False, True)
         except InputChanged:
             raise
         except RunError as exc:

@@ -19,7 +19,7 @@ from runtime.methods import registry as methods
 from runtime.methods.base import Method
 from runtime.methods.finetune import fuse_backward
 from runtime.model.load import Models
-from runtime.train import checkpoint
+from runtime.train import checkpoint, ema
 from runtime.train.conditioning import Conditioning, Say
 from runtime.train.data import Batch, TrainData
 from runtime.train.loader import Loader, Ticket, batches
@@ -45,6 +45,7 @@ class TrainStats:
     # the live objects a checkpoint saves (set by `train`)
     optimizer: Any = None
     schedule: Any = None
+    ema: Any = None  # the EMA of the trained weights with `training.ema` (runtime/train/ema.py)
 
     @property
     def final_loss(self) -> float:
@@ -144,9 +145,10 @@ def train(
     hooks = fuse_backward(getattr(optimizer, "optimizer", optimizer), plan["optimizer"]["max_grad_norm"]) \
         if fused else []
     stats.optimizer, stats.schedule = optimizer, schedule
+    stats.ema = ema.for_plan(plan, method.trainable_state(models.pipe), resume.saved.ema if resume else None)
     if resume is not None:
         _restore_state(resume, plan, stats, acc)
-    live = _Live(conditioning, model, optimizer, trainable, outside, fused)
+    live = _Live(conditioning, model, optimizer, trainable, outside, fused, method)
     with batches(data, Loader.of(plan), conditioning.latents is None, stats.next_epoch,
                  stats.next_batch) as stream:
         _steps(plan, models, live, stream, stats, _Hooks(on_step, on_loss, on_metrics))
@@ -167,6 +169,7 @@ class _Live:
     trainable: list[torch.nn.Parameter]
     outside: list[torch.nn.Parameter]  # trained parameters outside the UNet (averaged by hand)
     fused: bool
+    method: Method | None = None  # its `before_forward` sees each batch right before the UNet call
 
 
 @dataclass
@@ -190,9 +193,12 @@ def _steps(plan: dict[str, Any], models: Models, live: _Live, stream: Iterator[t
         # draw different noise, and N processes reproduce one process with N× the accumulation
         torch.manual_seed(batch_seed(training["seed"], epoch, index * world + rank))
         latents, states, pooled = live.conditioning.encode(batch)
+        if live.method is not None:
+            live.method.before_forward(models.pipe, batch)
         norm: Any = None
         with acc.accumulate(model):
-            loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids, batch.weights)
+            loss = batch_loss(model, models, training, latents, states, pooled, batch.time_ids, batch.weights,
+                              batch.mask)
             acc.backward(loss)  # with the fused backward pass, every weight has stepped when it returns
             if acc.sync_gradients and world > 1:
                 for parameter in live.outside:
@@ -212,6 +218,8 @@ def _steps(plan: dict[str, Any], models: Models, live: _Live, stream: Iterator[t
         stats.steps, stats.epoch = stats.steps + 1, epoch + 1
         stats.next_epoch, stats.next_batch = epoch, index + 1
         stats.losses.append(sum(pending) / len(pending))
+        if stats.ema is not None:
+            stats.ema.update(stats.steps)
         pending = []
         if on_loss:
             on_loss(stats.steps, stats.losses[-1], stats.schedule.get_last_lr()[0])

@@ -109,13 +109,22 @@ def debiased_weights(models: Models, timesteps: torch.Tensor) -> torch.Tensor:
     return 1.0 / torch.sqrt(snr)
 
 
+def masked(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The element-wise loss times the mask, area-averaged down to the latent size (kohya's
+    `apply_masked_loss`): a latent element whose pixels are all black weighs 0; the mean is then taken
+    over every element, masked ones included, as kohya does."""
+    small = F.interpolate(mask.to(loss.device, torch.float32), size=loss.shape[2:], mode="area")
+    return loss * small
+
+
 def batch_loss(unet: torch.nn.Module, models: Models, training: dict[str, Any], latents: torch.Tensor,
                states: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor,
-               weights: list[float] | None = None) -> torch.Tensor:
+               weights: list[float] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Noise the latents at uniform timesteps, predict, and take the (weighted) loss to the target.
 
     `weights` are the samples' dataset loss weights (a regularization set's prior-loss weight); the
-    batch mean is taken over the weighted samples, as kohya does."""
+    batch mean is taken over the weighted samples, as kohya does. `mask` (B, 1, H, W) in [0, 1] at pixel
+    size weighs each latent element (`masked`)."""
     scheduler, n = noise_schedule(models, training), latents.shape[0]
     noise = make_noise(latents, training)
     timesteps = torch.randint(training["timestep_min"], training["timestep_max"], (n,), device=latents.device)
@@ -124,6 +133,8 @@ def batch_loss(unet: torch.nn.Module, models: Models, training: dict[str, Any], 
     prediction = unet(noisy, timesteps, encoder_hidden_states=states, added_cond_kwargs=conditions).sample
     loss = elementwise_loss(prediction, target(scheduler, latents, noise, timesteps), training["loss"],
                             training["huber_c"])
+    if mask is not None:
+        loss = masked(loss, mask)
     per_sample = loss.mean(dim=(1, 2, 3))
     if training["snr_gamma"]:
         per_sample = per_sample * snr_weights(models, timesteps, training["snr_gamma"])

@@ -62,6 +62,7 @@ class Progress:
         self.started = time.perf_counter()
         self.first: tuple[int, float] | None = None  # (step, time) of the first step: speed leaves setup out
         self.bar: Any = None
+        self.validation: dict[str, float] = {}  # the last validation losses, shown from then on
         if enabled and (sys.stdout.isatty() if tty is None else tty):
             from tqdm.auto import tqdm
 
@@ -100,8 +101,9 @@ class Progress:
         now = time.perf_counter() if now is None else now
         rate = self.rate(step, now)
         left = (self.total - step) / rate if rate > 0 else float("inf")
-        return [f"step {step}/{self.total}", f"loss {self.average:.4f}", f"lr {lr:.2e}", f"{rate:.2f} it/s",
-                memory_text(self.device), f"eta {duration(left)}"]
+        shown = [f"{name} {value:.4f}" for name, value in self.validation.items()]
+        return [f"step {step}/{self.total}", f"loss {self.average:.4f}", *shown, f"lr {lr:.2e}",
+                f"{rate:.2f} it/s", memory_text(self.device), f"eta {duration(left)}"]
 
     def message(self, text: str) -> None:
         if not self.enabled:

@@ -19,8 +19,11 @@ from runtime.gen import compare, sample
 from runtime.methods import lora
 from runtime.methods import registry as methods
 from runtime.model import load as models
-from runtime.train import checkpoint, loop
+from runtime.model.fp8 import apply_base_fp8
+from runtime.model.offload import apply_offload
+from runtime.train import checkpoint, loop, validate
 from runtime.train import data as datamod
+from runtime.train import ema as emamod
 from runtime.train.inputs import check_model
 from runtime.train.progress import Progress
 from runtime.train.tblog import TensorBoardLog, open_log
@@ -44,6 +47,7 @@ class RunResult:
     before_after: Path | None = None  # the step-0 grid above the final one, when the plan samples before
     logs: Path | None = None  # the TensorBoard folder, when the plan turns it on
     checkpoints: list[Path] = field(default_factory=list)
+    ema_path: Path | None = None  # the final EMA artifact, with `training.ema`
     final_loss: float = float("nan")
     average_loss: float = float("nan")
     steps: int = 0
@@ -107,6 +111,8 @@ def setup_model(plan: dict[str, Any]) -> models.Models:
     """Load and place the base model, then make the method's parameters trainable (runtime/methods/)."""
     loaded = models.setup_model(plan)
     methods.for_plan(plan).attach(loaded.pipe)
+    apply_base_fp8(loaded.pipe, plan)  # after the method: peft casts new layers to the base layer's dtype
+    apply_offload(loaded.pipe, plan)
     return loaded
 
 
@@ -129,6 +135,7 @@ class Run:
         self.scalars = [sink for sink in (log, trackers) if sink is not None]  # where loss and lr go
         self.method = methods.for_plan(plan)
         self.stats = loop.TrainStats()  # filled in by the loop; what a checkpoint saves
+        self.validator: validate.Validator | None = None  # with `validate` (runtime/train/validate.py)
         self.started = timestamp()
         self.clock = time.monotonic()
         self.out = Path(plan["output"]["dir"])
@@ -143,7 +150,19 @@ class Run:
         with saving(path):
             written = self.method.save(path, self.models.pipe, step, epoch, self.started)
             write_artifact_sum(written)
+        if self.stats.ema is not None:
+            self.save_ema(path, step, epoch)
         return written
+
+    def save_ema(self, path: Path, step: int, epoch: int) -> Path:
+        """The EMA weights as the method's artifact, `<name>-ema…` beside `path` (runtime/train/ema.py)."""
+        ema = self.stats.ema
+        file = emamod.ema_path(path, self.plan["output"]["name"])
+        with saving(file), ema.swapped(), emamod.marked(ema):
+            write_artifact_sum(self.method.save(file, self.models.pipe, step, epoch, self.started))
+        if path == self.result.lora_path:
+            self.result.ema_path = file
+        return file
 
     @property
     def main(self) -> bool:
@@ -153,12 +172,16 @@ class Run:
     def on_step(self, step: int, epoch: int) -> None:
         if not self.main:
             return
+        if self.validator is not None and validate.due(self.plan, step):
+            self.validate(step)
         total, name = self.plan["training"]["total_steps"], self.plan["output"]["name"]
         every = self.plan["save"]["every_steps"]
         if every and step % every == 0 and step < total:
             path = self.save(self.out / f"{name}-step{step:06d}.safetensors", step, epoch)
             state = self.save_state()
             lora.prune_checkpoints(self.out, name, self.plan["save"]["keep"])
+            if self.stats.ema is not None:
+                lora.prune_checkpoints(self.out, f"{name}-ema", self.plan["save"]["keep"])
             self.result.checkpoints = [p for p in [*self.result.checkpoints, path] if p.exists()]
             self.progress.message(f"saved {path} and the training state {state.name}")
         every = self.plan["sample"]["every_steps"]
@@ -175,15 +198,26 @@ class Run:
                 self.out, position, self.plan, self.method.trainable_state(self.models.pipe), stats.optimizer,
                 stats.schedule,
                 self.models.accelerator.scaler,
+                stats.ema.state() if stats.ema is not None else None,
             )
         checkpoint.prune(self.out, self.plan["save"]["keep"])
         return folder
 
     def write_samples(self, step: int) -> None:
-        with saving(self.out / "samples", "the samples written before are intact"):
+        with saving(self.out / "samples", "the samples written before are intact"), \
+                emamod.weights(self.stats.ema):  # samples show the EMA weights with `training.ema`
             files = sample.write_samples(self.models, self.plan, step, self.quiet, self.log)
         self.result.samples += files.images
         self.result.grids += [files.grid] if files.grid is not None else []
+
+    def validate(self, step: int) -> None:
+        """The validation loss after `step`: to the progress line, TensorBoard and the trackers."""
+        assert self.validator is not None
+        values = self.validator.losses(self.stats.ema)
+        self.progress.validation = values
+        self.progress.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        for sink in self.scalars:
+            sink.values(step, values)
 
     def on_loss(self, step: int, loss: float, lr: float) -> None:
         self.progress.step(step, loss, lr)
@@ -291,6 +325,7 @@ def run_plan(
             history=restart.saved.position.losses if restart is not None else (),
         )
         run = Run(plan, loaded, reporter, log, trackers)
+        run.validator = validate.for_plan(plan, loaded, run.method, reporter.message)
         if restart is not None:
             run.method.lineage = lineage_after(restart.saved.position.lineage, restart.saved.plan, plan)
         if restart is None and plan["sample"]["before"] and run.main:

@@ -59,6 +59,12 @@ class TensorBoardLog:
         if grad_norm is not None:
             self.writer.add_scalar("grad_norm", grad_norm, step)
 
+    def values(self, step: int, values: dict[str, float]) -> None:
+        """Named scalars (`val_loss`, `val_loss_ema`)."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
     def images(self, step: int, images: Sequence[tuple[str, Image.Image]]) -> None:
         """Sample images, one tag each (`samples/00`, ..., `samples/grid`)."""
         for tag, image in images:

@@ -4,8 +4,8 @@ The plan's `log.trackers` lists them, each with its project, pip package and mod
 writes anything, every module must import (`check_trackers`), or the run stops naming the package to
 install. The main process then starts each tracker with accelerate (`accelerate.tracking`), stores the
 plan's main settings as the run's configuration, and logs the scalars TensorBoard gets, with the same
-names (`loss/step`, `loss/average`, `lr/…`, `grad_norm`). Trackers that keep local files keep them in
-`<output.dir>/logs/<tracker>/` (wandb: its offline runs, or the copy it syncs from).
+names (`loss/step`, `loss/average`, `lr/…`, `grad_norm`, `val_loss`). Trackers that keep local files
+keep them in `<output.dir>/logs/<tracker>/` (wandb: its offline runs, or the copy it syncs from).
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ class Trackers:
         if grad_norm is not None:
             values["grad_norm"] = grad_norm
         self._log(values, step)
+
+    def values(self, step: int, values: dict[str, float]) -> None:
+        self._log(dict(values), step)
 
     def close(self) -> None:
         for tracker in self.trackers:

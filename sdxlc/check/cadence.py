@@ -16,6 +16,7 @@ _CADENCES = {
     "save": ("save.every_steps", "no intermediate save is written, only the final one"),
     "sample": ("sample.every_steps", "no intermediate samples are rendered, only the final ones"),
     "log": ("log.every_steps", "only the last step is logged"),
+    "validate": ("validate.every_steps", "the validation loss is computed only after the last step"),
 }
 
 
@@ -75,7 +76,7 @@ def _help(section: str, total: int) -> str:
 
 def _dig(plan: dict[str, Any], dotted: str) -> Any:
     section, key = dotted.split(".")
-    return plan[section].get(key)
+    return (plan.get(section) or {}).get(key)
 
 
 CADENCE_CHECKS = (cadence_beyond_run, adafactor_schedule)

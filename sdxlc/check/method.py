@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdxlc.check.adapter import ADAPTER_CHECKS
 from sdxlc.lang.diagnostics import Diagnostic, Span, make
 from sdxlc.lang.layers import Layers
 from sdxlc.resolve.method import METHODS
@@ -138,4 +139,5 @@ METHOD_CHECKS = (
     full_bf16_needs_bf16,
     save_diffusers_needs_finetune,
     unused_method_settings,
+    *ADAPTER_CHECKS,
 )

@@ -11,11 +11,14 @@ from typing import Any
 
 from sdxlc.check.bounds import BOUND_CHECKS
 from sdxlc.check.cadence import CADENCE_CHECKS
+from sdxlc.check.lllite import LLLITE_CHECKS
+from sdxlc.check.lowvram import LOWVRAM_CHECKS
 from sdxlc.check.method import METHOD_CHECKS, cached_te_message
 from sdxlc.check.precision import PRECISION_CHECKS
 from sdxlc.lang.diagnostics import Diagnostic, make, suggestion
 from sdxlc.lang.layers import Layers
 from sdxlc.resolve.optimizers import accepted_args, arg_problem, optimizer_table
+from sdxlc.resolve.validation import VALIDATION_CHECKS
 
 Check = Callable[[dict[str, Any], Layers], list[Diagnostic]]
 
@@ -345,8 +348,11 @@ CHECKS: tuple[Check, ...] = (
     zero_terminal_snr_needs_v_prediction,
     launch_combination,
     *METHOD_CHECKS,
+    *LLLITE_CHECKS,
     *BOUND_CHECKS,
+    *VALIDATION_CHECKS,
     *CADENCE_CHECKS,
+    *LOWVRAM_CHECKS,
 )
 
 

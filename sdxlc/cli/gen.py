@@ -1,4 +1,5 @@
-"""`sdxlc gen`: images from a base model with weighted LoRAs and textual-inversion embeddings.
+"""`sdxlc gen`: images from a base model with weighted LoRAs, textual-inversion embeddings and a
+ControlNet-LLLite network with its control image.
 
 Exit codes as for the rest of `sdxlc`: 0 success, 2 usage errors, 3 the generation failed. The runtime
 (torch, diffusers) is imported only inside the command, so importing this module stays light.
@@ -67,6 +68,16 @@ def _check_model(model: str) -> None:
         raise click.UsageError(f"--model {model}: {problem}")
 
 
+def _check_lllite(lllite: str | None, control: Path | None) -> None:
+    """--lllite and --control come together; the control image must be a file."""
+    if lllite and control is None:
+        raise click.UsageError("--lllite needs --control IMAGE: the network draws from a control image")
+    if control is not None and not lllite:
+        raise click.UsageError("--control needs --lllite FILE: only a ControlNet-LLLite network uses it")
+    if control is not None and not control.is_file():
+        raise click.UsageError(f"--control {control}: no such image file")
+
+
 @click.command("gen")
 @click.option("--model", "-m", default="tiny", show_default=True,
               help="Base model: `tiny`, a diffusers folder or a hub id.")
@@ -76,6 +87,10 @@ def _check_model(model: str) -> None:
 @click.option("--embedding", "embeddings", multiple=True, metavar="FILE[:TOKEN]",
               help="A textual-inversion file {clip_l, clip_g} and its token (default: the file name); "
                    "repeatable.")
+@click.option("--lllite", default=None, metavar="FILE[:WEIGHT]",
+              help="A kohya ControlNet-LLLite file and its multiplier (default 1.0); needs --control.")
+@click.option("--control", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The control image of --lllite (resized to the image size), for every prompt.")
 @click.option("--prompt", "-p", "prompts", multiple=True, help="A prompt; repeatable.")
 @click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A text file with one prompt per line.")
@@ -100,12 +115,14 @@ def _check_model(model: str) -> None:
               show_default=True, help="auto: fp32 on the CPU, bf16 (or fp16) on CUDA.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress: print only the files written.")
 def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings: tuple[str, ...],
-                prompts: tuple[str, ...], prompt_file: Path | None, negative: str, width: int | None,
+                lllite: str | None, control: Path | None, prompts: tuple[str, ...], prompt_file: Path | None,
+                negative: str, width: int | None,
                 height: int | None, steps: int, cfg: float, sampler: str, seed: int, count: int, batch: int,
                 out: Path, device: str, precision: str, quiet: bool) -> None:
     """Generate images from prompts with a base model, LoRAs and embeddings; PNGs carry their settings."""
     texts = read_prompts(prompts, prompt_file)
     _check_model(model)
+    _check_lllite(lllite, control)
     try:
         width, height = _size(width), _size(height)
     except click.BadParameter as exc:
@@ -121,6 +138,7 @@ def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings:
         cfg=cfg, sampler=sampler, seed=seed, count=count, batch=batch,
         loras=[parse_lora(text) for text in loras], embeddings=[parse_embedding(text) for text in embeddings],
         vae=vae, device=device, precision=precision,
+        lllite=parse_lora(lllite) if lllite else None, control=control,
     )
     if not quiet:
         click.echo(f"{len(texts)} prompt(s) x {count} seed(s) from {seed}, {width or 'native'}x"

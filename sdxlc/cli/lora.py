@@ -185,8 +185,8 @@ def _check_model(model: str) -> None:
               help="Where the SVDs run (auto: CUDA when there is one, else the CPU).")
 def extract_command(base: str, tuned: str, config: Path | None, rank: int, out: Path, te: bool,
                     dtype: str, device: str) -> None:
-    """Extract a LoRA from the weight differences of two models, on sdxlc's LoRA layers (attention, ff
-    and conv in the UNet; attention and MLP in the text encoders)."""
+    """Extract a LoRA from the weight differences of two models, on sdxlc's LoRA layers (attention, ff,
+    proj, conv and emb in the UNet; attention and MLP in the text encoders)."""
     from sdxlc.resolve.method import TE_MODULES, UNET_MODULES
 
     for model in (base, tuned):

@@ -342,7 +342,8 @@ def _print_result(plan_: dict[str, Any], result: Any, seconds: float) -> None:
     if not main_process():
         return
     click.echo(f"done in {seconds:.1f} s")
-    label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:"}[plan_["method"]["kind"]]
+    label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:",
+             "lllite": "LLLite:"}[plan_["method"]["kind"]]
     click.echo(f"  {label:<8} {result.lora_path}")
     if result.diffusers_path is not None:
         click.echo(f"  folder:  {result.diffusers_path}")
@@ -436,6 +437,8 @@ def _method_text(method: dict[str, Any]) -> str:
         return f"full fine-tune of {targets}"
     if method["kind"] == "embedding":
         return f"embedding {method['token']} ({method['vectors']} vectors)"
+    if method["kind"] == "lllite":
+        return f"ControlNet-LLLite cond_dim {method['cond_dim']} mlp_dim {method['mlp_dim']}"
     return f"LoRA rank {method['rank']} ({targets})"
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc.cli.recipe_text import value_text
+from sdxlc.cli.report_validation import validation_lines
 from sdxlc.estimate.analytic import sample_passes
+from sdxlc.resolve import companions
 from sdxlc.resolve.data import bucket_details
 
 _SECTIONS = (
@@ -217,6 +219,8 @@ def _steps(plan: dict[str, Any]) -> str:
         lines.append(
             f"  {d['images']} images × {repeats} = {d['samples']} samples (train, {d['path']}{weight})"
         )
+        lines += companions.report_lines(d)  # masks and control images (sdxlc/resolve/companions.py)
+    lines += validation_lines(plan)  # sdxlc/cli/report_validation.py
     table = data["buckets"]["table"]
     per_bucket = ""
     if len(table) > 1:  # a batch never mixes buckets: each bucket rounds its batch count up
@@ -342,7 +346,8 @@ def _time(plan: dict[str, Any], everything: bool) -> list[str]:
         return [f"time estimate: about {_duration(est['total_seconds'])} "
                 f"({est['seconds_per_step']:.3f} s/step × {steps} steps)"]
     lines = [f"time estimate: about {_duration(est['total_seconds'])} = training {_duration(t['training'])}"
-             f" + sampling {_duration(t['sampling'])} + caching {_duration(t['caching'])}",
+             f" + sampling {_duration(t['sampling'])} + caching {_duration(t['caching'])}"
+             + (f" + validation {_duration(t['validation'])}" if t.get("validation") else ""),
              f"  training: {est['seconds_per_step']:.3f} s/step × {steps} steps "
              f"({_flops(est['step_flops'])} per step)"]
     if everything:

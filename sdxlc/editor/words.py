@@ -30,6 +30,7 @@ def statements() -> list[Word]:
 def clauses(context: str) -> list[Word]:
     """The clauses of a statement (its own first, then those of any statement); flags are clauses
     without an argument."""
+    context = vocab.clause_context(context)  # `loha` and `lokr` take the clauses of `lora`
     own = [e for e in vocab.VOCABULARY if e.words and e.context == context != vocab.ANY]
     shared = [e for e in vocab.VOCABULARY if e.words and e.context == vocab.ANY]
     return [Word(e.words, "flag" if e.arg == "flag" else "clause", e.context, e.doc) for e in own + shared]

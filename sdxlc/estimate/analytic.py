@@ -13,8 +13,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sdxlc.estimate import adapters, lllite, lowvram
 from sdxlc.estimate.facts import derive
 from sdxlc.estimate.scale import communication_seconds, launch_shape, shard_terms
+from sdxlc.estimate.validation import ema_bytes, validation_seconds
 from sdxlc.resolve.architecture import CONFIG_ERRORS, read_configs
 from sdxlc.resolve.model_source import SHIPPED_CONFIG, config_folder
 from sdxlc.resolve.optimizers import optimizer_table
@@ -105,6 +107,8 @@ def trainable_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
     """Parameters the optimizer trains: the LoRA, every weight of the fine-tuned models, or the new
     embedding rows (vectors × both encoders' widths). block_lr zeros are not subtracted."""
     kind = plan["method"].get("kind", "lora")
+    if kind == "lllite":
+        return lllite.param_count(plan, model)
     if kind == "finetune":
         return sum(int(model["params"][t]) for t in get_path(plan, "method.targets"))
     if kind == "embedding":
@@ -131,7 +135,7 @@ def lora_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
         if te in targets:
             te_modules = plan["method"].get("te_modules") or model["te_lora_modules"]
             per_rank += sum(table[te][m] for m in te_modules)
-    return rank * per_rank
+    return adapters.param_count(plan["method"], rank, per_rank)  # LoHa, LoKr, DoRA (estimate/adapters.py)
 
 
 def _step_transient(plan: dict[str, Any], model: dict[str, Any], trained: int, device: str) -> int:
@@ -258,7 +262,8 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     terms: dict[str, int] = {}
     for part, resident_part in (("unet", True), ("te1", resident["te1"]), ("te2", resident["te2"])):
         if resident_part:
-            terms[f"{part}_weights"] = int(params[part]) * (master if part in whole else wbytes)
+            terms[f"{part}_weights"] = (int(params[part]) * master if part in whole
+                                        else lowvram.frozen_bytes(plan, model, part, wbytes))
     if resident["vae"]:
         terms["vae_weights"] = vae_params * vae_bytes
     grad_bytes = master if whole else LORA_DTYPE_BYTES
@@ -267,6 +272,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     if method.get("fused_backward"):  # each gradient is freed by its own step: about one tensor at a time
         terms["gradients"] = int(model["largest_tensor_params"]) * grad_bytes
     terms["optimizer_state"] = optimizer_state_bytes(plan, model, trained)
+    terms["ema_weights"] = ema_bytes(plan, trained)  # sdxlc/estimate/validation.py
 
     sizes = _bucket_sizes(plan)
     max_px = max(_latent_px(w, h, model) for w, h, _ in sizes)
@@ -278,6 +284,8 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     unet_acts *= float(acts_facts["unet_method_factor"][_frozen_or_full(plan)]["checkpointing" if ckpt
                                                                            else "no_checkpointing"])
     activations = int((unet_acts + te_acts) * act_scale) + _te_lora_copies(plan, model, batch)
+    activations += lllite.activation_bytes(plan, model, batch, max_image_px, wbytes)
+    activations += adapters.delta_weight_bytes(plan, model)  # LoHa / LoKr build each layer's ΔW
     terms["activations"] = activations
     vae_transient = acts_facts["vae_transient_elements_per_image_px"]
     if resident["vae"]:
@@ -285,6 +293,7 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         encode = int(vae_transient["encode"] * max_image_px * encoded_at_once * vae_bytes)
         if encode > activations:
             terms["vae_encode_extra"] = encode - activations
+    lowvram.apply(plan, terms, encode if resident["vae"] else 0)  # offloaded encoders (lowvram.py)
     step = _step_transient(plan, model, trained, profile.device)
     if method.get("kind") == "finetune" and not method.get("fused_backward"):
         terms = _finetune_peak(plan, model, terms, step)
@@ -310,10 +319,11 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         cfg_batch = 2 if float(get_path(plan, "sample.cfg")) > 1.0 else 1
         static = (
             full["unet_weights"]  # encoders and VAE parked on the CPU come back for sampling
-            + full.get("te1_weights", int(params["te1"]) * wbytes)
-            + full.get("te2_weights", int(params["te2"]) * wbytes)
+            + full.get("te1_weights", lowvram.frozen_bytes(plan, model, "te1", wbytes))
+            + full.get("te2_weights", lowvram.frozen_bytes(plan, model, "te2", wbytes))
             + vae_params * vae_bytes
             + full.get("trainable_params", 0)  # a fine-tune's trained weights are its *_weights
+            + full.get("ema_weights", 0)
             + sum(v for k, v in terms.items() if k.startswith("optimizer_state"))
         )
         inference = acts_facts["inference_bytes_per_latent_px_per_sample"]
@@ -374,6 +384,8 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
     overhead += float(model["sample_overhead_seconds"][device]) * batch
     if resident["vae"] or not cache_te:
         overhead += float(model["encode_overhead_seconds"][device])
+    vae_dtype_bytes = 4 if get_path(plan, "precision.vae_fp32") else DTYPE_BYTES[mixed]
+    overhead += lowvram.transfer_seconds(plan, model, DTYPE_BYTES[mixed], vae_dtype_bytes)  # offloading
     world, machines, _ = launch_shape(plan)
     if device == "cpu" and machines == 1:
         throughput /= world  # the processes share the machine's cores
@@ -407,6 +419,10 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
         te_flops = sum(float(flops[f"{te}_forward_per_sample"]) for te in ("te1", "te2"))
         caching += images * te_flops / throughput
     time.update(sampling=sampling, caching=caching)
+    image = _unet_forward_flops(model, mean_px) + (0.0 if cache_te else sum(
+        float(flops[f"{te}_forward_per_sample"]) for te in ("te1", "te2")))
+    image += float(flops["vae_encode_per_image_px"]) * mean_image_px if resident["vae"] else 0.0
+    time["validation"] = validation_seconds(plan, image, throughput)
     return step_flops, seconds_per_step, time
 
 
@@ -445,7 +461,7 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
     else:
         verdict = "fits"
     step_flops, seconds_per_step, time = _seconds(plan, profile)
-    total = time["training"] + time["sampling"] + time["caching"]
+    total = time["training"] + time["sampling"] + time["caching"] + time["validation"]
     return {
         "vram_bytes": int(vram),
         "vram_breakdown": breakdown,

@@ -33,8 +33,9 @@ def disk_bytes(plan: dict[str, Any]) -> dict[str, int]:
     total_steps = int(get_path(plan, "training.total_steps"))
     saves = _events(plan["save"]["every_steps"], total_steps)
     kept = min(int(plan["save"]["keep"]), saves)
-    artifact = trained * SAVE_BYTES[plan["save"]["dtype"]] + FILE_OVERHEAD
-    state = trained * 4 + optimizer_state_bytes(plan, model, trained) + CHECKPOINT_OVERHEAD
+    ema = 2 if plan["training"].get("ema") else 1  # `ema`: each save has its `-ema` twin, each state its EMA
+    artifact = (trained * SAVE_BYTES[plan["save"]["dtype"]] + FILE_OVERHEAD) * ema
+    state = trained * 4 * ema + optimizer_state_bytes(plan, model, trained) + CHECKPOINT_OVERHEAD
     found = {
         "artifacts": artifact * (1 + kept),
         "checkpoints": state * (1 + kept),

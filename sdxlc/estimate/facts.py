@@ -20,7 +20,8 @@ from sdxlc.resolve.architecture import (
     unet_levels,
 )
 
-UNET_LORA_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+UNET_LORA_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+                     "time_emb_proj")
 UNET_CONV_MODULES = ("conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv")
 TE_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 TEXT_TOKENS = 77
@@ -44,6 +45,18 @@ def lora_per_rank(tensors: Tensors, modules: tuple[str, ...]) -> dict[str, int]:
         for key in modules:
             if _matches(module, key):
                 table[key] += shape[1] * kernel + shape[0]
+    return table
+
+
+def weight_elements(tensors: Tensors, modules: tuple[str, ...]) -> dict[str, int]:
+    """Elements of the linear and conv weights of each module name (out · in · k²), over every match."""
+    table = dict.fromkeys(modules, 0)
+    for name, shape in tensors.items():
+        if not name.endswith(".weight") or len(shape) not in (2, 4):
+            continue
+        for key in modules:
+            if _matches(name[: -len(".weight")], key):
+                table[key] += numel(shape)
     return table
 
 
@@ -145,6 +158,11 @@ def structure(configs: Configs) -> dict[str, Any]:
             "te2": lora_per_rank(tensors["te2"], TE_LORA_MODULES),
         },
         "lora_conv_params_per_rank": {"unet": lora_per_rank(tensors["unet"], UNET_CONV_MODULES)},
+        "lora_weight_elements": {  # the adapted weights' sizes: a LoHa/LoKr layer builds its ΔW this big
+            "unet": weight_elements(tensors["unet"], UNET_LORA_MODULES + UNET_CONV_MODULES),
+            "te1": weight_elements(tensors["te1"], TE_LORA_MODULES),
+            "te2": weight_elements(tensors["te2"], TE_LORA_MODULES),
+        },
         "te_lora_input_width": {
             te: {**{m: hidden[te] for m in TE_LORA_MODULES if m != "fc2"}, "fc2": inner[te]} for te in hidden
         },

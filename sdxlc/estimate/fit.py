@@ -8,7 +8,7 @@ plan's provenance (source `solver`) and warnings with what it saved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Plan paths a lever changes → the recipe path the solver sets.
@@ -23,7 +23,14 @@ RECIPE_PATH = {
     "method.fused_backward": "finetune.fused_backward",
     "method.full_bf16": "finetune.full_bf16",
     "precision.vae_slicing": "precision.vae_slicing",
+    "precision.base_fp8": "precision.base_fp8",
+    "precision.offload_text_encoders": "precision.offload_text_encoders",
+    "precision.offload_vae": "precision.offload_vae",
 }
+
+# Levers that are alternatives for the same settings: when nothing else is left and the plan still does not
+# fit, a later one replaces an earlier one (8-bit AdamW gives way to Adafactor with the fused backward pass).
+ALTERNATIVES = frozenset({"optimizer_8bit", "optimizer_factored"})
 
 
 # Levers that keep what the recipe asked although they move a setting it gave: the plan paths that must
@@ -51,9 +58,27 @@ def next_lever(options: list[dict[str, Any]], pinned: set[str], applied: list[Ap
     """The cheapest lever whose settings the recipe left open and no other applied lever has set.
 
     The same lever may apply again with new values (a batch halved twice), but one setting is never
-    moved by two levers: once the 8-bit optimizer is chosen, Adafactor is not chosen on top of it."""
-    done = {(a.name, _key(a.changes)) for a in applied}
+    moved by two levers: once the 8-bit optimizer is chosen, Adafactor is not chosen on top of it —
+    unless no other lever is left, when an alternative replaces it (`supersede`)."""
     owner = {path: a.name for a in applied for path in a.changes}
+    found = _next(options, pinned, applied, owner)
+    if found is None:
+        found = _next(options, pinned, applied, {p: n for p, n in owner.items() if n not in ALTERNATIVES})
+    return found
+
+
+def supersede(applied: list[Applied], lever: Applied) -> list[Applied]:
+    """The applied levers with `lever` added, less the alternatives whose settings it all moves again (what
+    they saved is counted in `lever`'s saving)."""
+    gone = [a for a in applied if a.name in ALTERNATIVES and a.name != lever.name
+            and lever.name in ALTERNATIVES and set(a.changes) <= set(lever.changes)]
+    saves = lever.saves_bytes + sum(a.saves_bytes for a in gone)
+    return [a for a in applied if a not in gone] + [replace(lever, saves_bytes=saves)]
+
+
+def _next(options: list[dict[str, Any]], pinned: set[str], applied: list[Applied],
+          owner: dict[str, str]) -> Applied | None:
+    done = {(a.name, _key(a.changes)) for a in applied}
     for lever in options:
         paths = list(lever["changes"])
         if (lever["name"], _key(lever["changes"])) in done:

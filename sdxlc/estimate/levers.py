@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from sdxlc.estimate import lowvram
 from sdxlc.estimate.analytic import estimate, get_path, set_path
+from sdxlc.estimate.fit import ALTERNATIVES
 from sdxlc.estimate.scale import launch_shape
 from sdxlc.resolve.profiles import Profile
 
@@ -58,8 +60,14 @@ def _optimizer(plan: dict[str, Any]) -> list[Candidate]:
         out.append(("optimizer_8bit", {"optimizer.name": optimizer + "8bit"},
                     f"use the 8-bit {optimizer} optimizer (bitsandbytes; 8-bit optimizer state)"))
     if optimizer in ("adamw", "adamw8bit", "prodigy"):
-        out.append(("optimizer_factored", {"optimizer.name": "adafactor"},
-                    "use Adafactor (factored second moments: almost no optimizer state)"))
+        changes: dict[str, Any] = {"optimizer.name": "adafactor"}
+        text = "use Adafactor (factored second moments: almost no optimizer state)"
+        if (method.get("kind") == "finetune" and not method.get("fused_backward")
+                and int(get_path(plan, "training.accumulate")) == 1 and launch_shape(plan)[0] == 1):
+            changes["method.fused_backward"] = True  # a fine-tune's gradients go too
+            text = ("use Adafactor with the fused backward pass (almost no optimizer state; each weight "
+                    "steps as its gradient is ready, so the gradients never all exist)")
+        out.append(("optimizer_factored", changes, text))
     return out
 
 
@@ -88,13 +96,14 @@ def _batch(plan: dict[str, Any]) -> list[Candidate]:
 
 
 def candidates(plan: dict[str, Any], profile: Profile) -> list[Candidate]:
-    """Every memory lever the plan has not used, cheapest first: caching, the VAE's encode, gradient
-    checkpointing, optimizer state, precision, then a smaller batch with more accumulation."""
-    out = _caching(plan)
+    """Every memory lever the plan has not used, cheapest first: caching, the VAE's encode, offloading
+    the encoders, gradient checkpointing, optimizer state, precision, a smaller batch with more
+    accumulation, then float8 base weights (the one that changes the frozen model's numbers)."""
+    out = _caching(plan) + lowvram.offload_levers(plan, profile.device)
     if not get_path(plan, "training.gradient_checkpointing"):
         out.append(("gradient_checkpointing", {"training.gradient_checkpointing": True},
                     "turn on gradient checkpointing (about 20-30% slower steps)"))
-    return out + _optimizer(plan) + _precision(plan, profile) + _batch(plan)
+    return out + _optimizer(plan) + _precision(plan, profile) + _batch(plan) + lowvram.fp8_levers(plan)
 
 
 def levers(plan: dict[str, Any], profile: Profile) -> list[dict[str, Any]]:
@@ -115,26 +124,45 @@ def levers(plan: dict[str, Any], profile: Profile) -> list[dict[str, Any]]:
 
 
 def enough(
-    plan: dict[str, Any], profile: Profile, allowed: set[str]
+    plan: dict[str, Any], profile: Profile, allowed: set[str] | None, blocked: frozenset[str] = frozenset()
 ) -> tuple[list[tuple[dict[str, Any], int]], int]:
     """The levers named in `allowed` that, applied together cheapest first, make the plan fit, the way
     `fit auto` would apply them: ([(lever, what it saves on top of the ones before it)], the peak with them
     all). A setting is moved by one lever only (8-bit AdamW, then not Adafactor too); a lever may apply
-    again with new values (batch 8, 4, then 2). The list is empty when even all of them do not fit."""
+    again with new values (batch 8, 4, then 2). The list is empty when even all of them do not fit.
+    `allowed` None: every lever that moves none of the `blocked` plan paths (a lever that saves nothing
+    now may save once others are applied: checkpointing after a fine-tune's optimizer state shrinks)."""
     current, peak = plan, estimate(plan, profile)["vram_bytes"]
     chosen: list[tuple[dict[str, Any], int]] = []
     owner: dict[str, str] = {}
     while True:
-        for lever in levers(current, profile):
-            if lever["name"] in allowed and all(owner.get(p, lever["name"]) == lever["name"]
-                                                for p in lever["changes"]):
-                break
-        else:
+        options = [lever for lever in levers(current, profile) if _allowed(lever, allowed, blocked)]
+        relaxed = {p: n for p, n in owner.items() if n not in ALTERNATIVES}
+        lever = _free(options, owner) or _free(options, relaxed)
+        if lever is None:
             return [], peak
         current = applied(current, lever["changes"])
         owner.update(dict.fromkeys(lever["changes"], lever["name"]))
         result = estimate(current, profile)
-        chosen.append((lever, peak - result["vram_bytes"]))
+        saves = peak - result["vram_bytes"]
+        if lever["name"] in ALTERNATIVES:  # an alternative replaces the one chosen before: one entry for both
+            saves += sum(s for c, s in chosen if c["name"] in ALTERNATIVES)
+            chosen = [(c, s) for c, s in chosen if c["name"] not in ALTERNATIVES]
+        chosen.append((lever, saves))
         peak = result["vram_bytes"]
         if result["fits"]:
             return chosen, peak
+
+
+def _free(options: list[dict[str, Any]], owner: dict[str, str]) -> dict[str, Any] | None:
+    """The first lever none of whose settings another lever in `owner` moved."""
+    for lever in options:
+        if all(owner.get(p, lever["name"]) == lever["name"] for p in lever["changes"]):
+            return lever
+    return None
+
+
+def _allowed(lever: dict[str, Any], allowed: set[str] | None, blocked: frozenset[str]) -> bool:
+    if allowed is not None:
+        return lever["name"] in allowed
+    return not blocked & set(lever["changes"])

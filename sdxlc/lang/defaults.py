@@ -16,6 +16,9 @@ DEFAULTS: dict[str, Any] = {
     "lora.rank": 8,
     "lora.targets": ["unet"],
     "lora.dropout": 0.0,
+    "lllite.cond_dim": 32,  # kohya has no defaults; its docs/train_lllite_README.md example
+    "lllite.mlp_dim": 64,
+    "lllite.dropout": 0.0,
     "cache.text_encoder": False,
     "cache.latents": False,
     "cache.to_disk": False,

@@ -118,6 +118,10 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0531": ("error", "regularization images without training images"),
     "SDX0532": ("error", "every training dataset has loss weight 0"),
     "SDX0533": ("error", "a derived count beyond its limit"),
+    "SDX0536": ("warning", "training images without a mask (they train unmasked)"),
+    "SDX0537": ("warning", "`mask alpha` on images without an alpha channel"),
+    "SDX0538": ("warning", "a mask whose shape differs from its image's"),
+    "SDX0539": ("error", "the folder of `mask` or `control` is missing or inside the dataset folder"),
     "SDX0540": ("error", "unknown optimizer argument"),
     "SDX0541": ("error", "optimizer argument of the wrong type"),
     "SDX0542": ("error", "optimizer needs CUDA"),
@@ -141,12 +145,29 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0577": ("error", "full bf16 without bf16 mixed precision"),
     "SDX0578": ("error", "a diffusers save without a full fine-tune"),
     "SDX0579": ("warning", "a setting the training method does not use"),
+    "SDX0580": ("error", "ControlNet-LLLite without control images"),
+    "SDX0581": ("warning", "control images that the training method does not use"),
+    "SDX0582": ("error", "sample control images that do not match the prompts"),
+    "SDX0583": ("error", "a sample control image that cannot be read"),
+    "SDX0584": ("warning", "`block_lr` with ControlNet-LLLite"),
+    "SDX0585": ("error", "DoRA with a LoHa or LoKr adapter"),
+    "SDX0586": ("error", "dropout with a LoHa or LoKr adapter"),
+    "SDX0587": ("error", "a LoKr factor of 0"),
     "SDX0590": ("warning", "a cadence longer than the run"),
     "SDX0591": ("warning", "Adafactor with a schedule other than constant_with_warmup"),
+    "SDX0592": ("error", "a validation split that leaves no training image"),
+    "SDX0593": ("error", "`validate` without validation images"),
+    "SDX0594": ("warning", "an EMA that never updates"),
+    "SDX0595": ("error", "`ema` or `validate` with FSDP"),
     # SDX06xx hardware and estimate
     "SDX0601": ("warning", "`profile auto` found no GPU"),
     "SDX0602": ("error", "unknown hardware profile"),
     "SDX0610": ("error", "the run does not fit the hardware profile"),
+    "SDX0611": ("error", "`base fp8` with a fine-tune"),
+    "SDX0612": ("error", "`offload text encoders` while the text encoders train"),
+    "SDX0613": ("warning", "an offload word on the CPU profile"),
+    "SDX0614": ("error", "`base fp8` with FSDP"),
+    "SDX0615": ("error", "`base fp8` with DoRA"),
 }
 
 
@@ -167,7 +188,7 @@ def make(
 
 # Characters a terminal would act on or hide: controls, surrogates, format characters, line separators.
 _INVISIBLE = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
-_LONG_QUOTE = re.compile(r"`([^`]{81,})`")
+_QUOTE = re.compile(r"`([^`]*)`")  # quotes pair left to right: the text between two is not one
 
 
 def invisible(char: str) -> bool:
@@ -203,7 +224,8 @@ def _tidy(text: str) -> str:
     text = printable(text) if not text.isprintable() else text
     if len(text) <= 80:
         return text
-    return _LONG_QUOTE.sub(lambda m: f"`{shown(m.group(1))}` ({len(m.group(1))} characters)", text)
+    return _QUOTE.sub(lambda m: m.group(0) if len(m.group(1)) <= 80
+                      else f"`{shown(m.group(1))}` ({len(m.group(1))} characters)", text)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

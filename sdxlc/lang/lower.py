@@ -91,7 +91,7 @@ class _FileLowering:
             return
         entry, size = found
         self._order(entry, head)
-        context = entry.words if entry.context == vocab.STATEMENT else vocab.ANY
+        context = vocab.clause_context(entry.words) if entry.context == vocab.STATEMENT else vocab.ANY
         index = self.data_items
         if entry.words == "data":
             self.data_items += 1
@@ -211,6 +211,8 @@ def _apply_flag(low: _FileLowering, c: _Clause) -> None:
 
 def _apply_section(low: _FileLowering, c: _Clause) -> None:
     low.layer.sections.setdefault(c.paths[0], c.span)
+    for path, value in c.entry.const or ():  # what the statement implies: `loha` sets `lora.adapter`
+        low.put(path, value, c.span)
 
 
 def _apply_range(low: _FileLowering, c: _Clause) -> None:

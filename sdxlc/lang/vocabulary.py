@@ -55,6 +55,13 @@ def is_statement_keyword(word: str) -> bool:
     return any(entry.context == STATEMENT and entry.words.split()[0] == word for entry in VOCABULARY)
 
 
+def clause_context(keyword: str) -> str:
+    """The context of a statement's clauses: a section statement's section (`loha` takes the clauses of
+    `lora`), else the keyword itself."""
+    entry = _index().get((STATEMENT, keyword))
+    return entry.paths[0] if entry is not None and entry.arg == "section" else keyword
+
+
 # --- the recipe schema, walked by dotted path ---------------------------------------------------
 
 

@@ -4,7 +4,9 @@ sets, how its argument is read, and a line of reference text. `sdxlc/lang/vocabu
 Contexts: a `statement` entry starts a line; an `any` entry is a clause that may sit on any statement
 line (or stand alone); any other context is the keyword of the statement the clause belongs to. An
 entry whose words are empty is a positional argument of its context (`lr 1e-4 lion`: `lion`).
-Paths with `*` are inside the `data` item of the current statement.
+Paths with `*` are inside the `data` item of the current statement. A `section` statement's clauses
+are those of its section (its path: `loha` takes the clauses of `lora`), and its `const` holds the
+(path, value) settings the statement implies (`loha` sets `lora.adapter`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ VOCABULARY: tuple[Entry, ...] = (
     ),
     Entry("resolution", S, "resolution.size", "value", "Training resolution: buckets keep about size² px."),
     Entry("lora", S, "lora", "section", "Train a LoRA; its clauses give rank, alpha, targets and dropout."),
+    Entry("loha", S, "lora lora.adapter", "section",
+          "Train a LoHa (LyCORIS Hadamard-product LoRA): the clauses of `lora` (docs/METHODS.md).",
+          (("lora.adapter", "loha"),)),
+    Entry("lokr", S, "lora lora.adapter", "section",
+          "Train a LoKr (LyCORIS Kronecker-product LoRA): the clauses of `lora`, and `factor`.",
+          (("lora.adapter", "lokr"),)),
     Entry("lr", S, "optimizer.lr", "value", "Learning rate; may be followed by the optimizer name."),
     Entry(
         "optimizer", S, "optimizer.name", "value",
@@ -86,6 +94,12 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("loss", S, "loss.type", "value", "Loss: `l2` (squared error) or `huber` (pseudo-Huber)."),
     Entry("save", S, "save", "section", "Intermediate saves: `save every 500 steps keep 3 fp16`."),
     Entry("sample", S, "sample", "section", "Sample images during training, with prompts in quotes."),
+    Entry("ema", S, "ema.decay", "value",
+          "Keep an EMA of the trained weights, saved as `<name>-ema.safetensors`: `ema 0.9999 every 2 steps "
+          "from step 100` (docs/TRAINING.md \"EMA\")."),
+    Entry("validate", S, "validate", "section",
+          'Validation loss on held-out images: `validate every 100 steps split 10%` or '
+          '`validate "data/val" every 100 steps` (docs/TRAINING.md "Validation loss").'),
     Entry("output", S, "output.dir", "value", "Output folder, relative to the recipe."),
     Entry("name", S, "output.name", "value", "Base name of the trained artifact."),
     Entry("log", S, "log", "section", 'Logging: `log every 10`, `log wandb "my-project"`.'),
@@ -104,6 +118,9 @@ VOCABULARY: tuple[Entry, ...] = (
           "Train every weight of the UNet and/or text encoders: `finetune unet+te1+te2` (docs/METHODS.md)."),
     Entry("embedding", S, "embedding.token", "value",
           'Textual inversion of a new token: `embedding "<tok>" init "word" vectors 4` (docs/METHODS.md).'),
+    Entry("lllite", S, "lllite", "section",
+          "Train a ControlNet-LLLite network on the frozen UNet: `lllite cond_dim 32 mlp_dim 64`; every data "
+          "line needs `control` (docs/METHODS.md)."),
     # clauses for any statement
     _flag("bf16", A, "precision.mixed", "bf16", "Mixed precision in bfloat16."),
     _flag("fp16", A, "precision.mixed", "fp16", "Mixed precision in float16."),
@@ -112,6 +129,12 @@ VOCABULARY: tuple[Entry, ...] = (
     _flag("vae_fp32", A, "precision.vae_fp32", True, "Same as `vae fp32`."),
     _flag("vae sliced", A, "precision.vae_slicing", True,
           "Encode a batch one image at a time with the VAE: the same latents, a smaller peak."),
+    _flag("base fp8", A, "precision.base_fp8", True,
+          "Frozen UNet and text-encoder weights in float8, upcast per layer (LoRA, LLLite, embedding)."),
+    _flag("offload text encoders", A, "precision.offload_text_encoders", True,
+          "Text encoders on the CPU between batches, on the GPU only to encode (none on the CPU profile)."),
+    _flag("offload vae", A, "precision.offload_vae", True,
+          "VAE on the CPU between batches, on the GPU only to encode (no effect on the CPU profile)."),
     _flag("cache te", A, "cache.text_encoder", True, "Encode captions once and free the text encoders."),
     _flag("cache latents", A, "cache.latents", True, "Encode images once and free the VAE."),
     _flag("to disk", A, "cache.to_disk", True, "Keep caches on disk between runs."),
@@ -156,6 +179,12 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("suffix", "data", "data.*.suffix", "value", "Text put after every caption."),
     Entry("default caption", "data", "data.*.default_caption", "value", "Caption of images without one."),
     Entry("on bad image", "data", "data.*.bad_image", "value", "Bad input files: `skip` or `fail`."),
+    Entry("mask", "data", "data.*.mask", "value",
+          'Masked loss: `mask "folder"` (same-stem images: white trains, black is ignored) or `mask alpha` '
+          "(each image's own alpha channel)."),
+    Entry("control", "data", "data.*.control", "value",
+          'Control images (ControlNet-LLLite): `control "folder"`, one same-stem image per training image, '
+          "cut and flipped like it."),
     # resolution
     _flag("buckets", "resolution", "resolution.buckets", True, "Aspect-ratio bucketing on."),
     Entry("", "resolution", "resolution.min resolution.max", "range", "Smallest and largest bucket side."),
@@ -169,11 +198,16 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("on", "lora", "lora.targets", "value", "Models that get LoRA layers: `unet`, `unet+te1+te2`."),
     Entry("dropout", "lora", "lora.dropout", "value", "Dropout on the LoRA path."),
     Entry("modules", "lora", "lora.modules", "value",
-          "Layers that get LoRA: `attention`, `attention+ff`, `attention+ff+conv` (docs/METHODS.md)."),
+          "Layers that get LoRA: groups `attention`, `ff`, `proj`, `conv`, `emb` joined with `+`, or `kohya` "
+          "(kohya's default: attention+ff+proj) (docs/METHODS.md)."),
     Entry("te1 lr", "lora", "lora.lr_te1", "value", "Learning rate of the LoRA on text encoder 1 (CLIP-L)."),
     Entry("te2 lr", "lora", "lora.lr_te2", "value", "Learning rate of the LoRA on text encoder 2 (bigG)."),
     Entry("from", "lora", "lora.from", "value",
           "Continue from a kohya LoRA file; its rank, alpha, models and layers are read from the file."),
+    Entry("factor", "lora", "lora.factor", "value",
+          "LoKr's Kronecker factor (LyCORIS `factor`): -1 picks the most balanced split of each layer."),
+    _flag("dora", "lora", "lora.dora", True,
+          "DoRA: also train each output row's magnitude (weight-decomposed LoRA, LyCORIS `dora_wd`)."),
     # finetune
     Entry("", "finetune", "finetune.targets", "value", "Models trained whole: `unet`, `unet+te1+te2`."),
     Entry("te1 lr", "finetune", "finetune.lr_te1", "value", "Learning rate of text encoder 1 (CLIP-L)."),
@@ -187,6 +221,12 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("vectors", "embedding", "embedding.vectors", "value", "Vectors per token."),
     Entry("template", "embedding", "embedding.template", "value",
           "Captions from kohya's `object` or `style` templates with the token, not from the caption files."),
+    # lllite
+    Entry("cond_dim", "lllite", "lllite.cond_dim", "value",
+          "Channels of the control image's embedding (kohya's `cond_emb_dim`; even)."),
+    Entry("mlp_dim", "lllite", "lllite.mlp_dim", "value",
+          "Width of each LLLite module's down/mid layers (kohya's `network_dim`)."),
+    Entry("dropout", "lllite", "lllite.dropout", "value", "Dropout after each LLLite module's mid layer."),
     # optimizer
     Entry("", "lr", "optimizer.name", "value", "The optimizer, named after the learning rate."),
     Entry("lr", "optimizer", "optimizer.lr", "value", "Learning rate."),
@@ -229,6 +269,21 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("seed", "sample", "sample.seed", "value", "Sample seed."),
     _flag("before", "sample", "sample.before", True,
           "Also sample the base model before the first step, and write a before/after grid."),
+    Entry("control", "sample", "sample.controls", "strings",
+          'Control images of the prompts for an LLLite run, one per prompt in order (or one for all): '
+          '`sample "a cat" control "edges/cat.png"`.'),
+    # ema
+    Entry("every", "ema", "ema.every ema.unit", "cadence", "EMA update cadence: `every 2 steps`."),
+    Entry("from step", "ema", "ema.from_step", "value",
+          "Step from which the EMA averages; until then it is set to the weights: `from step 100`."),
+    # validate
+    Entry("", "validate", "validate.folder", "value",
+          "A folder of validation images with captions (indexed like a `data` folder), not trained on."),
+    Entry("every", "validate", "validate.every validate.unit", "cadence",
+          "Validation cadence: `every 100 steps` (the end of the run always validates)."),
+    Entry("split", "validate", "validate.split_images validate.split_percent", "steps_or_percent",
+          "Hold out a share (`split 10%`) or a count (`split 4`) of the training images for validation."),
+    Entry("seed", "validate", "validate.seed", "value", "Seed of the split and the validation noise."),
     # log
     Entry("every", "log", "log.every", "value", "Log a line every N steps."),
     _flag("tensorboard", "log", "log.tensorboard", True,

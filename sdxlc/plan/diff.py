@@ -64,6 +64,8 @@ KINDS: dict[str, Kind] = {
     "method.save_diffusers": "cosmetic",
     "method.unsaved_blocks": "logging",
     "precision": "numerics",
+    "precision.offload_text_encoders": "estimate",  # where the encoders wait between batches
+    "precision.offload_vae": "estimate",
     "data": "cache-invalidating",
     "data.datasets.*.repeat": "schedule",
     "data.datasets.*.samples": "schedule",  # repeats (and the regularization balance) count samples
@@ -81,8 +83,10 @@ KINDS: dict[str, Kind] = {
     "training.epochs": "schedule",
     "training.steps_per_epoch": "schedule",
     "training.batches_per_epoch": "schedule",
+    "training.ema": "logging",  # an average saved beside the weights: training is the same
     "save": "logging",
     "sample": "logging",
+    "validate": "logging",  # measured, never trained on (a split's held-out images change `data`)
     "log": "logging",
     "launch": "numerics",
     "launch.main_process_port": "cosmetic",

@@ -47,6 +47,12 @@ class ManifestImage:
     count: int  # samples per epoch: repeats, regularization balanced to the training samples
     bucket: Bucket
     crop: Crop
+    # companions (sdxlc/resolve/companions.py), written only when set: the mask file, "alpha" (the image's
+    # own alpha channel) or ""; the control image or ""; the sha256 of each file's bytes
+    mask: str = ""
+    mask_sha256: str = ""
+    control: str = ""
+    control_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,7 +60,12 @@ class ManifestImage:
             "height": self.height, "dataset": self.dataset, "caption": self.caption,
             "caption_source": self.caption_source, "count": self.count, "bucket": list(self.bucket),
             "crop": [self.crop.scaled_w, self.crop.scaled_h, self.crop.top, self.crop.left],
+            **{key: value for key, value in self.companions().items() if value},
         }
+
+    def companions(self) -> dict[str, str]:
+        return {"mask": self.mask, "mask_sha256": self.mask_sha256, "control": self.control,
+                "control_sha256": self.control_sha256}
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ManifestImage:
@@ -63,6 +74,7 @@ class ManifestImage:
             str(entry["path"]), str(entry["sha256"]), int(entry["size"]), int(entry["width"]),
             int(entry["height"]), int(entry["dataset"]), str(entry["caption"]), str(entry["caption_source"]),
             int(entry["count"]), (int(w), int(h)), Crop(*(int(v) for v in entry["crop"])),
+            *(str(entry.get(key, "")) for key in ("mask", "mask_sha256", "control", "control_sha256")),
         )
 
 
@@ -104,11 +116,18 @@ class Manifest:
 def _entry_text(image: ManifestImage) -> str:
     """`json.dumps(image.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)`."""
     crop = image.crop  # every number below is an int (bool is never one of them)
+    control = _optional(image, "control", "control_sha256")
+    mask = _optional(image, "mask", "mask_sha256")
     return (f'{{"bucket":[{image.bucket[0]},{image.bucket[1]}],"caption":{_string(image.caption)},'
-            f'"caption_source":{_string(image.caption_source)},"count":{image.count},'
+            f'"caption_source":{_string(image.caption_source)},{control}"count":{image.count},'
             f'"crop":[{crop.scaled_w},{crop.scaled_h},{crop.top},{crop.left}],'
-            f'"dataset":{image.dataset},"height":{image.height},"path":{_string(image.path)},'
+            f'"dataset":{image.dataset},"height":{image.height},{mask}"path":{_string(image.path)},'
             f'"sha256":{_string(image.sha256)},"size":{image.size},"width":{image.width}}}')
+
+
+def _optional(image: ManifestImage, *keys: str) -> str:
+    """The set ones of the companion keys, each followed by a comma (their place in sorted key order)."""
+    return "".join(f'"{key}":{_string(getattr(image, key))},' for key in keys if getattr(image, key))
 
 
 def parse(text: str) -> Manifest:

@@ -28,7 +28,9 @@ from sdxlc.plan.manifest import Manifest
 from sdxlc.resolve.data import resolve_data
 from sdxlc.resolve.index import Index
 from sdxlc.resolve.launch import resolve_launch
+from sdxlc.resolve.lllite import sample_controls
 from sdxlc.resolve.loader import resolve_loader
+from sdxlc.resolve.lowvram import lowvram_fields
 from sdxlc.resolve.method import resolve_method
 from sdxlc.resolve.model_source import (
     PICKLE_SUFFIXES,
@@ -44,6 +46,7 @@ from sdxlc.resolve.model_source import (
 from sdxlc.resolve.optimizers import accepted_args, normalise_arg, optimizer_table
 from sdxlc.resolve.profiles import Profile, ProfileError, load_profile, probe_auto
 from sdxlc.resolve.trackers import resolve_trackers
+from sdxlc.resolve.validation import resolve_ema, resolve_validate
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -101,6 +104,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     model["files"] = b.derived("model.files", _model_files(model, data.section["cache"]["dir"]))
     b.provenance.update(data.provenance)
     training = _training(b, data.section, diags, profile.device)
+    training["ema"] = resolve_ema(b, training)  # sdxlc/resolve/validation.py
     precision, optimizer = _precision(b, profile), _optimizer(b)
     launch = resolve_launch(b, training, precision, optimizer, profile)  # steps per rank for N processes
     warnings = list(data.warnings)
@@ -118,7 +122,9 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "schedule": _schedule(b, training["total_steps"], optimizer, diags),
         "training": training,
         "save": _save(b, training["steps_per_epoch"], recipe_dir),
-        "sample": _sample(b, data.section["resolution"], training["seed"], training["steps_per_epoch"]),
+        "sample": {**_sample(b, data.section["resolution"], training["seed"], training["steps_per_epoch"]),
+                   "controls": sample_controls(b, recipe_dir, diags)},
+        "validate": resolve_validate(b, data.validation, training, training["ema"] is not None),
         "output": _output(b, recipe, recipe_dir),
         "log": {"every_steps": b.take("log.every", "log.every_steps"),
                 "tensorboard": b.take("log.tensorboard", "log.tensorboard"),
@@ -257,6 +263,7 @@ def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
         "mixed": mixed,
         "vae_fp32": b.take("precision.vae_fp32", "precision.vae_fp32", mixed == "fp16"),
         "vae_slicing": b.take("precision.vae_slicing", "precision.vae_slicing", False),
+        **lowvram_fields(b, profile),
     }
 
 

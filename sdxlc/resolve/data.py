@@ -15,9 +15,11 @@ from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.plan import buckets as bk
 from sdxlc.plan.manifest import Manifest, ManifestImage
+from sdxlc.resolve import companions
 from sdxlc.resolve.balance import Balance, epoch_counts
 from sdxlc.resolve.datasets import DATASET_DEFAULTS, ImageItem, Problem, ScanResult, is_manifest, scan_dataset
 from sdxlc.resolve.index import Index
+from sdxlc.resolve.validation import Held, hold_out
 
 LISTED = 20  # bad inputs named one by one in a warning or an error; the rest are counted
 CACHE_DIR = ".sdxlc-cache"
@@ -32,6 +34,7 @@ class DataResolution:
     warnings: list[str] = field(default_factory=list)
     bucket_sizes: list[int] = field(default_factory=list)
     manifest: Manifest = field(default_factory=lambda: Manifest(()))
+    validation: Held | None = None  # the validation images (`validate`), held out before the balance
 
 
 def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResolution:
@@ -75,6 +78,8 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     top = hi if enabled else size
     placement = _memo(partial(bk.place, buckets=bucket_list, no_upscale=bool(no_upscale), resolution=size,
                               step=step, max_side=top))
+    items, res.validation = hold_out(layers, recipe_dir, index, datasets, items, placement)
+    res.diagnostics.extend(res.validation.diagnostics if res.validation else [])
     balance = epoch_counts(items, datasets)
     res.warnings.extend(_balance(layers, datasets, items, balance, res))
     table = _bucket_table(items, balance.counts, placement, batch_size)
@@ -97,10 +102,12 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
         },
         "cache": cache,
         "images": len(items),
+        "held_out": res.validation.held_out if res.validation else 0,
         "samples_per_epoch": samples,
         "manifest": res.manifest.summary(),
     }
     res.provenance["data.manifest"] = {"source": "derived", "at": None}
+    res.provenance["data.held_out"] = {"source": "derived", "at": None}
     return res
 
 
@@ -116,7 +123,8 @@ def manifest(items: list[ImageItem], counts: list[int], placement: Placement) ->
             placed = crops[shape] = (bucket, bk.cover_crop(*shape, bucket))
         entries.append(ManifestImage(
             item.path, item.sha256, item.size, item.width, item.height, item.dataset, item.caption,
-            item.caption_source, count, *placed,
+            item.caption_source, count, *placed, item.mask, item.mask_sha256, item.control,
+            item.control_sha256,
         ))
     return Manifest(tuple(entries))
 
@@ -155,6 +163,7 @@ def _plan_shapes(plan: dict[str, Any]) -> list[tuple[int, int]]:
     shapes = []
     for number, dataset in enumerate(plan["data"]["datasets"]):
         scan = scan_dataset(Path(dataset["path"]), dataset["caption_ext"], number, index=index)
+        companions.pair(scan, dataset["path"], dataset.get("mask"), dataset.get("control"), index)
         shapes += [(item.width, item.height) for item in scan.items]
     return shapes
 
@@ -210,15 +219,33 @@ def _datasets(
                     help=f"looked for {source} (a folder, or a .jsonl/.csv manifest)",
                 )
             )
-            resolved.update(images=0, samples=0)
+            resolved.update(images=0, samples=0, mask=None, control=None, masks_missing=0, control_pairs=0,
+                            control_missing=0)
             datasets.append(resolved)
             continue
         scan = scan_dataset(source, resolved["caption_ext"], number, index=index)
+        _companions(layers, number, base, resolved, scan, index, res)
         _report(entry["path"], resolved, scan, span, res)
         resolved["images"] = len(scan.items)
         datasets.append(resolved)
         items.extend(scan.items)
     return datasets, items, res
+
+
+def _companions(layers: Layers, number: int, base: Path, resolved: dict[str, Any], scan: ScanResult,
+                index: Index, res: DataResolution) -> None:
+    """The dataset's masks and control images (sdxlc/resolve/companions.py): paired in place, counted."""
+    for key in ("mask", "control"):
+        folder = layers.base_dir(f"data.{number}.{key}", base)
+        resolved[key] = companions.folder_setting(resolved[key], folder, alpha=key == "mask")
+    pairing = companions.pair(scan, resolved["path"], resolved["mask"], resolved["control"], index)
+    resolved.update(pairing.counts())
+    for key in ("masks_missing", "control_pairs", "control_missing"):
+        res.provenance[f"data.datasets.{number}.{key}"] = {"source": "derived", "at": None}
+    spans = {key: layers.span(f"data.{number}.{key}") or layers.span(f"data.{number}.path")
+             for key in ("mask", "control")}
+    res.diagnostics.extend(companions.diagnostics(pairing, layers.doc["data"][number]["path"],
+                                                  resolved["mask"], spans))
 
 
 def _report(

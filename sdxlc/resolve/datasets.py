@@ -51,6 +51,8 @@ DATASET_DEFAULTS: dict[str, Any] = {
     "regularization": False,
     "loss_weight": 1.0,
     "bad_image": "skip",
+    "mask": None,  # "alpha" or a folder of same-stem masks (sdxlc/resolve/companions.py)
+    "control": None,  # a folder of same-stem control images
 }
 
 
@@ -68,6 +70,10 @@ class ImageItem(NamedTuple):
     sha256: str = ""  # of the file's bytes, as indexed
     size: int = 0  # bytes
     caption_source: str = "default"  # the caption file, "manifest", or "default" when there is none
+    mask: str = ""  # its mask file, "alpha" (its own alpha channel), or "" (sdxlc/resolve/companions.py)
+    mask_sha256: str = ""  # of the mask file's bytes
+    control: str = ""  # its control image, or ""
+    control_sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -20,26 +20,36 @@ from typing import Any
 
 from sdxlc.lang.defaults import UNET_LORA_MODULES
 from sdxlc.lang.diagnostics import Diagnostic, make
+from sdxlc.resolve import lycoris_file
+from sdxlc.resolve.adapter import resolve_adapter
 from sdxlc.resolve.launch import Builder
+from sdxlc.resolve.lllite import resolve_lllite
+from sdxlc.resolve.lora_groups import KINDS, collapse, expand, same_kinds
 
-METHODS = ("lora", "finetune", "embedding")
+METHODS = ("lora", "finetune", "embedding", "lllite")
 
 # Layer kinds → module names (suffixes) that get LoRA layers, per model.
 UNET_MODULES: dict[str, list[str]] = {
     "attention": list(UNET_LORA_MODULES),
     "ff": ["ff.net.0.proj", "ff.net.2"],
+    "proj": ["proj_in", "proj_out"],
     "conv": ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"],
+    "emb": ["time_emb_proj"],
 }
 TE_MODULES: dict[str, list[str]] = {
     "attention": ["q_proj", "k_proj", "v_proj", "out_proj"],
     "ff": ["fc1", "fc2"],
+    "proj": [],
     "conv": [],
+    "emb": [],
 }
 # kohya key endings (module paths with `_`) → layer kind
 _KIND_OF_KEY = (
     (re.compile(r"_(to_q|to_k|to_v|to_out_0|q_proj|k_proj|v_proj|out_proj)$"), "attention"),
     (re.compile(r"_(ff_net_0_proj|ff_net_2|mlp_fc1|mlp_fc2)$"), "ff"),
     (re.compile(r"_(in_layers_2|out_layers_3|skip_connection|\d+_0_op|\d+_\d+_conv)$"), "conv"),
+    (re.compile(r"_\d+_(proj_in|proj_out)$"), "proj"),
+    (re.compile(r"_\d+_emb_layers_1$"), "emb"),
 )
 _PREFIXES = {"lora_unet_": "unet", "lora_te1_": "te1", "lora_te2_": "te2"}
 _FLOAT = {"F32": ("<f", 4), "F64": ("<d", 8), "F16": ("<e", 2)}
@@ -59,6 +69,9 @@ class LoraFile:
     targets: list[str]
     modules: list[str]
     unknown: list[str] = field(default_factory=list)  # module keys of no layer kind sdxlc trains
+    adapter: str = "lora"  # `loha` / `lokr` for a LyCORIS file (sdxlc/resolve/lycoris_file.py)
+    dora: bool = False
+    factor: int | None = None
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -99,11 +112,16 @@ def read_lora_file(path: Path) -> LoraFile:
     """Rank, alpha, trained models and layer kinds of a kohya-format LoRA file."""
     header, start = read_safetensors_header(path)
     tensors = {key: value for key, value in header.items() if key != "__metadata__"}
-    downs = {key.removesuffix(".lora_down.weight"): value for key, value in tensors.items()
-             if key.endswith(".lora_down.weight")}
+    metadata = header.get("__metadata__", {}) if isinstance(header.get("__metadata__"), dict) else {}
+    found = lycoris_file.read_adapter(tensors, metadata)
+    downs = found.ranks
     if not downs:
-        raise LoraFileError(f"{path} holds no kohya LoRA weights (`*.lora_down.weight` keys)")
-    ranks = {int(value["shape"][0]) for value in downs.values()}
+        raise LoraFileError(f"{path} holds no kohya LoRA weights (`*.lora_down.weight` keys, or LyCORIS "
+                            "`*.hada_w1_a` / `*.lokr_w1` keys)")
+    ranks = {rank for rank in downs.values() if rank is not None} or (
+        {shown} if (shown := lycoris_file.metadata_rank(metadata)) else set())
+    if not ranks:
+        raise LoraFileError(f"{path}: its full LoKr layers show no rank, and it has no `ss_network_dim`")
     if len(ranks) != 1:
         raise LoraFileError(f"{path} has layers of different ranks {sorted(ranks)}; sdxlc trains one rank")
     rank = ranks.pop()
@@ -124,8 +142,11 @@ def read_lora_file(path: Path) -> LoraFile:
         rank=rank,
         alpha=alpha,
         targets=[t for t in ("unet", "te1", "te2") if t in targets],
-        modules=[k for k in ("attention", "ff", "conv") if k in kinds],
+        modules=collapse(k for k in KINDS if k in kinds),
         unknown=sorted(unknown),
+        adapter=found.kind,
+        dora=found.dora,
+        factor=found.factor,
     )
 
 
@@ -146,6 +167,8 @@ def resolve_method(b: Builder, recipe_dir: Path, lr: float, diags: list[Diagnost
         return _finetune(b, lr)
     if kind == "embedding":
         return _embedding(b)
+    if kind == "lllite":
+        return resolve_lllite(b)
     return _lora(b, recipe_dir, lr, diags)
 
 
@@ -190,8 +213,8 @@ def _lora(b: Builder, recipe_dir: Path, lr: float, diags: list[Diagnostic]) -> d
         alpha = b.take("lora.alpha", "method.alpha", rank)
         targets = b.take("lora.targets", "method.targets")
         modules = b.take("lora.modules", "method.modules", ["attention"])
-    unet = [m for kind in modules for m in UNET_MODULES[kind]] if "unet" in targets else []
-    te = [m for kind in modules for m in TE_MODULES[kind]] if {"te1", "te2"} & set(targets) else []
+    unet = [m for kind in expand(modules) for m in UNET_MODULES[kind]] if "unet" in targets else []
+    te = [m for kind in expand(modules) for m in TE_MODULES[kind]] if {"te1", "te2"} & set(targets) else []
     block_lr = b.take("block_lr", "method.block_lr")
     return {
         "kind": "lora",
@@ -206,6 +229,7 @@ def _lora(b: Builder, recipe_dir: Path, lr: float, diags: list[Diagnostic]) -> d
         "dropout": b.take("lora.dropout", "method.dropout"),
         "init_from": init_from,
         "unsaved_blocks": b.derived("method.unsaved_blocks", unsaved_blocks(block_lr, targets, init_from)),
+        **resolve_adapter(b, found, diags),
     }
 
 
@@ -224,13 +248,14 @@ def _match_file(b: Builder, found: LoraFile, diags: list[Diagnostic]) -> None:
     if found.unknown:
         shown = ", ".join(found.unknown[:3]) + (" …" if len(found.unknown) > 3 else "")
         diags.append(make("SDX0572", f"the LoRA file has {len(found.unknown)} layers sdxlc does not train: "
-                          f"{shown}", span, help="continue from a LoRA of attention, ff and conv layers"))
+                          f"{shown}", span, help="continue from a LoRA of attention, ff, proj, conv and emb "
+                          "layers (`sdxlc explain modules`)"))
     for key, value in (("rank", found.rank), ("alpha", found.alpha), ("targets", found.targets),
                        ("modules", found.modules)):
         if not b.layers.given(f"lora.{key}"):
             continue
         stated, _ = b.layers.get(f"lora.{key}")
-        same = sorted(stated) == sorted(value) if isinstance(value, list) else float(stated) == float(value)
+        same = _same(key, stated, value)
         if not same:
             shown = "+".join(value) if isinstance(value, list) else f"{value:g}"
             diags.append(make(
@@ -240,11 +265,21 @@ def _match_file(b: Builder, found: LoraFile, diags: list[Diagnostic]) -> None:
             ))
 
 
+def _same(key: str, stated: Any, found: Any) -> bool:
+    """A stated value agrees with the file's: `modules kohya` is `attention+ff+proj`."""
+    if key == "modules":
+        return same_kinds(stated, found)
+    return sorted(stated) == sorted(found) if isinstance(found, list) else float(stated) == float(found)
+
+
 def _keep_help(key: str, stated: Any, found: Any) -> str:
     """Drop the value; a lower rank than the file's can also come from resizing the file first."""
     if key == "rank" and float(stated) < float(found):
         return (f"drop the rank (it is read from the file), or resize the file to rank {stated} first: "
                 f"`sdxlc lora resize FILE -o SMALLER.safetensors --rank {stated}`, then continue from that")
+    if key == "rank":
+        return (f"drop the rank (it is read from the file); `sdxlc lora resize` only lowers a LoRA's rank, "
+                f"so a rank above the file's ({found:g}) starts a new LoRA (leave out `from`)")
     return f"drop the {key}: it is read from the file"
 
 

@@ -130,6 +130,16 @@ DETAILS: dict[str, str] = {
     "0 and nothing would train.",
     "SDX0533": "A count the recipe implies is past its limit: epochs × steps per epoch above 10^8 steps, or "
     "an epoch of more than 5,000,000 samples (images × repeats × `N_name` folder repeats).",
+    "SDX0536": "`mask \"folder\"` found no same-stem mask for some images: they train unmasked (an all-white "
+    "mask), as kohya does. The plan counts them (`masks_missing`) and names the first few. See docs/DATA.md "
+    "\"Masked loss\".",
+    "SDX0537": "`mask alpha` reads each image's alpha channel; these images have none and train unmasked. "
+    "Save them as RGBA PNG or WebP with the ignored parts transparent, or give a mask folder.",
+    "SDX0538": "A mask of another aspect than its image is stretched to the image before the image's crop "
+    "and flip, so it may not line up: export masks at their image's size.",
+    "SDX0539": "The folder given to `mask` or `control` does not exist (paths are relative to the recipe; a "
+    "folder named alpha is written `mask \"./alpha\"`), or lies inside the dataset's folder, where its "
+    "images would be scanned as training images: keep it beside the dataset folder.",
     "SDX0540": "`args` names a keyword the optimizer class does not take, or one sdxlc sets itself. The "
     "accepted names, their types and defaults are in schema/optimizers.json (docs/TRAINING.md).",
     "SDX0541": "An `args` value has the wrong type for its optimizer argument: a number where a flag is "
@@ -169,8 +179,10 @@ DETAILS: dict[str, str] = {
     "keep one (docs/METHODS.md).",
     "SDX0571": "`lora from` names a file the compiler reads the header of (rank, alpha, models, layers). "
     "It must exist and be a kohya-format LoRA .safetensors file with `*.lora_down.weight` keys.",
-    "SDX0572": "A LoRA continued from a file keeps the file's rank, alpha, models and layer kinds, so the "
-    "weights fit. Leave those out of the recipe (they are read from the file), or start a new LoRA. "
+    "SDX0572": "A LoRA continued from a file keeps the file's rank, alpha, models and layer groups, so the "
+    "weights fit. Leave those out of the recipe (they are read from the file), or start a new LoRA. A file "
+    "of kohya's default network reads as `modules kohya` (attention+ff+proj), one with kohya's conv_dim as "
+    "`kohya+conv+emb`; layers of no group (time_embed, conv_in, …) cannot be continued. "
     "For a lower rank, resize the file first (`sdxlc lora resize FILE -o SMALLER --rank N`) and continue "
     "from that.",
     "SDX0573": "Textual inversion trains input rows of both text encoders, so their outputs change every "
@@ -187,6 +199,24 @@ DETAILS: dict[str, str] = {
     "model. A LoRA or an embedding is one small file.",
     "SDX0579": "The chosen method ignores this setting: `block_lr` sets the UNet blocks' rates, `te1 lr` "
     "and `te2 lr` the rates of encoders that are trained.",
+    "SDX0580": "A ControlNet-LLLite network learns how a control image (edges, depth, pose) steers the "
+    "frozen UNet, from image/control pairs: every data line needs `control \"folder\"` with a same-stem "
+    "control image per training image (docs/METHODS.md \"ControlNet-LLLite\").",
+    "SDX0581": "Control images are read only by a ControlNet-LLLite run (`lllite`); with another method the "
+    "`control` folders of the data lines and the sample line's control images are not used.",
+    "SDX0582": "`sample \"p1\" \"p2\" control \"c1.png\" \"c2.png\"` pairs the control images with the "
+    "prompts in order; one control image serves every prompt. Another count cannot be paired.",
+    "SDX0583": "A sample prompt's control image is an input of the plan (hashed like the model's files): it "
+    "must be a readable file, relative to the recipe.",
+    "SDX0584": "The LLLite network is one optimizer group at the optimizer's learning rate (as kohya trains "
+    "it); `block_lr` sets the rates of UNet blocks, which LLLite does not train.",
+    "SDX0585": "peft trains DoRA (a magnitude per output row on top of the direction a LoRA adapts) for "
+    "LoRA layers only; its LoHa and LoKr layers have no magnitude. Train `lora … dora`, or drop `dora`.",
+    "SDX0586": "LoHa and LoKr layers (peft's, as LyCORIS') have no dropout on their input, so `dropout` "
+    "would be ignored; only a `lora` has it.",
+    "SDX0587": "LoKr splits each width n into a × b with a the factor: 0 is no split. -1 (the default) picks "
+    "the most balanced split of each layer; a factor that does not divide a width is taken as an upper "
+    "bound for that layer's split, as LyCORIS does.",
     "SDX0590": "A `save every`, `sample every` or `log every` cadence longer than the whole run never "
     "fires: the run writes only its final save, renders only its final samples, logs only its last step. "
     "A cadence in epochs counts the run's steps per epoch. Give a shorter cadence to get intermediate ones.",
@@ -194,10 +224,31 @@ DETAILS: dict[str, str] = {
     "trained at a constant rate after a short warmup (kohya's SDXL advice); an Adafactor recipe that names "
     "no schedule gets `constant_with_warmup` with 100 warmup steps (at most a tenth of the run). Another "
     "schedule is allowed, and warned about.",
+    "SDX0592": "`validate … split` holds out the training images with the smallest split keys; holding "
+    "out as many as the training datasets have leaves nothing to train. Hold out fewer, or give the "
+    "validation images a folder of their own (docs/TRAINING.md \"Validation loss\").",
+    "SDX0593": "`validate` needs validation images: a `split` of the training images, a folder "
+    "(`validate \"data/val\"`), or both; an empty folder gives none.",
+    "SDX0594": "The EMA is set to the weights until `from step` and then updates every `every` steps; when "
+    "the first update would come after the last step, the EMA file is the final weights again. Update "
+    "more often or start earlier (docs/TRAINING.md \"EMA\").",
+    "SDX0595": "The EMA copies whole trained weights and the validation pass runs the whole UNet on the "
+    "main process; FSDP keeps only a shard of the weights on each process. DDP and DeepSpeed ZeRO-2 keep "
+    "whole weights on every process and work with both.",
     "SDX0601": "`profile auto` could not find a GPU with nvidia-smi, so the plan is made for the CPU.",
     "SDX0602": "The hardware profile named is unknown or unreadable; `sdxlc profiles` lists them.",
     "SDX0610": "The estimated peak memory of the run is over the profile's budget. The help lists the "
     "levers that would save the most; `fit auto` applies the ones the recipe leaves open.",
+    "SDX0611": "`base fp8` stores frozen base weights in float8 and upcasts them per layer. A fine-tune "
+    "trains those weights (in fp32 or bf16), so there is nothing frozen to store that way.",
+    "SDX0612": "Offloaded text encoders visit the GPU only to encode a batch without gradients. A LoRA on "
+    "them, their fine-tune or new embedding rows need them on the GPU through the backward pass.",
+    "SDX0613": "On the CPU profile every component is in CPU memory already: the plan writes the offload "
+    "words as false and the run behaves as without them.",
+    "SDX0614": "FSDP flattens the parameters of each wrapped unit into one tensor, which has one dtype: the "
+    "float8 weights of `base fp8` cannot sit beside the bf16 norms and LoRA. DDP keeps each parameter.",
+    "SDX0615": "DoRA scales each LoRA layer by the norm of its base weight plus the update, computed on the "
+    "stored base weight every step; torch does not promote float8 in that arithmetic.",
 }
 
 _EXAMPLE_VALUES: dict[str, str] = {
@@ -213,6 +264,8 @@ _EXAMPLE_VALUES: dict[str, str] = {
     "block_lr": "0, 1e-4 x9, 5e-5 x3, 1e-4 x9, 1e-4",
     "lora.targets": "unet",
     "sdx": "1",
+    "ema.decay": "0.9999",
+    "validate.folder": '"data/val"',
     "noise.snr_gamma": "5",
     "noise.offset": "0.0357",
     "noise.multires_iterations": "6",
@@ -325,7 +378,7 @@ def example_line(entry: vocab.Entry) -> str:
     clause = " ".join(part for part in (entry.words, _example_argument(entry)) if part)
     if entry.context in (vocab.STATEMENT, vocab.ANY):
         if entry.arg == "section":
-            first = next((e for e in vocab.VOCABULARY if e.context == entry.words), None)
+            first = next((e for e in vocab.VOCABULARY if e.context == entry.paths[0]), None)
             return f"{clause} {example_line(first).split(' ', 1)[1]}" if first else clause
         return clause
     owner = next(e for e in vocab.VOCABULARY if e.context == vocab.STATEMENT and e.words == entry.context)

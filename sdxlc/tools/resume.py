@@ -20,6 +20,9 @@ ACCEPTED = ("cosmetic", "logging", "estimate")
 ALLOWABLE = {"schedule": "schedule", "numerics": "numerics", "cache-invalidating": "data"}
 # Numerics changes that a checkpoint cannot carry across (its weights and state are in those dtypes).
 BREAKING_PATHS = ("precision.", "hardware.device")
+# ... except the settings that only move frozen components (`offload …`) or store them (`base fp8`, which
+# needs `--allow numerics`): the checkpoint's trained weights and state do not change dtype.
+FROZEN_ONLY = ("precision.offload_text_encoders", "precision.offload_vae", "precision.base_fp8")
 
 
 @dataclass
@@ -55,7 +58,8 @@ def judge(old: dict[str, Any], new: dict[str, Any], allow: frozenset[str] = froz
     """Class every difference between the checkpoint's plan and the new one."""
     verdict = Verdict()
     for change in diff_plans(old, new):
-        if change.kind == "resume-breaking" or change.path.startswith(BREAKING_PATHS):
+        if change.kind == "resume-breaking" or (change.path.startswith(BREAKING_PATHS)
+                                                 and not change.path.startswith(FROZEN_ONLY)):
             verdict.breaking.append(change)
         elif change.kind in ACCEPTED:
             verdict.accepted.append(change)

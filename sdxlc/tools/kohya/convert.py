@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdxlc.lang.fmt import format_recipe
-from sdxlc.tools.kohya import data, method, optim, training
+from sdxlc.tools.kohya import control, data, method, optim, training, validation
 from sdxlc.tools.kohya.build import Builder
 from sdxlc.tools.kohya.leftovers import settle
 from sdxlc.tools.kohya.model import KohyaConfig, Note
@@ -42,6 +42,8 @@ def build_recipe(config: KohyaConfig, recipe_dir: Path) -> Imported:
         method.map_lora(b, unet_lr or lr)
     elif kind == "finetune":
         method.map_finetune(b, lr)
+    elif kind == "lllite":
+        control.map_lllite(b)
     else:
         method.map_embedding(b)
     _, relative = optim.map_optimizer(b, unet_lr or lr)
@@ -51,6 +53,7 @@ def build_recipe(config: KohyaConfig, recipe_dir: Path) -> Imported:
     training.map_noise(b)
     training.map_save(b)
     training.map_sample(b)
+    validation.map_validate(b)
     training.map_output(b)
     training.map_launch(b)
     settle(b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sdxlc.tools.kohya import control
 from sdxlc.tools.kohya.build import Builder, num, quote, to_number, word_or_string
 from sdxlc.tools.kohya.model import KohyaError, Subset, is_unset
 
@@ -28,9 +29,9 @@ DEFAULTS: dict[str, Any] = {"num_repeats": 1, "caption_extension": ".caption", "
 SUBSET_UNMAPPED: dict[str, Any] = {
     "color_aug": False, "face_crop_aug_range": None, "keep_tokens_separator": "", "secondary_separator": None,
     "enable_wildcard": False, "caption_dropout_every_n_epochs": 0, "token_warmup_min": 1,
-    "token_warmup_step": 0, "alpha_mask": False, "resize_interpolation": None, "custom_attributes": None,
-    "validation_split": 0.0, "network_multiplier": 1.0, "metadata_file": None, "conditioning_data_dir": None,
-}
+    "token_warmup_step": 0, "resize_interpolation": None, "custom_attributes": None,
+    "network_multiplier": 1.0, "metadata_file": None,
+}  # alpha_mask and conditioning_data_dir: control.py; validation_split and validation_seed: validation.py
 DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps", "bucket_no_upscale")
 _FLAG_NAMES = {"batch_size": "train_batch_size", "caption_extension": "caption_extension"}
@@ -43,8 +44,10 @@ def map_data(b: Builder) -> dict[str, Any]:
     if not subsets:  # a preset: the data line keeps its settings, with a stand-in folder
         b.remarks.append('no train_data_dir or dataset config: `data "images"` stands for the image folder')
         subsets = [Subset({"image_dir": "images", "_folders": True}, "")]
+    lllite = control.is_lllite(b)
     for subset in subsets:
-        b.add(_data_line(b, subset))
+        b.add(_data_line(b, subset, lllite))
+    control.note_unread(b)
     return _dataset_level(b, subsets)
 
 
@@ -71,7 +74,7 @@ def _lookup(b: Builder, params: dict[str, Any], key: str) -> Any:
     return DEFAULTS.get(key)
 
 
-def _data_line(b: Builder, subset: Subset) -> str:
+def _data_line(b: Builder, subset: Subset, lllite: bool = False) -> str:
     params = subset.params
     words = ["data", quote(b.path(str(params["image_dir"]), subset.origin))]
     for key, (clause, kind) in SUBSET_CLAUSES.items():
@@ -87,6 +90,7 @@ def _data_line(b: Builder, subset: Subset) -> str:
         weight = to_number("prior_loss_weight", _lookup(b, params, "prior_loss_weight"), subset.origin)
         if weight is not None and weight != 1:
             words.append(f"loss weight {num(weight)}")
+    words += control.data_clauses(b, params, subset.origin, lllite)
     for key, inert in SUBSET_UNMAPPED.items():
         value = _lookup(b, params, key)
         if value is not None and value != inert and not is_unset(value):

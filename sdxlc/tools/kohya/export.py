@@ -10,8 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sdxlc.resolve.adapter import lycoris_network_args
+from sdxlc.resolve.lora_groups import expand
+from sdxlc.tools.kohya import export_control
+
 SCRIPTS = {"lora": "sdxl_train_network.py", "finetune": "sdxl_train.py",
-           "embedding": "sdxl_train_textual_inversion.py"}
+           "embedding": "sdxl_train_textual_inversion.py", "lllite": "sdxl_train_control_net_lllite.py"}
 _OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "paged_adamw8bit": "PagedAdamW8bit",
                "lion": "Lion", "lion8bit": "Lion8bit", "paged_lion8bit": "PagedLion8bit",
                "prodigy": "Prodigy", "adafactor": "AdaFactor", "sgd": "torch.optim.SGD"}
@@ -19,6 +23,7 @@ _PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 _SAVE = {"fp32": "float", "fp16": "fp16", "bf16": "bf16"}
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 Table = dict[str, Any]
+KOHYA_KINDS = (expand(["kohya"]), expand(["kohya", "conv", "emb"]))  # kohya's LoRA, with conv_dim
 
 
 def export_files(plan: dict[str, Any], folder: Path) -> dict[str, str]:
@@ -61,6 +66,9 @@ def _method(plan: dict[str, Any], lacks: list[str]) -> Table:
     kind = method["kind"]
     if kind == "finetune":
         return _finetune(method, plan["optimizer"]["lr"])
+    if kind == "lllite":  # sdxl_train_control_net_lllite.py's own arguments
+        return {"cond_emb_dim": method["cond_dim"], "network_dim": method["mlp_dim"],
+                **({"network_dropout": method["dropout"]} if method["dropout"] else {})}
     if kind == "embedding":
         return {"token_string": method["token"], "init_word": method["init"],
                 "num_vectors_per_token": method["vectors"],
@@ -69,11 +77,17 @@ def _method(plan: dict[str, Any], lacks: list[str]) -> Table:
                     "network_alpha": method["alpha"]}
     if method["dropout"]:
         table["network_dropout"] = method["dropout"]
-    if "conv" in method["modules"]:
+    kinds = expand(method["modules"])
+    if "conv" in kinds:
         table["network_args"] = [f"conv_dim={method['rank']}", f"conv_alpha={method['alpha']}"]
-    if method["modules"] == ["attention"] or "ff" not in method["modules"]:
-        lacks.append(f"LoRA on attention layers alone (modules {'+'.join(method['modules'])}): kohya's LoRA "
-                     "also adapts the feed-forward layers and proj_in/proj_out")
+    if extra := lycoris_network_args(method):  # LoHa, LoKr, DoRA: LyCORIS' network for kohya's scripts
+        table["network_module"] = "lycoris.kohya"
+        table["network_args"] = [*table.get("network_args", []), *extra]
+    text_only = "unet" not in method["targets"] and kinds == ["attention", "ff"]  # kohya on the encoders
+    if kinds not in KOHYA_KINDS and not text_only:
+        named = "+".join(method["modules"])
+        lacks.append(f"LoRA on {named} layers alone (modules {named}): kohya's LoRA adapts `modules kohya` "
+                     "(attention, ff, proj_in/proj_out), with conv_dim `kohya+conv+emb`")
     targets = method["targets"]
     if targets == ["unet"]:
         table["network_train_unet_only"] = True
@@ -163,6 +177,13 @@ def _training(plan: dict[str, Any], lacks: list[str]) -> Table:
                      f"{launch['processes'] * launch['machines']}` ({launch['strategy']})")
     if precision.get("vae_slicing"):
         lacks.append("VAE slicing (`vae sliced`): it changes memory only")
+    if precision.get("base_fp8"):
+        table["fp8_base"] = True
+    for key, word in (("offload_text_encoders", "offload text encoders"), ("offload_vae", "offload vae")):
+        if precision.get(key):
+            lacks.append(f"`{word}`: it changes memory only")
+    table.update(export_control.masked_loss(plan))
+    table.update(export_control.validation(plan, lacks)[0])
     return table
 
 
@@ -207,7 +228,8 @@ def _datasets(plan: dict[str, Any]) -> tuple[Table, list[str]]:
         lacks.append(f"loss weight per regularization dataset ({sorted(reg_weights)}): prior_loss_weight is "
                      "one value")
     for dataset in data["datasets"]:
-        subsets += _subsets(dataset, lacks)
+        subsets += export_control.subsets(plan, dataset, _subsets(dataset, lacks), lacks)
+    general.update(export_control.validation(plan, [])[1])
     return {"general": general, "subsets": subsets}, lacks
 
 
@@ -221,6 +243,8 @@ def _subsets(dataset: dict[str, Any], lacks: list[str]) -> list[Table]:
         "keep_tokens": dataset["keep_tokens"], "caption_dropout_rate": dataset["caption_dropout"],
         "caption_tag_dropout_rate": dataset["tag_dropout"], "flip_aug": dataset["flip"],
         "random_crop": dataset["random_crop"], "is_reg": dataset["regularization"]}
+    if dataset.get("control"):  # kohya's ControlNet-LLLite dataset: same-stem conditioning images
+        common["conditioning_data_dir"] = dataset["control"]
     for key, kohya in (("separator", "caption_separator"), ("prefix", "caption_prefix"),
                        ("suffix", "caption_suffix")):
         if dataset[key] and (key != "separator" or dataset[key] != ","):
@@ -250,10 +274,15 @@ def _render(table: Table, header: list[str]) -> str:
 
 
 def _render_datasets(doc: Table, header: list[str]) -> str:
-    lines = [*header, "[general]", *(f"{k} = {_toml(v)}" for k, v in doc["general"].items()), "",
-             "[[datasets]]"]
-    for subset in doc["subsets"]:
-        lines += ["", "  [[datasets.subsets]]", *(f"  {k} = {_toml(v)}" for k, v in subset.items())]
+    """One `[[datasets]]`, and another for the subsets with `conditioning_data_dir` (a ControlNet dataset
+    is one whose every subset has it)."""
+    lines = [*header, "[general]", *(f"{k} = {_toml(v)}" for k, v in doc["general"].items())]
+    plain = [s for s in doc["subsets"] if export_control.CONDITIONING not in s]
+    control = [s for s in doc["subsets"] if export_control.CONDITIONING in s]
+    for group in [g for g in (plain, control) if g] or [[]]:
+        lines += ["", "[[datasets]]"]
+        for subset in group:
+            lines += ["", "  [[datasets.subsets]]", *(f"  {k} = {_toml(v)}" for k, v in subset.items())]
     return "\n".join(lines) + "\n"
 
 

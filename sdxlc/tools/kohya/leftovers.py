@@ -34,7 +34,7 @@ INERT: dict[str, str] = {
         "huggingface_repo_id", "huggingface_repo_type", "huggingface_path_in_repo", "huggingface_token",
         "huggingface_repo_visibility", "save_state_to_huggingface", "resume_from_huggingface", "async_upload",
         "tokenizer_cache_dir", "save_as_bool", "model_list", "resume"), _FILES),
-    **dict.fromkeys(("lr_warmup", "num_machines", "num_processes", "validation_seed", "unit",
+    **dict.fromkeys(("lr_warmup", "num_machines", "num_processes", "unit",
                      "noise_offset_type", "sdxl_cache_text_encoder_outputs", "sdxl_checkbox", "full_path",
                      "use_latent_files", "create_caption", "image_folder", "train_dir",
                      "latent_metadata_filename", "generate_image_buckets", "generate_caption_database",
@@ -48,13 +48,11 @@ CHANGES: dict[str, tuple[Any, str]] = {
     "sd3_checkbox": (False, "an SD3 configuration; sdxlc trains SDXL"),
     "flux1_checkbox": (False, "a FLUX.1 configuration; sdxlc trains SDXL"),
     "full_fp16": (False, "sdxlc keeps fp32 master weights under fp16"),
-    "fp8_base": (False, "sdxlc does not train on an fp8 base model"),
-    "fp8_base_unet": (False, "sdxlc does not train on an fp8 base model"),
+    "fp8_base_unet": (False, "sdxlc's `base fp8` stores the text encoders in fp8 too"),
     "scale_weight_norms": (None, "sdxlc does not rescale LoRA weights"),
     "max_token_length": (75, "sdxlc reads 75 tokens of a caption"),
     "clip_skip": (1, "SDXL uses the penultimate layer; sdxlc has no clip_skip"),
     "weighted_captions": (False, "sdxlc does not read (word:1.2) weights"),
-    "masked_loss": (False, "sdxlc has no masked loss"),
     "scale_v_pred_loss_like_noise_pred": (False, "sdxlc has no such loss scaling"),
     "v_pred_like_loss": (None, "sdxlc has no such loss"),
     "noise_offset_random_strength": (False, "sdxlc's noise offset is fixed"),
@@ -74,9 +72,6 @@ CHANGES: dict[str, tuple[Any, str]] = {
     "initial_epoch": (None, _RESUME), "initial_step": (None, _RESUME),
     "skip_until_initial_step": (False, _RESUME),
     "train_text_encoder": (False, "the script trains no text encoder"),
-    "conditioning_data_dir": (None, "ControlNet data"),
-    "alpha_mask": (False, "sdxlc has no alpha mask"),
-    "validation_split": (0.0, "sdxlc holds out no validation images"),
 }
 
 

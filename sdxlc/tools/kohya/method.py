@@ -1,7 +1,9 @@
-"""What kohya trains: the script and `network_module` chosen, as `lora …`, `finetune …` or `embedding …`."""
+"""What kohya trains: the script and `network_module` chosen, as `lora …`, `finetune …`, `embedding …` or
+`lllite …` (control.py)."""
 
 from __future__ import annotations
 
+from sdxlc.tools.kohya import control, lycoris
 from sdxlc.tools.kohya.build import Builder, num, quote, to_number
 
 SDXL_SCRIPTS = {"sdxl_train_network.py": "lora", "sdxl_train.py": "finetune",
@@ -12,6 +14,8 @@ OTHER_SCRIPTS = ("train_network.py", "train_db.py", "fine_tune.py", "train_textu
 
 def method_kind(b: Builder) -> str:
     script = b.config.script
+    if control.is_lllite(b):
+        return "lllite"
     if script in SDXL_SCRIPTS:
         return SDXL_SCRIPTS[script]
     if script is not None:
@@ -50,9 +54,11 @@ def map_model(b: Builder) -> None:
 
 def map_lora(b: Builder, lr: float) -> None:
     module = str(b.take("network_module", "networks.lora") or "networks.lora")
-    if module != "networks.lora":
-        b.note("network_module", module, "sdxlc trains kohya's standard LoRA (networks.lora) only")
-    words = ["lora"]
+    adapter = lycoris.statement(b) if module == lycoris.MODULE else None  # loha, lokr, lora … dora
+    if module != "networks.lora" and adapter is None:
+        b.note("network_module", module, "sdxlc trains kohya's LoRA (networks.lora) and LyCORIS' "
+               "loha, lokr and DoRA (lycoris.kohya) only")
+    words = adapter[:1] if adapter else ["lora"]
     weights = b.take("network_weights")
     from_file = bool(weights) and b.flag("dim_from_weights")
     if not from_file:
@@ -67,11 +73,9 @@ def map_lora(b: Builder, lr: float) -> None:
         words += ["dropout", num(dropout)]
     if weights:
         words += ["from", quote(b.path(str(weights), b.config.settings["network_weights"].origin))]
+    words += adapter[1:] if adapter else []
     _text_encoder_lrs(b, words, targets, lr)
     b.add(" ".join(words))
-    if "unet" in targets:
-        b.remarks.append("kohya's LoRA also adapts the transformer blocks' proj_in and proj_out; "
-                         "sdxlc's `modules` have no such layer kind")
 
 
 def _lora_targets(b: Builder) -> list[str]:
@@ -83,9 +87,10 @@ def _lora_targets(b: Builder) -> list[str]:
 
 
 def _modules(b: Builder) -> str:
-    """kohya's LoRA adapts every Linear of the transformer blocks (attention, feed-forward, proj_in/out);
-    `conv_dim` in network_args adds the 3×3 convolutions."""
-    kinds = "attention+ff"
+    """kohya's LoRA adapts every Linear of the transformer blocks (attention, feed-forward, proj_in/out) and
+    of the text encoders' attention and MLP: `modules kohya`. `conv_dim` in network_args adds the resnets,
+    down- and upsamplers: their convolutions (`conv`) and time-embedding projections (`emb`)."""
+    kinds = "kohya"
     args = {}
     raw = b.take("network_args") or []
     for pair in raw if isinstance(raw, list) else str(raw).split():
@@ -99,12 +104,17 @@ def _modules(b: Builder) -> str:
         same_dim = to_number("conv_dim", conv_dim, origin) == to_number("network_dim", dim, origin)
         same_alpha = to_number("conv_alpha", conv_alpha, origin) == to_number("network_alpha", alpha, origin)
         if same_dim and same_alpha:
-            kinds += "+conv"
+            kinds += "+conv+emb"
         else:
             b.note("network_args", f"conv_dim={conv_dim} conv_alpha={conv_alpha}",
                    "sdxlc gives conv layers the LoRA's rank and alpha")
     args.pop("conv_alpha", None)
+    lycoris.drop_args(args, b.config.get("network_module"))
     for key, value in args.items():
+        if key == "dora_wd":  # kohya's own networks.lora takes no such argument and trains a plain LoRA
+            b.note("network_args", f"{key}={value}", "kohya's networks.lora ignores it; DoRA is LyCORIS' "
+                   "(network_module lycoris.kohya): `lora … dora`", changes=False)
+            continue
         b.note("network_args", f"{key}={value}", "a network argument sdxlc does not have")
     return kinds
 

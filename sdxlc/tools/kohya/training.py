@@ -44,6 +44,8 @@ def map_precision(b: Builder, kind: str) -> None:
         words = []
     if b.flag("no_half_vae"):
         words.append("vae fp32")
+    if b.flag("fp8_base"):
+        words.append("base fp8")
     if b.flag("gradient_checkpointing"):
         words.append("checkpointing")
     latents_disk, te_disk = b.flag("cache_latents_to_disk"), b.flag("cache_text_encoder_outputs_to_disk")

@@ -319,3 +319,32 @@ def test_estimate_counts_the_adapters(tmp_path: Path) -> None:
     assert lora_["trainable_params"] < dora["trainable_params"] < 1.2 * lora_["trainable_params"]
     assert terms("loha rank 4 on unet checkpointing")["activations"] == terms(
         "lora rank 4 on unet checkpointing")["activations"]
+
+
+def test_gen_adds_the_file_to_the_model(trained: Any, tmp_path: Path) -> None:
+    """`sdxlc gen --lora` of a LoHa, LoKr or DoRA file (which diffusers cannot load) gives the model the
+    weights peft merges itself; at weight 0 the model is unchanged."""
+    from runtime.gen import generate as gen
+    from runtime.tools.lora_modules import weight_modules
+
+    _, _, result, models = trained
+    plain, _ = gen.prepare(gen.GenRequest(model="tiny", prompts=["a cat"], out=tmp_path))
+    zero, _ = gen.prepare(gen.GenRequest(model="tiny", prompts=["a cat"], out=tmp_path,
+                                         loras=[(result.lora_path, 0.0)]))
+    full, _ = gen.prepare(gen.GenRequest(model="tiny", prompts=["a cat"], out=tmp_path,
+                                         loras=[(result.lora_path, 1.0)]))
+    base, unchanged, merged = weight_modules(plain), weight_modules(zero), weight_modules(full)
+    assert all(torch.equal(base[key].weight, unchanged[key].weight) for key in base)
+    assert any(not torch.equal(base[key].weight, merged[key].weight) for key in base)
+    _same_as_peft(models, merged)
+
+
+@pytest.mark.parametrize(("method", "text"), [
+    ({"adapter": "loha", "dora": False, "factor": None}, "LoHa rank 8 (unet)"),
+    ({"adapter": "lokr", "dora": False, "factor": 4}, "LoKr rank 8 factor 4 (unet)"),
+    ({"adapter": "lora", "dora": True, "factor": None}, "DoRA rank 8 (unet)"),
+    ({"adapter": "lora", "dora": False, "factor": None}, "LoRA rank 8 (unet)"),
+])
+def test_the_run_summary_names_the_adapter(method: dict[str, Any], text: str) -> None:
+    from sdxlc.cli.main import _method_text
+    assert _method_text({"kind": "lora", "targets": ["unet"], "rank": 8, **method}) == text

@@ -121,19 +121,49 @@ def set_sampler(pipe: StableDiffusionXLPipeline, name: str) -> None:
 
 
 def load_loras(pipe: StableDiffusionXLPipeline, loras: list[tuple[Path, float]]) -> None:
-    """Load each LoRA file as its own adapter and mix them with their weights."""
-    names = []
-    for index, (path, _) in enumerate(loras):
+    """Load each kohya LoRA file as its own adapter and mix them with their weights. LoHa, LoKr and
+    DoRA files (which diffusers does not load) are added to the model's weights at their weight."""
+    names, weights = [], []
+    for index, (path, weight) in enumerate(loras):
         if not path.is_file():
             raise RunError(f"LoRA file {path} does not exist")
+        if _is_lycoris(path):
+            _merge_lycoris(pipe, path, weight)
+            continue
         name = f"lora{index}"
         try:
             pipe.load_lora_weights(str(path), adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-            raise RunError(f"cannot load the LoRA {path} into this model: {exc}") from exc
+            raise RunError(f"cannot load the LoRA {path} into this model: {_short(exc)}") from exc
         names.append(name)
+        weights.append(weight)
     if names:
-        pipe.set_adapters(names, adapter_weights=[weight for _, weight in loras])
+        pipe.set_adapters(names, adapter_weights=weights)
+
+
+def _is_lycoris(path: Path) -> bool:
+    from runtime.tools.lycoris_merge import is_lycoris
+
+    try:
+        return is_lycoris(path)
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise RunError(f"cannot read the LoRA {path}: {_short(exc)}") from exc
+
+
+def _merge_lycoris(pipe: StableDiffusionXLPipeline, path: Path, weight: float) -> None:
+    from runtime.tools.lora_modules import weight_modules
+    from runtime.tools.lycoris_merge import merge_file
+
+    try:
+        merge_file(path, weight, weight_modules(pipe))
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise RunError(f"cannot load the LoRA {path} into this model: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException, limit: int = 400) -> str:
+    """An exception's text cut to `limit` characters (diffusers lists every key it could not place)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + f" … ({len(text) - limit} more characters)"
 
 
 def load_embedding(pipe: StableDiffusionXLPipeline, path: Path, token: str) -> int:
@@ -143,7 +173,9 @@ def load_embedding(pipe: StableDiffusionXLPipeline, path: Path, token: str) -> i
     except (OSError, SafetensorError) as exc:
         raise RunError(f"cannot read the embedding {path}: {exc}") from exc
     if set(tensors) != {"clip_l", "clip_g"}:
-        raise RunError(f"embedding {path} holds {sorted(tensors)}; expected the keys clip_l and clip_g")
+        keys = sorted(tensors)  # a LoRA or an LLLite file holds hundreds: name a few
+        shown = ", ".join(keys[:3]) + (f", … ({len(keys)} keys)" if len(keys) > 3 else "")
+        raise RunError(f"embedding {path} holds {shown or 'no tensor'}; expected the keys clip_l and clip_g")
     for key, encoder, tokenizer in (("clip_l", pipe.text_encoder, pipe.tokenizer),
                                     ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):
         vectors = tensors[key]

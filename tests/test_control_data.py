@@ -132,3 +132,11 @@ def test_batches_pin_their_masks_and_control_images(monkeypatch: pytest.MonkeyPa
     assert torch.equal(pinned.mask, batch.mask)  # type: ignore[arg-type]
     plain = Batch(torch.zeros(1, 3, 8, 8), ["a"], torch.zeros(1, 6), [(0, False)]).pin_memory()
     assert plain.mask is None and plain.control is None
+
+
+def test_a_control_folder_that_holds_the_dataset_folder_is_refused(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path)  # `.` holds `d`: an image would pair with itself or with `c`'s copy, by stem
+    text = recipe.read_text(encoding="utf-8").replace('control "c"', 'control "."')
+    recipe.write_text(text, encoding="utf-8")
+    errors = [d for d in compile_recipe(recipe).diagnostics if d.severity == "error"]
+    assert [d.code for d in errors] == ["SDX0539"] and "holds the dataset folder" in errors[0].message

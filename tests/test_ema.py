@@ -199,3 +199,21 @@ def test_ema_with_fsdp_is_refused(tmp_path: Path) -> None:
     compiled = compile_recipe(_write(tmp_path, text))
     found = [d for d in compiled.diagnostics if d.code == "SDX0595"]
     assert found and found[0].help and compiled.plan is None, [str(d) for d in compiled.diagnostics]
+
+
+def test_a_cadence_below_one_says_why_not_the_upper_bound(tmp_path: Path) -> None:
+    text = RECIPE.format(steps=7).replace(f"ema {DECAY} every {EVERY} steps from step {FROM}",
+                                          "ema 0.99 every 0 steps")
+    found = [d for d in compile_recipe(_write(tmp_path, text)).diagnostics if d.code == "SDX0404"]
+    assert found and "from 1" in str(found[0].help) and "years" not in str(found[0].help)
+
+
+def test_the_run_summary_names_the_ema_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from sdxlc.cli.main import _print_result
+    result = SimpleNamespace(lora_path=tmp_path / "r.safetensors", ema_path=tmp_path / "r-ema.safetensors",
+                             diffusers_path=None, plan_path=tmp_path / "plan.json", samples=[], grids=[],
+                             before_after=None, logs=None)
+    _print_result({"method": {"kind": "finetune"}}, result, 1.0)
+    assert f"EMA:     {tmp_path / 'r-ema.safetensors'}" in capsys.readouterr().out

@@ -96,6 +96,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(folder, plan, before, fixed_loss(plan, models), result.lora_path)
 
 
+def test_make_edges_skips_a_bad_image_and_refuses_bad_folders(tmp_path: Path) -> None:
+    import subprocess
+
+    shutil.copytree(QUICKSTART, tmp_path / "images")
+    (tmp_path / "images" / "zz.png").write_text("not an image", encoding="utf-8")
+    written = make_edges(tmp_path / "images", tmp_path / "edges")  # was a traceback at zz.png
+    assert len(written) == 12 and not (tmp_path / "edges" / "zz.png").exists()
+    script = str(ROOT / "recipes" / "data" / "make_edges.py")
+    for args in (["--images", str(tmp_path / "nope")], ["--images", str(tmp_path / "images"), "--out",
+                                                       str(tmp_path / "images")]):
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
+        assert done.returncode == 2 and "error:" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_an_untrained_network_leaves_the_unet_unchanged() -> None:
     unet = tiny_components()["unet"].eval()
     torch.manual_seed(0)
@@ -184,6 +198,33 @@ def test_gen_cli_needs_lllite_and_control_together(trained: Trained) -> None:
     assert control.exit_code == 2 and "--lllite" in control.output
 
 
+def test_gen_cli_rejects_bad_lllite_weights_control_images_and_files(trained: Trained,
+                                                                     tmp_path: Path) -> None:
+    runner = CliRunner()
+    edge = str(trained.folder / "edges" / "00.png")
+    for weight, said in (("abc", "is not a number"), ("nan", "is not a finite number")):
+        given = f"{trained.file}:{weight}"
+        bad = runner.invoke(gen_command, ["-p", "x", "--lllite", given, "--control", edge])
+        assert bad.exit_code == 2 and f"--lllite {given}: the weight {weight} {said}" in bad.output
+    (tmp_path / "cut.png").write_bytes((trained.folder / "edges" / "00.png").read_bytes()[:80])
+    (tmp_path / "text.png").write_text("not an image", encoding="utf-8")
+    for name in ("cut.png", "text.png"):  # refused before the model loads
+        bad = runner.invoke(gen_command, ["-p", "x", "--lllite", str(trained.file), "--control",
+                                          str(tmp_path / name)])
+        assert bad.exit_code == 2 and f"--control {tmp_path / name}:" in bad.output
+    for size in ("16", "80"):  # a multiple of 8, not of 32: the deepest stem would not line up (was exit 70)
+        bad = runner.invoke(gen_command, ["-p", "x", "--lllite", str(trained.file), "--control", edge,
+                                          "--width", size])
+        assert bad.exit_code == 2 and f"--width {size}: with --lllite" in bad.output
+    from safetensors.torch import save_file
+
+    embedding = tmp_path / "emb.safetensors"  # another kind of file: named in the error, exit 3
+    save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, str(embedding))
+    wrong = runner.invoke(gen_command, ["-p", "x", "--steps", "1", "-o", str(tmp_path / "out"), "-q",
+                                        "--lllite", str(embedding), "--control", edge])
+    assert wrong.exit_code == 3 and f"{embedding}: not a ControlNet-LLLite file" in wrong.output
+
+
 def test_a_missing_control_image_is_reported_and_the_pairs_train(tmp_path: Path) -> None:
     folder = dataset(tmp_path)
     (folder / "edges" / "05.png").unlink()
@@ -217,6 +258,7 @@ def test_checks_need_control_and_matching_sample_controls(tmp_path: Path) -> Non
     folder = dataset(tmp_path)
     assert "SDX0580" in _codes(recipe(folder, control=""))
     assert "SDX0582" in _codes(recipe(folder, 'sample "a" "b" "c" control "edges/00.png" "edges/01.png"\n'))
+    assert "SDX0582" in _codes(recipe(folder, 'sample control "edges/00.png" size 64\n'))  # no prompt
     assert "SDX0583" in _codes(recipe(folder, 'sample "a" control "edges/nope.png"\n'))
     assert "SDX0584" in _codes(recipe(folder, "block_lr 0, 1e-4 x21, 0\n"))
     crop = recipe(folder, "cache latents\n", control=' control "edges" random crop')
@@ -230,6 +272,50 @@ def test_checks_need_control_and_matching_sample_controls(tmp_path: Path) -> Non
     text = recipe(folder).read_text(encoding="utf-8")
     lora.write_text(text.replace(f"lllite cond_dim {COND} mlp_dim {MLP}", "lora rank 4"), encoding="utf-8")
     assert "SDX0581" in _codes(lora)
+
+
+def test_a_missing_dataset_folder_is_not_also_a_missing_control(tmp_path: Path) -> None:
+    folder = dataset(tmp_path)
+    shutil.rmtree(folder / "images")
+    codes = _codes(recipe(folder))
+    assert "SDX0502" in codes and "SDX0580" not in codes  # the line has `control`; its folder is missing
+
+
+def test_a_sample_control_image_that_does_not_decode_is_a_recipe_error(tmp_path: Path) -> None:
+    folder = dataset(tmp_path)
+    (folder / "cut.png").write_bytes((folder / "edges" / "00.png").read_bytes()[:80])  # header only
+    (folder / "text.png").write_text("not an image", encoding="utf-8")
+    for name in ("cut.png", "text.png", "edges"):  # else the run fails only at its first sample
+        result = compile_recipe(recipe(folder, f'sample "a" control "{name}" size 64 steps 2\n'), ())
+        assert [d.code for d in result.diagnostics if d.severity == "error"] == ["SDX0583"], name
+    odd = recipe(folder, 'sample "a" control "edges/00.png" size 80 steps 2\n')  # failed after training
+    assert "SDX0589" in _codes(odd)
+    assert "SDX0589" not in _codes(recipe(folder, 'sample "a" control "edges/00.png" size 96 steps 2\n'))
+
+
+def test_validation_keeps_the_control_images_of_held_out_pairs(tmp_path: Path) -> None:
+    folder = dataset(tmp_path)
+    shutil.copytree(folder / "images", folder / "val")
+    assert "SDX0580" in _codes(recipe(folder, 'validate "val" every 1 steps\n'))  # a folder has no controls
+    plan = compiled(recipe(folder, "validate every 1 steps split 2\n"), "training.steps=2")
+    held = plan["validate"]["images"]
+    assert len(held) == 2 and all(Path(image["control"]).parent == folder / "edges" for image in held)
+    done, _ = run_plan(plan, progress=False)
+    assert done.lora_path.is_file()
+
+
+def test_adafactor_and_an_oversized_run_are_estimated_not_internal_errors(tmp_path: Path) -> None:
+    folder = dataset(tmp_path)
+    text = recipe(folder).read_text(encoding="utf-8").replace("lr 1e-2\n", "lr 1e-2 adafactor\n")
+    (folder / "ada.sdx").write_text(text, encoding="utf-8")
+    plan = compiled(folder / "ada.sdx")  # the factored state of an LLLite network: mlp_dim is its short side
+    assert plan["estimate"]["vram_breakdown"]["optimizer_state"] > 0
+    big = folder / "big.sdx"  # full-size SDXL on 8 GB: the "what would fit" levers are estimated too
+    big.write_text('sdx 1\nmodel "org/some-sdxl"\nprofile rtx3070-8gb\ndata "images" control "edges"\n'
+                   "resolution 1024\nlllite\n", encoding="utf-8")
+    assert "SDX0610" in _codes(big)
+    big.write_text(big.read_text(encoding="utf-8") + "fit auto\n", encoding="utf-8")
+    assert compiled(big)["estimate"]["fits"]
 
 
 def test_the_estimate_counts_the_network_as_exact_measures_it(tmp_path: Path) -> None:
@@ -281,3 +367,20 @@ def test_kohya_export_names_the_lllite_script_and_the_control_folder(tmp_path: P
     assert script_for(plan) == "sdxl_train_control_net_lllite.py"
     assert f"cond_emb_dim = {COND}" in files["config.toml"] and f"network_dim = {MLP}" in files["config.toml"]
     assert f'conditioning_data_dir = "{folder / "edges"}"' in files["dataset.toml"]
+
+
+def test_kohya_export_and_import_carry_the_sample_control_images(tmp_path: Path) -> None:
+    from sdxlc.tools.kohya.convert import import_kohya
+    from sdxlc.tools.kohya.export import export_files
+
+    folder = dataset(tmp_path)
+    plan = compiled(recipe(folder, 'sample "a" "b" control "edges/00.png" "edges/03.png" size 64 steps 2\n'))
+    out = tmp_path / "kohya"
+    out.mkdir()
+    for name, text in export_files(plan, out).items():  # kohya's `--cn IMAGE` prompt option (was dropped)
+        (out / name).write_text(text, encoding="utf-8")
+    lines = (out / "prompts.txt").read_text(encoding="utf-8").splitlines()
+    assert [line.rsplit(" --cn ", 1)[1] for line in lines] == [str(folder / "edges" / n) for n in ("00.png",
+                                                                                                  "03.png")]
+    text = import_kohya([out / "config.toml"], tmp_path).text
+    assert f'control "{folder / "edges" / "00.png"}" "{folder / "edges" / "03.png"}"' in text

@@ -254,3 +254,71 @@ def test_resize_and_merge_keep_proj_and_fc(trained, tmp_path: Path) -> None:  # 
                          None)
     both, _ = read(merged.path)
     assert modules_of(both, "lora_unet_") == modules_of(small, "lora_unet_")
+
+
+@pytest.mark.parametrize("text", ["lora rank 4 on te1 modules proj",
+                                  "lora rank 4 on unet+te2 modules conv+emb"])
+def test_a_text_encoder_with_only_unet_groups_is_an_error(tmp_path: Path, text: str) -> None:
+    from check_helpers import diagnose, only
+    _, diags = diagnose(tmp_path, text)
+    found = only(diags, "SDX0588")
+    assert found.help and "`on unet`" in found.help and found.span is not None
+
+
+def test_unet_only_groups_with_kohya_on_the_text_encoders_are_fine(tmp_path: Path) -> None:
+    from check_helpers import diagnose
+    _, diags = diagnose(tmp_path, "lora rank 4 on unet+te1 modules kohya+conv+emb")
+    assert not [d for d in diags if d.code == "SDX0588"]
+
+
+def _header_file(path: Path, header: Any, data: bytes = b"\0" * 64) -> Path:
+    import json
+    import struct
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+_DOWN = "lora_unet_a_to_q.lora_down.weight"
+
+
+@pytest.mark.parametrize(("header", "data", "says"), [
+    ({_DOWN: {"dtype": "F32", "shape": [4, 4]}}, b"", "malformed"),
+    ({_DOWN: {"dtype": "F32", "shape": "x", "data_offsets": [0, 64]}}, b"\0" * 64, "malformed"),
+    ({_DOWN: {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]},
+      "lora_unet_a_to_q.alpha": {"dtype": "F32", "shape": [], "data_offsets": ["a", None]}},
+     b"\0" * 64, "malformed"),
+    ({"__metadata__": 5, _DOWN: {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 64,
+     "__metadata__"),
+    ({_DOWN: {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 10, "truncated"),
+    ({_DOWN: {"dtype": "F32", "shape": [0, 4], "data_offsets": [0, 0]}}, b"", "rank of 0"),
+    ({"__metadata__": {"ss_network_dim": "-3"}, "lora_unet_a_to_q.lokr_w1": {
+        "dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}, "lora_unet_a_to_q.lokr_w2": {
+        "dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 64, "rank of -3"),
+    ({"__metadata__": {"ss_network_alpha": "abc"},
+      _DOWN: {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 64, "not a number"),
+    ({_DOWN: {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]},
+      "lora_unet_a_to_q.alpha": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}},
+     b"\0" * 64, "alpha 0"),
+])
+def test_a_broken_or_hostile_file_to_continue_from_is_a_recipe_error(tmp_path: Path, header: Any, data: bytes,
+                                                                   says: str) -> None:
+    from sdxlc.pipeline import compile_recipe
+    _header_file(tmp_path / "old.safetensors", header, data)
+    recipe = tmp_path / "r.sdx"
+    data = ROOT / "recipes" / "data" / "quickstart"
+    recipe.write_text(f'model tiny\ndata "{data}"\nlora on unet from "old.safetensors"\n', encoding="utf-8")
+    found = [d for d in compile_recipe(recipe).diagnostics if d.code == "SDX0571"]
+    assert found and says in found[0].message, found
+
+
+def test_overwrite_never_moves_aside_the_file_a_run_continues_from(tmp_path: Path) -> None:
+    from sdxlc.plan import layout
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.safetensors").write_bytes(b"earlier")
+    with pytest.raises(layout.OutputInUse, match="copy it out of the output folder"):
+        layout.claim(out, "a" * 64, True, (out / "r.safetensors",))
+    assert (out / "r.safetensors").exists() and not (out / "previous").exists()
+    aside = layout.claim(out, "a" * 64, True, (tmp_path / "elsewhere.safetensors",))
+    assert aside is not None and (aside / "r.safetensors").exists()

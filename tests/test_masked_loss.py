@@ -181,6 +181,10 @@ def test_a_mask_of_another_shape_is_warned_and_a_missing_folder_is_an_error(tmp_
     recipe.write_text(recipe.read_text(encoding="utf-8").replace('"nowhere"', '"d"'), encoding="utf-8")
     inside = next(d for d in compile_recipe(recipe).errors if d.code == "SDX0539")
     assert "inside the dataset folder" in inside.message
+    text = recipe.read_text(encoding="utf-8").replace('mask "d"', 'mask "masks/1.png"')
+    recipe.write_text(text, encoding="utf-8")
+    a_file = next(d for d in compile_recipe(recipe).errors if d.code == "SDX0539")
+    assert "is a file, not a folder" in a_file.message
 
 
 @pytest.mark.parametrize("kind", ["folder", "alpha"])
@@ -234,3 +238,13 @@ def test_masks_are_cached_with_the_latents_under_a_key_that_names_them(tmp_path:
     for row, (image, flip) in enumerate(batch.keys):
         item, sample = data.images[image], next(s for s in data.samples if s.image == image)
         assert torch.equal(batch.mask[row], companions.load_mask(item, sample.crop, sample.bucket, flip))
+
+
+def test_a_mask_file_with_an_alpha_channel_is_warned(tmp_path: Path) -> None:
+    recipe = dataset(tmp_path, "folder")
+    transparent = Image.new("RGBA", SIZES[0], (0, 0, 0, 0))
+    transparent.save(tmp_path / "masks" / "0.png")
+    compiled = compile_recipe(recipe)
+    warning = next(d for d in compiled.diagnostics if d.code == "SDX0535")
+    assert "1 mask(s)" in warning.message and "0.png" in warning.message
+    assert "`mask alpha`" in str(warning.help)

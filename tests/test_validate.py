@@ -126,3 +126,26 @@ def test_validate_checks(tmp_path: Path, line: str, code: str) -> None:
     compiled = _compile(tmp_path, line)
     found = [d for d in compiled.diagnostics if d.code == code]
     assert found and found[0].help, [str(d) for d in compiled.diagnostics]
+
+
+def test_a_validation_folder_warns_of_bad_files_missing_captions_and_training_images(tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    val.mkdir()
+    shutil.copy(QUICKSTART / "00.png", val / "00.png")  # a training image, without its caption
+    (val / "bad.png").write_bytes((QUICKSTART / "01.png").read_bytes()[:200])  # truncated
+    plan = _plan(tmp_path, 'validate "val"')
+    assert _held(plan) == ["00.png"]
+    warnings = "\n".join(plan["warnings"])
+    assert "skipped 1 bad input file(s) in validation folder" in warnings and "bad.png" in warnings
+    assert "1 validation image(s)" in warnings and "no .txt caption" in warnings
+    assert "also training images" in warnings and "00.png" in warnings
+    (val / "00.png").unlink()
+    compiled = _compile(tmp_path, 'validate "val"')
+    found = [d for d in compiled.diagnostics if d.code == "SDX0503"]
+    assert found and "bad.png" in found[0].message, [str(d) for d in compiled.diagnostics]
+
+
+def test_explain_split_describes_images_not_steps() -> None:
+    from sdxlc.tools.explain import explain
+    text = explain("split")
+    assert text is not None and "image count" in text and "step count" not in text

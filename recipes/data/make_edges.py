@@ -9,6 +9,7 @@ dependency-free stand-in for a Canny detector). Deterministic. Run from anywhere
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageFilter
@@ -29,9 +30,14 @@ def make_edges(images: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in sorted(p for p in images.iterdir() if p.suffix.lower() in SUFFIXES):
-        with Image.open(path) as opened:
-            target = out / f"{path.stem}.png"
-            edges(opened).save(target, optimize=False)
+        try:
+            with Image.open(path) as opened:
+                drawn = edges(opened)
+        except (OSError, ValueError) as exc:  # not an image, or truncated: no edges, the rest go on
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+            continue
+        target = out / f"{path.stem}.png"
+        drawn.save(target, optimize=False)
         written.append(target)
     return written
 
@@ -41,6 +47,12 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=HERE / "quickstart")
     parser.add_argument("--out", type=Path, default=HERE / "quickstart_edges")
     args = parser.parse_args()
+    if not args.images.is_dir():
+        parser.error(f"--images {args.images}: not a folder")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: a file, not a folder")
+    if args.out.resolve() == args.images.resolve():  # the edges would train as images of the dataset
+        parser.error("--out must be another folder than --images: a control folder sits beside its images")
     written = make_edges(args.images, args.out)
     print(f"wrote {len(written)} edge images to {args.out}")
 

@@ -35,6 +35,7 @@ from runtime.gen.infotext import a1111_fields, lora_hashes, model_name, png_text
 from runtime.gen.sample import save_png
 from runtime.methods import lllite as lllite_method
 from runtime.model.load import DTYPES, load_pipeline
+from runtime.model.spec import model_spec
 from sdxlc.plan.share import share_value
 
 # sampler name -> (scheduler class, extra config)
@@ -77,23 +78,6 @@ class Job:
     prompt_index: int
     prompt: str
     seed: int
-
-
-def model_spec(source: str, vae: str | None = None) -> dict[str, Any]:
-    """The `model` section runtime/model/load.py loads from: `tiny`, a diffusers folder, a single-file
-    SDXL checkpoint (with the shipped SDXL configs), or a hub id."""
-    if source == "tiny":
-        return {"kind": "tiny", "source": "tiny", "tiny_seed": 0, "vae": vae}
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() == ".safetensors":
-        return {"kind": "single_file", "source": str(path.resolve()), "config": None, "vae": vae}
-    if path.is_file():
-        raise RunError(f"{source} is not a .safetensors checkpoint: convert it, or name a folder or hub id")
-    if path.is_dir():
-        return {"kind": "diffusers_folder", "source": str(path.resolve()), "vae": vae}
-    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
-        raise RunError(f"model {source} is neither `tiny`, an existing folder nor a hub id")
-    return {"kind": "hub", "source": source, "vae": vae}
 
 
 def pick_device(name: str) -> torch.device:

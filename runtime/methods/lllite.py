@@ -59,7 +59,10 @@ def load(unet: torch.nn.Module, path: Path, multiplier: float = 1.0) -> lllite_n
     """Attach the LLLite network of a kohya file to `unet` (its dims read from the shapes), in the UNet's
     dtype, for generation."""
     state = read(path)
-    cond_dim, mlp_dim = lllite_net.dims_of(state)
+    try:
+        cond_dim, mlp_dim = lllite_net.dims_of(state)
+    except RunError as exc:  # a LoRA or an embedding given as the LLLite file
+        raise RunError(f"{path}: {exc}") from exc
     net = lllite_net.attach(unet, cond_dim, mlp_dim, None, multiplier)
     net.load_kohya(state)
     net.to(next(unet.parameters()).dtype)

@@ -15,10 +15,10 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from runtime import RunError
-from runtime.gen.generate import model_spec
 from runtime.methods.base import TEXT_ENCODERS
 from runtime.methods.lora import sai_name, text_key
 from runtime.model.load import load_pipeline
+from runtime.model.spec import model_spec
 from runtime.tools.lora_svd import BadRequest
 
 WEIGHTED = (torch.nn.Linear, torch.nn.Conv2d)

@@ -69,7 +69,8 @@ class Validator:
         images = [replace(image, dataset=0) for image in images]
         samples = [Sample(i, image.bucket, image.crop) for i, image in enumerate(images)]
         dataset = {**plan["data"]["datasets"][0], **_PLAIN}
-        self.data = TrainData(images, samples, [dataset], plan["training"]["batch_size"], self.seed)
+        self.data = TrainData(images, samples, [dataset], plan["training"]["batch_size"], self.seed,
+                              controls=any(image.control for image in images))
         labelled: Say | None = (lambda text: say(f"validation images: {text}")) if say is not None else None
         with forked_rng(models.device), _kept_on_device(models):
             self.conditioning = Conditioning(models, self.data, plan["data"]["cache"], labelled)

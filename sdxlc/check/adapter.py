@@ -57,4 +57,19 @@ def factor_settings(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
     return []
 
 
-ADAPTER_CHECKS = (dora_with_lycoris, dropout_with_lycoris, factor_settings)
+def text_encoder_layers(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """A text encoder the LoRA trains needs a layer group it has (`proj`, `conv` and `emb` are the UNet's)."""
+    method = plan["method"]
+    trained = [te for te in ("te1", "te2") if te in method.get("targets", ())]
+    if method["kind"] != "lora" or not trained or method["te_modules"]:
+        return []
+    groups = "+".join(method["modules"])
+    message = f"`modules {groups}` has no text-encoder layer: {'+'.join(trained)} would train nothing"
+    return [make("SDX0588", message,
+                 layers.span("lora.modules") or layers.span("lora.targets") or layers.span("lora"),
+                 help="add `attention` or `ff` (`modules attention+" + groups + "`, or `kohya`), or train "
+                      "`on unet` only",
+                 related=layers.related("lora.targets", "text encoders chosen here"))]
+
+
+ADAPTER_CHECKS = (dora_with_lycoris, dropout_with_lycoris, factor_settings, text_encoder_layers)

@@ -15,18 +15,22 @@ import click
 
 EXIT_USAGE, EXIT_RUN = 2, 3
 SAMPLERS = ("euler", "euler_a", "dpm++2m", "ddim")  # runtime/gen/generate.py maps them to schedulers
+LLLITE_STRIDE = 32  # the LLLite stem of depth 3 layers: the image side ÷ 32 (docs/METHODS.md)
 
 
-def parse_lora(text: str) -> tuple[Path, float]:
-    """`file.safetensors:0.8` → (file, 0.8); without a weight, 1.0."""
+def parse_lora(text: str, option: str = "--lora") -> tuple[Path, float]:
+    """`file.safetensors:0.8` → (file, 0.8); without a weight, 1.0. `option` names the flag in errors."""
     path, sep, weight = text.rpartition(":")
     if sep and path:
         try:
             value = float(weight)
         except ValueError:
+            # `file.safetensors:abc` is a mistyped weight, not a file name (`C:/x.safetensors` is a path)
+            if path.lower().endswith(".safetensors") and not Path(text).exists():
+                raise click.UsageError(f"{option} {text}: the weight {weight} is not a number") from None
             return Path(text), 1.0
         if not math.isfinite(value):
-            raise click.UsageError(f"--lora {text}: the weight {weight} is not a finite number")
+            raise click.UsageError(f"{option} {text}: the weight {weight} is not a finite number")
         return Path(path), value
     return Path(text), 1.0
 
@@ -76,6 +80,11 @@ def _check_lllite(lllite: str | None, control: Path | None) -> None:
         raise click.UsageError("--control needs --lllite FILE: only a ControlNet-LLLite network uses it")
     if control is not None and not control.is_file():
         raise click.UsageError(f"--control {control}: no such image file")
+    if control is not None:  # before the model loads: a file that is no image, or a truncated one
+        from sdxlc.resolve.index import probe_image
+
+        if (problem := probe_image(control).error) is not None:
+            raise click.UsageError(f"--control {control}: {problem}")
 
 
 @click.command("gen")
@@ -127,6 +136,10 @@ def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings:
         width, height = _size(width), _size(height)
     except click.BadParameter as exc:
         raise click.UsageError(str(exc)) from exc
+    for name, value in (("--width", width), ("--height", height)):
+        if lllite and value is not None and value % LLLITE_STRIDE:  # else its deepest layers misalign
+            raise click.UsageError(f"{name} {value}: with --lllite the image size must be a multiple of "
+                                   f"{LLLITE_STRIDE} (its deepest control stem divides it by that)")
     try:
         from runtime import RunError
         from runtime.gen.generate import GenRequest, generate
@@ -138,7 +151,7 @@ def gen_command(model: str, vae: str | None, loras: tuple[str, ...], embeddings:
         cfg=cfg, sampler=sampler, seed=seed, count=count, batch=batch,
         loras=[parse_lora(text) for text in loras], embeddings=[parse_embedding(text) for text in embeddings],
         vae=vae, device=device, precision=precision,
-        lllite=parse_lora(lllite) if lllite else None, control=control,
+        lllite=parse_lora(lllite, "--lllite") if lllite else None, control=control,
     )
     if not quiet:
         click.echo(f"{len(texts)} prompt(s) x {count} seed(s) from {seed}, {width or 'native'}x"

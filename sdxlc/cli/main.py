@@ -327,7 +327,9 @@ def _claim(plan_: dict[str, Any], overwrite: bool) -> None:
     from sdxlc.plan import layout
 
     try:
-        aside = layout.claim(Path(plan_["output"]["dir"]), plan_["plan_hash"], overwrite)
+        read = (plan_["method"].get("init_from"), plan_["model"].get("source"))
+        inputs = tuple(Path(given) for given in read if isinstance(given, str) and Path(given).is_absolute())
+        aside = layout.claim(Path(plan_["output"]["dir"]), plan_["plan_hash"], overwrite, inputs)
     except layout.OutputInUse as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -345,6 +347,8 @@ def _print_result(plan_: dict[str, Any], result: Any, seconds: float) -> None:
     label = {"lora": "LoRA:", "finetune": "model:", "embedding": "embedding:",
              "lllite": "LLLite:"}[plan_["method"]["kind"]]
     click.echo(f"  {label:<8} {result.lora_path}")
+    if getattr(result, "ema_path", None) is not None:
+        click.echo(f"  EMA:     {result.ema_path}")
     if result.diffusers_path is not None:
         click.echo(f"  folder:  {result.diffusers_path}")
     click.echo(f"  plan:    {result.plan_path}")
@@ -439,7 +443,11 @@ def _method_text(method: dict[str, Any]) -> str:
         return f"embedding {method['token']} ({method['vectors']} vectors)"
     if method["kind"] == "lllite":
         return f"ControlNet-LLLite cond_dim {method['cond_dim']} mlp_dim {method['mlp_dim']}"
-    return f"LoRA rank {method['rank']} ({targets})"
+    adapter = {"loha": "LoHa", "lokr": "LoKr"}.get(str(method.get("adapter")), "LoRA")
+    if method.get("dora"):
+        adapter = "DoRA"
+    factor = f" factor {method['factor']}" if method.get("factor") is not None else ""
+    return f"{adapter} rank {method['rank']}{factor} ({targets})"
 
 
 def _steps_done(folder: Path) -> int:

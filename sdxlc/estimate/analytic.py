@@ -503,7 +503,10 @@ def optimizer_state_bytes(plan: dict[str, Any], model: dict[str, Any], trained: 
 
 
 def _factored_side(plan: dict[str, Any]) -> float:
-    """The short side of a trained LoRA or embedding matrix: the rank or the vector count."""
+    """The short side of a trained LoRA or embedding matrix: the rank or the vector count; for LLLite the
+    `mlp_dim` of its `down`/`mid`/`up` layers, which hold nearly all of its values."""
     if plan["method"].get("kind") == "embedding":
         return float(get_path(plan, "method.vectors"))
+    if plan["method"].get("kind") == "lllite":
+        return float(max(1, int(get_path(plan, "method.mlp_dim"))))
     return float(max(1, int(get_path(plan, "method.rank"))))

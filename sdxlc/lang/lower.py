@@ -229,8 +229,8 @@ def _apply_cadence(low: _FileLowering, c: _Clause) -> None:
         low.put(c.paths[1], vocab.UNITS[c.args[1].value], c.span)
 
 
-def _apply_warmup(low: _FileLowering, c: _Clause) -> None:
-    item = c.arg("a step count or a percentage")
+def _apply_warmup(low: _FileLowering, c: _Clause, what: str = "a step count or a percentage") -> None:
+    item = c.arg(what)
     if isinstance(item, ast.Percent):
         low.put(c.paths[1], coerce(ast.Number(item.value, item.text, item.span), c.paths[1]), c.span)
     else:
@@ -292,6 +292,7 @@ _APPLY: dict[str, Callable[[_FileLowering, _Clause], None]] = {
     "range": _apply_range,
     "cadence": _apply_cadence,
     "steps_or_percent": _apply_warmup,
+    "count_or_percent": lambda low, c: _apply_warmup(low, c, "an image count or a percentage"),
     "strings": _apply_strings,
     "args": _apply_args,
     "file": _apply_use,

@@ -190,7 +190,9 @@ def _check(value: Any, node: dict[str, Any], path: str, span: Span, spans: list[
     where = spans[error.path[0]] if error.path and isinstance(error.path[0], int) else span
     if error.validator in _RANGE_KEYWORDS:
         message = limits.beyond(path, error.instance, error.validator, error.validator_value)
-        raise LowerError(make("SDX0404", message, where, error.schema.get("x-why") or node.get("x-why")))
+        keys = ("x-why-min", "x-why") if error.validator in ("minimum", "exclusiveMinimum") else ("x-why",)
+        why = next((source[key] for key in keys for source in (error.schema, node) if source.get(key)), None)
+        raise LowerError(make("SDX0404", message, where, why))
     if error.validator == "enum":
         choices = [str(choice) for choice in error.validator_value]
         noun = path.rsplit(".", 1)[0] if path.endswith(".name") else f"`{path}` value"

@@ -23,6 +23,7 @@ ARG_KINDS: dict[str, str] = {
     "range": "a range `low..high`: sets both bounds",
     "cadence": "a count and an optional unit, `500 steps` or `2 epochs`",
     "steps_or_percent": "a step count (`100`) or a percentage of the run (`5%`)",
+    "count_or_percent": "an image count (`4`) or a percentage of the training images (`10%`)",
     "strings": "one or more quoted strings",
     "args": "one or more `name=value` pairs",
     "section": "no argument: starts a section the clauses fill in",
@@ -205,7 +206,8 @@ VOCABULARY: tuple[Entry, ...] = (
     Entry("from", "lora", "lora.from", "value",
           "Continue from a kohya LoRA file; its rank, alpha, models and layers are read from the file."),
     Entry("factor", "lora", "lora.factor", "value",
-          "LoKr's Kronecker factor (LyCORIS `factor`): -1 picks the most balanced split of each layer."),
+          "LoKr's Kronecker factor (LyCORIS `factor`, `lokr rank 8 factor 4`): -1 picks the most balanced "
+          "split of each layer."),
     _flag("dora", "lora", "lora.dora", True,
           "DoRA: also train each output row's magnitude (weight-decomposed LoRA, LyCORIS `dora_wd`)."),
     # finetune
@@ -281,7 +283,7 @@ VOCABULARY: tuple[Entry, ...] = (
           "A folder of validation images with captions (indexed like a `data` folder), not trained on."),
     Entry("every", "validate", "validate.every validate.unit", "cadence",
           "Validation cadence: `every 100 steps` (the end of the run always validates)."),
-    Entry("split", "validate", "validate.split_images validate.split_percent", "steps_or_percent",
+    Entry("split", "validate", "validate.split_images validate.split_percent", "count_or_percent",
           "Hold out a share (`split 10%`) or a count (`split 4`) of the training images for validation."),
     Entry("seed", "validate", "validate.seed", "value", "Seed of the split and the validation noise."),
     # log

@@ -114,9 +114,10 @@ def results(out: Path, plan_hash: str) -> list[Path]:
     return found
 
 
-def claim(out: Path, plan_hash: str, overwrite: bool) -> Path | None:
+def claim(out: Path, plan_hash: str, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path | None:
     """Make `out` this run's: refuse (OutputInUse) when it holds another run's results, or with
-    `overwrite` move them into `out/previous/<time>-<plan>/` and return that folder."""
+    `overwrite` move them into `out/previous/<time>-<plan>/` and return that folder. `inputs`: files the
+    run reads (a LoRA to continue from, the base model); moving one of them aside is refused."""
     found = results(out, plan_hash)
     if not found:
         return None
@@ -131,10 +132,18 @@ def claim(out: Path, plan_hash: str, overwrite: bool) -> Path | None:
             "deleted), or give this run its own `output \"…\"`")
     import time
 
+    extra = [out / name for name in _RUN_RECORDS] + list(out.glob("manifest-*.json")) + [out / "plan.json"]
+    moved = [*found, *(p for p in extra if p.exists() and p not in found)]
+    for given in inputs:
+        hit = next((p for p in moved if given == p or p in given.parents), None)
+        if hit is not None:
+            raise OutputInUse(
+                f"this run reads {given}, one of the earlier results in {out} that `--overwrite` would move "
+                f"aside into {out / PREVIOUS}/: copy it out of the output folder and name the copy, or give "
+                "this run its own `output \"…\"`")
     aside = out / PREVIOUS / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{(old or 'unknown')[:12]}"
     aside.mkdir(parents=True, exist_ok=False)
-    extra = [out / name for name in _RUN_RECORDS] + list(out.glob("manifest-*.json")) + [out / "plan.json"]
-    for path in [*found, *(p for p in extra if p.exists() and p not in found)]:
+    for path in moved:
         path.rename(aside / path.name)
     return aside
 

@@ -51,6 +51,8 @@ class Pairing:
     no_alpha: list[str] = field(default_factory=list)  # `mask alpha` images without alpha (the first few)
     stretched: list[str] = field(default_factory=list)  # masks of another shape (the first few)
     stretched_count: int = 0
+    transparent: list[str] = field(default_factory=list)  # mask files with an alpha channel (the first few)
+    transparent_count: int = 0
     absent: list[tuple[str, str, str]] = field(default_factory=list)  # (word, folder, what is wrong)
 
     def counts(self) -> dict[str, int]:
@@ -171,11 +173,16 @@ def pair(scan: ScanResult, dataset_root: str, mask: str | None, control: str | N
 def _folder_problem(folder: str, dataset_root: str) -> str:
     """Why a companion folder cannot be used ("" when it can): missing, or inside the dataset's folder
     (its images would train as images, and an image could be its own mask)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return "is a file, not a folder (name the folder that holds the files of the same stems)"
     if not os.path.isdir(folder):
         return "does not exist"
     root = os.path.realpath(dataset_root)
     if os.path.isdir(root) and os.path.commonpath([folder, root]) == root:
         return f"is inside the dataset folder {root}: its images would train as training images"
+    if os.path.isdir(root) and os.path.commonpath([folder, root]) == os.path.realpath(folder):
+        return (f"holds the dataset folder {root}: an image would pair with itself or with another folder's "
+                "image of its stem")
     return ""
 
 
@@ -217,6 +224,10 @@ def _mask(item: ImageItem, root: str, masks: Folder, index: Index, result: Pairi
         result.stretched_count += 1
         if len(result.stretched) < SHOWN:
             result.stretched.append(f"{path} ({found.width}x{found.height} for {item.width}x{item.height})")
+    if has_alpha(path):
+        result.transparent_count += 1
+        if len(result.transparent) < SHOWN:
+            result.transparent.append(path)
     return item._replace(mask=path, mask_sha256=found.sha256), None
 
 
@@ -254,6 +265,14 @@ def diagnostics(pairing: Pairing, name: str, mask: str | None, spans: dict[str, 
             f"{pairing.stretched_count} mask(s) of `{name}` differ in shape from their image and are "
             f"stretched to it: {listing(pairing.stretched, pairing.stretched_count)}",
             span, help="a mask needs its image's aspect (the same size is best): export it from the image"))
+    if pairing.transparent:
+        found.append(make(
+            "SDX0535",
+            f"{pairing.transparent_count} mask(s) of `{name}` have an alpha channel, which a mask does not "
+            "use: their transparent pixels count as composited onto white, so they train: "
+            f"{listing(pairing.transparent, pairing.transparent_count)}",
+            span, help="save masks as opaque grayscale (black = ignored), or put the mask into each image's "
+                       "alpha channel and use `mask alpha`"))
     return found
 
 

@@ -80,6 +80,7 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
                               step=step, max_side=top))
     items, res.validation = hold_out(layers, recipe_dir, index, datasets, items, placement)
     res.diagnostics.extend(res.validation.diagnostics if res.validation else [])
+    res.warnings.extend(res.validation.warnings if res.validation else [])
     balance = epoch_counts(items, datasets)
     res.warnings.extend(_balance(layers, datasets, items, balance, res))
     table = _bucket_table(items, balance.counts, placement, batch_size)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.plan.manifest import file_sha256
+from sdxlc.resolve.index import probe_image
 from sdxlc.resolve.launch import Builder
 
 
@@ -42,7 +43,7 @@ def sample_controls(b: Builder, recipe_dir: Path, diags: list[Diagnostic]) -> li
     given, _ = b.layers.get("sample.controls")
     prompts, _ = b.layers.get("sample.prompts", [])
     span = b.layers.span("sample.controls")
-    if len(given) not in (1, len(prompts)):
+    if not prompts or len(given) not in (1, len(prompts)):  # with no prompt they would be ignored
         diags.append(make("SDX0582", f"{len(given)} sample control images for {len(prompts)} prompts", span,
                           help="give one control image per prompt, in order, or one for all of them"))
         return _none(b)
@@ -50,7 +51,11 @@ def sample_controls(b: Builder, recipe_dir: Path, diags: list[Diagnostic]) -> li
     files = []
     for name in given if len(given) == len(prompts) else given * len(prompts):
         path = (base / name).resolve()
+        # a file that is no image, or a truncated one, would fail the run only at its first sample
+        problem = probe_image(path).error if path.is_file() else "Is a directory" if path.is_dir() else None
         try:
+            if problem is not None:
+                raise OSError(problem)
             files.append({"path": str(path), "size": path.stat().st_size, "sha256": file_sha256(path)})
         except OSError as exc:
             diags.append(make("SDX0583", f"cannot read the sample control image {path}: "

@@ -12,6 +12,7 @@ Pure Python: no torch.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -85,13 +86,42 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
             if size > MAX_HEADER:
                 raise LoraFileError(f"{path} is not a safetensors file (header length {size})")
             header = json.loads(handle.read(size))
+        length = path.stat().st_size
     except OSError as exc:
         raise LoraFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise LoraFileError(f"{path} is not a safetensors file ({exc})") from exc
     if not isinstance(header, dict):
         raise LoraFileError(f"{path} is not a safetensors file")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not isinstance(entry, dict):
+                raise LoraFileError(f"{path} is not a safetensors file (its `__metadata__` is not a mapping)")
+            continue
+        if not _well_formed(entry):
+            raise LoraFileError(f"{path} is not a safetensors file (the header entry of `{key}` is "
+                                "malformed)")
+        end = max(end, entry["data_offsets"][1])
+    if 8 + size + end > length:
+        raise LoraFileError(f"{path} is truncated: its header describes {8 + size + end} bytes, the file "
+                            f"holds {length}")
     return header, 8 + size
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _well_formed(entry: Any) -> bool:
+    """A tensor's header entry: a dtype name, a shape of sizes, and its [begin, end) in the data section."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_count(side) for side in shape):
+        return False
+    return (isinstance(offsets, list) and len(offsets) == 2 and all(_count(at) for at in offsets)
+            and offsets[0] <= offsets[1])
 
 
 def _scalar(path: Path, entry: dict[str, Any], start: int) -> float:
@@ -125,10 +155,18 @@ def read_lora_file(path: Path) -> LoraFile:
     if len(ranks) != 1:
         raise LoraFileError(f"{path} has layers of different ranks {sorted(ranks)}; sdxlc trains one rank")
     rank = ranks.pop()
+    if rank < 1:
+        raise LoraFileError(f"{path} shows a rank of {rank}: a LoRA's rank is at least 1")
     alphas = {_scalar(path, tensors[f"{m}.alpha"], start) for m in downs if f"{m}.alpha" in tensors}
     if len(alphas) > 1:
         raise LoraFileError(f"{path} has layers of different alphas; sdxlc trains one alpha")
-    alpha = alphas.pop() if alphas else float(header.get("__metadata__", {}).get("ss_network_alpha", rank))
+    try:
+        alpha = alphas.pop() if alphas else float(metadata.get("ss_network_alpha", rank))
+    except (TypeError, ValueError) as exc:
+        raise LoraFileError(f"{path}: its `ss_network_alpha` is not a number") from exc
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise LoraFileError(f"{path} holds alpha {alpha:g}: sdxlc scales a LoRA by alpha / rank, with "
+                            "alpha > 0")
     targets, kinds, unknown = set(), set(), []
     for module in downs:
         prefix = next((p for p in _PREFIXES if module.startswith(p)), None)

@@ -28,6 +28,7 @@ from sdxlc.resolve.index import Index
 
 Placement = Callable[[int, int], bk.Bucket]
 FOLDER_DATASET = -1  # the `dataset` of a validation image from `validate "folder"`
+LISTED = 20  # files named one by one in a warning; the rest are counted
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Held:
     fraction: float | None = None  # the split as a fraction, when given as a percentage
     folder: str | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the plan's warnings (skipped files, overlaps)
 
 
 def split_key(seed: int, relative: str, sha256: str) -> str:
@@ -72,6 +74,13 @@ def hold_out(layers: Layers, recipe_dir: Path, index: Index, datasets: list[dict
     for item in chosen:
         datasets[item.dataset]["images"] -= 1
     folder_items = _folder(layers, recipe_dir, index, held)
+    trained = {item.sha256 for item in kept}
+    overlap = [item.path for item in folder_items if item.sha256 in trained]
+    if overlap:
+        shown = "; ".join(overlap[:5]) + (f"; … and {len(overlap) - 5} more" if len(overlap) > 5 else "")
+        held.warnings.append(
+            f"{len(overlap)} of the {len(folder_items)} validation image(s) in {held.folder} are also "
+            f"training images (the same bytes), so their val_loss does not measure held-out images: {shown}")
     held.images = [_image(item, datasets, placement) for item in [*chosen, *folder_items]]
     if not held.images and not held.diagnostics:
         held.diagnostics.append(make(
@@ -120,8 +129,20 @@ def _folder(layers: Layers, recipe_dir: Path, index: Index, held: Held) -> list[
         return []
     scan = scan_dataset(source, str(DATASET_DEFAULTS["caption_ext"]), FOLDER_DATASET, index=index)
     index.save()
+    problems = "; ".join(str(p) for p in scan.problems[:LISTED])
+    if len(scan.problems) > LISTED:
+        problems += f"; … and {len(scan.problems) - LISTED} more"
+    if scan.problems and scan.items:
+        held.warnings.append(f"skipped {len(scan.problems)} bad input file(s) in validation folder {source}: "
+                             + problems)
+    if scan.missing_captions:
+        held.warnings.append(f"{scan.missing_captions} validation image(s) in {source} have no "
+                             f"{DATASET_DEFAULTS['caption_ext']} caption and are validated with an empty "
+                             "caption")
     if not scan.items:
-        held.diagnostics.append(make("SDX0503", f"validation folder `{given}` holds no readable image", span,
+        bad = f"; {len(scan.problems)} bad: {problems}" if scan.problems else ""
+        held.diagnostics.append(make("SDX0503", f"validation folder `{given}` holds no readable image{bad}",
+                                     span,
                                      help="supported: png, jpg, webp, bmp, gif, tiff and whatever else "
                                           "Pillow reads"))
     return sorted(scan.items, key=lambda item: item.path)
@@ -132,8 +153,11 @@ def _image(item: ImageItem, datasets: list[dict[str, Any]], placement: Placement
     caption = item.caption or str(dataset["default_caption"])
     text = " ".join(part for part in (str(dataset["prefix"]), caption, str(dataset["suffix"])) if part)
     bucket = placement(item.width, item.height)
+    # a held-out image keeps its control image (an LLLite run validates on the pair); its mask is not
+    # read: the validation loss is plain MSE
     return ManifestImage(item.path, item.sha256, item.size, item.width, item.height, item.dataset, text,
-                         item.caption_source, 1, bucket, bk.cover_crop(item.width, item.height, bucket))
+                         item.caption_source, 1, bucket, bk.cover_crop(item.width, item.height, bucket),
+                         control=item.control, control_sha256=item.control_sha256)
 
 
 def fixed_timesteps(count: int, low: int, high: int) -> list[int]:

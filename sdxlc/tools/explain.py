@@ -201,7 +201,8 @@ DETAILS: dict[str, str] = {
     "and `te2 lr` the rates of encoders that are trained.",
     "SDX0580": "A ControlNet-LLLite network learns how a control image (edges, depth, pose) steers the "
     "frozen UNet, from image/control pairs: every data line needs `control \"folder\"` with a same-stem "
-    "control image per training image (docs/METHODS.md \"ControlNet-LLLite\").",
+    "control image per training image, and a `validate \"folder\"` (whose images have none) is refused: "
+    "hold out training pairs with `validate … split 10%` (docs/METHODS.md \"ControlNet-LLLite\").",
     "SDX0581": "Control images are read only by a ControlNet-LLLite run (`lllite`); with another method the "
     "`control` folders of the data lines and the sample line's control images are not used.",
     "SDX0582": "`sample \"p1\" \"p2\" control \"c1.png\" \"c2.png\"` pairs the control images with the "
@@ -210,6 +211,10 @@ DETAILS: dict[str, str] = {
     "must be a readable file, relative to the recipe.",
     "SDX0584": "The LLLite network is one optimizer group at the optimizer's learning rate (as kohya trains "
     "it); `block_lr` sets the rates of UNet blocks, which LLLite does not train.",
+    "SDX0535": "A mask is read as the luminance of its pixels, with any alpha composited onto white (as "
+    "every training image is): a transparent pixel of a mask file therefore trains, however dark its colour. "
+    "Masks painted on a transparent layer lose what the transparency meant; save them opaque (black = "
+    "ignored), or use `mask alpha` to take each image's own alpha channel as its mask.",
     "SDX0585": "peft trains DoRA (a magnitude per output row on top of the direction a LoRA adapts) for "
     "LoRA layers only; its LoHa and LoKr layers have no magnitude. Train `lora … dora`, or drop `dora`.",
     "SDX0586": "LoHa and LoKr layers (peft's, as LyCORIS') have no dropout on their input, so `dropout` "
@@ -217,6 +222,12 @@ DETAILS: dict[str, str] = {
     "SDX0587": "LoKr splits each width n into a × b with a the factor: 0 is no split. -1 (the default) picks "
     "the most balanced split of each layer; a factor that does not divide a width is taken as an upper "
     "bound for that layer's split, as LyCORIS does.",
+    "SDX0588": "`proj`, `conv` and `emb` are layer groups of the UNet only (docs/METHODS.md): a LoRA "
+    "`on te1` or `on te2` with only those groups would find no layer of the text encoder to train. Add "
+    "`attention` or `ff` (or use `kohya`), or leave the text encoders out of `on`.",
+    "SDX0589": "The LLLite stem of the deepest conditioned layers divides the control image's side by 32 "
+    "(docs/METHODS.md \"ControlNet-LLLite\"): at a sample size that is not a multiple of 32 it gives fewer "
+    "positions than the UNet layer has, and sampling would fail after training. Use `size 64`, `96`, `1024`…",
     "SDX0590": "A `save every`, `sample every` or `log every` cadence longer than the whole run never "
     "fires: the run writes only its final save, renders only its final samples, logs only its last step. "
     "A cadence in epochs counts the run's steps per epoch. Give a shorter cadence to get intermediate ones.",
@@ -277,6 +288,7 @@ _ARG_EXAMPLES: dict[str, str] = {
     "range": "0..1000",
     "cadence": "500 steps",
     "steps_or_percent": "5%",
+    "count_or_percent": "10%",
     "strings": '"a lighthouse at dusk"',
     "args": "weight_decay=0.01",
     "file": '"base/sdxl.sdx"',

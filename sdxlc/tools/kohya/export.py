@@ -208,7 +208,10 @@ def _outputs(plan: dict[str, Any], folder: Path, lacks: list[str]) -> Table:
 def _prompts(plan: dict[str, Any]) -> str:
     s = plan["sample"]
     options = f"--w {s['width']} --h {s['height']} --s {s['steps']} --l {s['cfg']} --d {s['seed']}"
-    return "".join(f"{prompt.replace(chr(10), ' ')} {options}\n" for prompt in s["prompts"])
+    # an LLLite run's sample control images: kohya's `--cn` option of the prompt line
+    controls = [f" --cn {c['path']}" for c in s.get("controls") or []] or [""] * len(s["prompts"])
+    return "".join(f"{prompt.replace(chr(10), ' ')} {options}{control}\n"
+                   for prompt, control in zip(s["prompts"], controls, strict=True))
 
 
 def _datasets(plan: dict[str, Any]) -> tuple[Table, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,17 +118,21 @@ def map_sample(b: Builder) -> None:
     epochs = b.integer("sample_every_n_epochs")
     if not every:
         every, unit = epochs, "epochs"
-    prompts = _prompts(b)
-    if not prompts:
+    lines = _prompts(b)
+    if not lines:
         return
+    prompts = [line.split(" --", 1)[0].strip()[:2000] for line in lines]
     words = ["sample", " ".join(quote(p) for p in prompts)]
+    controls = [match.group(1).strip() for line in lines if (match := _CN.search(line))]
+    if controls and len(controls) == len(lines):  # kohya's `--cn`: each prompt's control image (LLLite)
+        words += ["control", " ".join(quote(c) for c in controls)]
     if every:
         words += ["every", str(every), unit]
     b.add(" ".join(words))
 
 
 def _prompts(b: Builder) -> list[str]:
-    """kohya's prompt file (or the GUI's prompt text): one prompt a line, `--w 1024 --n …` options cut."""
+    """kohya's prompt file (or the GUI's prompt text): its prompt lines, options (`--w 1024 --n …`) kept."""
     raw = b.take("sample_prompts")
     if not raw:
         return []
@@ -144,12 +149,11 @@ def _prompts(b: Builder) -> list[str]:
     elif "\n" not in text and text.endswith(".txt"):
         b.note("sample_prompts", raw, "the prompt file is missing", changes=False)
         return []
-    prompts = []
-    for line in text.splitlines():
-        line = line.split(" --", 1)[0].strip()
-        if line and not line.startswith("#"):
-            prompts.append(line[:2000])
-    return prompts
+    return [line.strip() for line in text.splitlines()
+            if line.split(" --", 1)[0].strip() and not line.strip().startswith("#")]
+
+
+_CN = re.compile(r"(?:^| )--cn (.+?)(?= --|$)", re.IGNORECASE)  # kohya's prompt option `--cn IMAGE`
 
 
 def map_output(b: Builder) -> None:

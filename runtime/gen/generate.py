@@ -36,6 +36,8 @@ from runtime.gen.sample import save_png
 from runtime.methods import lllite as lllite_method
 from runtime.model.load import DTYPES, load_pipeline
 from runtime.model.spec import model_spec
+from runtime.tools.lora_modules import weight_modules
+from runtime.tools.lycoris_merge import is_lycoris, merge_file
 from sdxlc.plan.share import share_value
 
 # sampler name -> (scheduler class, extra config)
@@ -111,7 +113,7 @@ def load_loras(pipe: StableDiffusionXLPipeline, loras: list[tuple[Path, float]])
     for index, (path, weight) in enumerate(loras):
         if not path.is_file():
             raise RunError(f"LoRA file {path} does not exist")
-        if _is_lycoris(path):
+        if is_lycoris(path):  # a RunError names an unreadable file
             _merge_lycoris(pipe, path, weight)
             continue
         name = f"lora{index}"
@@ -125,19 +127,7 @@ def load_loras(pipe: StableDiffusionXLPipeline, loras: list[tuple[Path, float]])
         pipe.set_adapters(names, adapter_weights=weights)
 
 
-def _is_lycoris(path: Path) -> bool:
-    from runtime.tools.lycoris_merge import is_lycoris
-
-    try:
-        return is_lycoris(path)
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise RunError(f"cannot read the LoRA {path}: {_short(exc)}") from exc
-
-
 def _merge_lycoris(pipe: StableDiffusionXLPipeline, path: Path, weight: float) -> None:
-    from runtime.tools.lora_modules import weight_modules
-    from runtime.tools.lycoris_merge import merge_file
-
     try:
         merge_file(path, weight, weight_modules(pipe))
     except (OSError, ValueError, KeyError, SafetensorError) as exc:

@@ -42,9 +42,15 @@ def _groups(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def is_lycoris(path: Path) -> bool:
-    """Whether a file holds LoHa, LoKr or DoRA modules (anything but a plain kohya LoRA)."""
-    return any(suffix.startswith(("hada_", "lokr_")) or suffix == "dora_scale"
-               for parts in _groups(path).values() for suffix in parts)
+    """Whether a file holds LoHa, LoKr or DoRA modules (anything but a plain kohya LoRA): its key names
+    tell, no tensor is read."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            keys = list(handle.keys())
+    except (OSError, SafetensorError) as exc:
+        raise BadRequest(f"cannot read {path} as a safetensors file: {exc}") from exc
+    suffixes = (key.partition(".")[2] for key in keys)
+    return any(suffix.startswith(("hada_", "lokr_")) or suffix == "dora_scale" for suffix in suffixes)
 
 
 def _delta(key: str, t: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:

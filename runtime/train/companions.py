@@ -38,12 +38,15 @@ def mask_identity(item: ManifestImage) -> str:
     return item.mask_sha256 if item.mask not in ("", ALPHA) else item.mask
 
 
-def load_mask(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool) -> torch.Tensor:
-    """The image's loss mask in its training geometry: (1, H, W) in [0, 1]; all 1 without a mask."""
+def load_mask(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
+              decoded: Image.Image | None = None) -> torch.Tensor:
+    """The image's loss mask in its training geometry: (1, H, W) in [0, 1]; all 1 without a mask. `mask
+    alpha` takes the channel from `decoded`, the image as the batch already decoded it, when given."""
     if not item.mask:
         return torch.ones(1, bucket[1], bucket[0])
     if item.mask == ALPHA:
-        image = _decode(_read(item.path, item.sha256, item.path, "image"), item.path, "image")
+        image = decoded if decoded is not None else _decode(_read(item.path, item.sha256, item.path, "image"),
+                                                            item.path, "image")
         alpha = _alpha(image)
         if alpha is None:
             return torch.ones(1, bucket[1], bucket[0])
@@ -63,10 +66,10 @@ def load_control(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bo
     return _tensor(place(image, crop, bucket, flip)) / 127.5 - 1.0
 
 
-def load(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool, mask: bool, control: bool
-         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(mask, control) of one sample, each only when the run has it."""
-    return (load_mask(item, crop, bucket, flip) if mask else None,
+def load(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool, mask: bool, control: bool,
+         decoded: Image.Image | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(mask, control) of one sample, each only when the run has it (`decoded`: see load_mask)."""
+    return (load_mask(item, crop, bucket, flip, decoded) if mask else None,
             load_control(item, crop, bucket, flip) if control else None)
 
 

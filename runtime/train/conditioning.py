@@ -33,6 +33,7 @@ from runtime.train.data import (
     Sample,
     TrainData,
     all_captions,
+    decode,
     load_pixels,
     make_batch,
     mark_bad,
@@ -244,8 +245,10 @@ class Conditioning:
                         counts.reused += 1
                         continue
                 try:
-                    pixels = load_pixels(item, sample.crop, sample.bucket, flip)
-                    mask = None if self.masks is None else load_mask(item, sample.crop, sample.bucket, flip)
+                    decoded = decode(item)
+                    pixels = load_pixels(item, sample.crop, sample.bucket, flip, decoded=decoded)
+                    mask = None if self.masks is None else load_mask(item, sample.crop, sample.bucket, flip,
+                                                                     decoded)
                 except InputChanged:
                     raise
                 except RunError as exc:

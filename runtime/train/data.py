@@ -183,18 +183,23 @@ def read_checked(image: ManifestImage) -> bytes:
     return raw
 
 
-def load_pixels(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
-                jitter: tuple[float, float, float] | None = None) -> torch.Tensor:
-    """The image resized to cover the bucket, cut at the crop, maybe mirrored and colour-jittered
-    (brightness, contrast, saturation factors): (3, H, W) in [-1, 1]."""
+def decode(item: ManifestImage) -> Image.Image:
+    """The planned image decoded and upright, in its own mode (an alpha channel kept for `mask alpha`)."""
     data = read_checked(item)
     try:
         with Image.open(io.BytesIO(data)) as raw:
             raw.load()
-            image = to_rgb(ImageOps.exif_transpose(raw))
+            return ImageOps.exif_transpose(raw)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise RunError(f"cannot read image {item.path}: {exc}") from exc
-    image = place(image, crop, bucket, flip)
+
+
+def load_pixels(item: ManifestImage, crop: bk.Crop, bucket: bk.Bucket, flip: bool,
+                jitter: tuple[float, float, float] | None = None,
+                decoded: Image.Image | None = None) -> torch.Tensor:
+    """The image (`decoded`, else read and decoded here) resized to cover the bucket, cut at the crop,
+    maybe mirrored and colour-jittered (brightness, contrast, saturation factors): (3, H, W) in [-1, 1]."""
+    image = place(to_rgb(decoded if decoded is not None else decode(item)), crop, bucket, flip)
     if jitter is not None:
         for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
                                     jitter, strict=True):
@@ -245,8 +250,8 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
         state = rng.getstate()
         while True:
             try:
-                sample, crop, flip, tensor = _sample(data, index, rng, pixels, substitute)
-                mask, control = _companions(data, sample, crop, flip, pixels)
+                sample, crop, flip, tensor, decoded = _sample(data, index, rng, pixels, substitute)
+                mask, control = _companions(data, sample, crop, flip, decoded)
                 break
             except InputChanged:
                 raise
@@ -272,20 +277,21 @@ def make_batch(data: TrainData, indices: list[int], rng: random.Random, pixels: 
                  control=torch.stack(controls) if controls else None)
 
 
-def _companions(data: TrainData, sample: Sample, crop: bk.Crop, flip: bool, pixels: bool
+def _companions(data: TrainData, sample: Sample, crop: bk.Crop, flip: bool, decoded: Image.Image | None
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The sample's mask (with its pixels: cached latents bring theirs) and control image, when the run
-    has them; cut like the image (runtime/train/companions.py)."""
+    """The sample's mask (with its pixels, `decoded`: cached latents bring theirs) and control image, when
+    the run has them; cut like the image (runtime/train/companions.py)."""
     if not (data.masks or data.controls):
         return None, None
     item = data.images[sample.image]
-    return companions.load(item, crop, sample.bucket, flip, data.masks and pixels, data.controls)
+    return companions.load(item, crop, sample.bucket, flip, data.masks and decoded is not None, data.controls,
+                           decoded)
 
 
 def _sample(data: TrainData, index: int, rng: random.Random, pixels: bool, substitute: bool
-            ) -> tuple[Sample, bk.Crop, bool, torch.Tensor | None]:
-    """The sample trained in place of sample `index`, its crop, flip and (with `pixels`) tensor; an image
-    known to be bad is first replaced by another of the same bucket."""
+            ) -> tuple[Sample, bk.Crop, bool, torch.Tensor | None, Image.Image | None]:
+    """The sample trained in place of sample `index`, its crop, flip and (with `pixels`) tensor and decoded
+    image; an image known to be bad is first replaced by another of the same bucket."""
     if substitute and data.samples[index].image in data.bad:
         index = replacement(data, index)
     sample = data.samples[index]
@@ -295,8 +301,11 @@ def _sample(data: TrainData, index: int, rng: random.Random, pixels: bool, subst
     crop = bk.random_crop(sample.crop, sample.bucket, rng) if dataset["random_crop"] else sample.crop
     strength = dataset["color_jitter"]
     jitter = tuple(1.0 + rng.uniform(-strength, strength) for _ in range(3)) if strength > 0 else None
-    tensor = load_pixels(item, crop, sample.bucket, flip, jitter) if pixels else None  # type: ignore[arg-type]
-    return sample, crop, flip, tensor
+    if not pixels:
+        return sample, crop, flip, None, None
+    decoded = decode(item)
+    tensor = load_pixels(item, crop, sample.bucket, flip, jitter, decoded)  # type: ignore[arg-type]
+    return sample, crop, flip, tensor, decoded
 
 
 def mark_bad(data: TrainData, image: int, reason: str) -> None:
@@ -321,8 +330,9 @@ def replacement(data: TrainData, index: int) -> int:
             continue
         item = data.images[sample.image]
         try:
-            load_pixels(item, sample.crop, sample.bucket, False)
-            _companions(data, sample, sample.crop, False, True)
+            decoded = decode(item)
+            load_pixels(item, sample.crop, sample.bucket, False, decoded=decoded)
+            _companions(data, sample, sample.crop, False, decoded)
         except InputChanged:
             raise
         except RunError as exc:

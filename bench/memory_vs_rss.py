@@ -25,7 +25,9 @@ oneDNN scratch buffers.
 
 The estimate column is the plan's training peak on the cpu profile (sum of `vram_breakdown` without
 `sample_peak`; `allocator_overhead` counts: it is the profile's term for this slack); the exact column
-is `runtime.exact.step.measure` (one steady-state step on fake tensors; no allocator overhead).
+is `runtime.exact.step.measure` (one steady-state step on fake tensors; no allocator overhead). On the cpu
+profile both add the process's `runtime_state` and leave out the memory-mapped weights a step never reads
+(sdxlc/plan/host_memory.py), so both compare with RSS.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ ROWS: list[Row] = [
     ("mid160", "lora", 128, 1, True, "adafactor"),
     ("mid160", "finetune", 128, 1, True, "adafactor"),
 ]
+NO_CACHE = ("cache.text_encoder=false", "cache.latents=false")
 WORK = Path(tempfile.gettempdir()) / "sdxlc-memory-vs-rss"  # model folders, kept between runs
 FULL_ROW: Row = ("sdxl", "lora", 256, 1, True, "adamw")
 FULL_NEEDS_GB = 18
@@ -178,7 +181,8 @@ def plan_for(model_line: str, row: Row, folder: Path) -> dict[str, Any]:
 
     path = folder / "bench.sdx"
     path.write_text(recipe_text(model_line, row, folder / "out"), encoding="utf-8")
-    compiled = compile_recipe(path, profile="cpu")
+    # the rows measure encoders and VAE at work in every step: no cache, whatever the default is
+    compiled = compile_recipe(path, sets=NO_CACHE, profile="cpu")
     if compiled.plan is None:
         raise SystemExit(f"{row}: does not compile: {[str(d) for d in compiled.errors]}")
     return compiled.plan
@@ -388,8 +392,9 @@ def render(rows: list[dict[str, Any]], skipped: list[str], command: str, load: s
         "of each phase (VmHWM reset at every seam): `fwd` (UNet forward, loss), `bwd` (backward), `opt` "
         "(gradient clipping and the optimizer step; the first step creates the optimizer state). `step 1` "
         "= the first step's peak, `steady` = step 3's peak, which the estimate (cpu profile, training "
-        "terms incl. its 5% allocator overhead) and `--exact` (fake tensors, one steady-state step) "
-        "predict. Errors are (predicted - steady) / steady.",
+        "terms incl. its 1% allocator overhead and its `runtime_state`) and `--exact` (fake tensors, one "
+        "steady-state step, plus the same `runtime_state`; both without the mapped weights a step never "
+        "reads) predict. Errors are (predicted - steady) / steady.",
         "",
         "| # | model | method | px | batch | ckpt | optimizer | base MiB | pre | load | step-1 fwd/bwd/opt | "
         "step-3 fwd/bwd/opt | step 1 | steady | estimate | err | exact | err | exact fwd/bwd/opt | run s |",

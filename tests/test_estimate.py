@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from sdxlc.estimate import cputime
 from sdxlc.estimate.analytic import SAMPLE_KEY, EstimateError, estimate, load_model, lora_param_count
 from sdxlc.estimate.levers import levers
 from sdxlc.resolve.profiles import SCHEMA_DIR, load_profile
@@ -226,21 +227,57 @@ def test_cpu_has_no_cuda_context() -> None:
 
 # --- time ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    ("resolution", "batch", "ckpt", "cache_latents", "measured"),
-    [(64, 1, False, True, 0.146), (128, 4, True, True, 0.404), (64, 8, False, False, 0.243),
-     (160, 1, True, True, 0.337)],
-)
-def test_tiny_cpu_step_time_matches_the_runtime(
-    resolution: int, batch: int, ckpt: bool, cache_latents: bool, measured: float
-) -> None:
-    """Seconds per step of the runtime's own LoRA step on a 2-core CPU, measured by bench/gpu_peaks.py
-    --device cpu --model tiny (bench/results/runtime_steps_cpu_tiny.md, rows 4, 13, 6 and 24)."""
-    plan = make_plan(model="tiny", resolution=resolution, batch=batch, mixed="fp32", ckpt=ckpt,
-                     cache_latents=cache_latents, sample_size=64)
+RECORDED = Path(__file__).resolve().parents[1] / "bench" / "results" / "time_vs_measured.json"
+
+
+def _recorded() -> tuple[str, list[dict[str, Any]]]:
+    """(the measured column the constants were fitted to, the rows) of bench/time_vs_measured.py."""
+    data = json.loads(RECORDED.read_text())
+    basis = "cpu_seconds" if data["meta"].get("basis") == "cpu_seconds" else "measured"
+    return basis, data["rows"]
+
+
+def test_tiny_cpu_step_time_matches_the_recorded_steps() -> None:
+    """The CPU time model (sdxlc/estimate/cputime.py) with tiny.json's constants against the tiny rows that
+    bench/time_vs_measured.py recorded (the runtime's real steps): at least 90% of them within 25%, none
+    beyond 30%, median error under 10%."""
+    basis, rows = _recorded()
+    tiny = [r for r in rows if r["family"] == "tiny"]
+    assert len(tiny) >= 8
+    constants = cputime.constants(load_model("tiny"))
+    peak = load_profile("cpu").tflops_for("fp32")
+    errors = []
+    for row in tiny:
+        compute, dispatch = cputime.seconds(row["features"], constants, peak)
+        errors.append(abs(compute + dispatch - row[basis]) / row[basis])
+        assert errors[-1] < 0.30, row["name"]
+    assert sum(e <= 0.25 for e in errors) >= 0.9 * len(errors)
+    assert sorted(errors)[len(errors) // 2] < 0.10
+
+
+def test_recorded_features_are_the_estimates() -> None:
+    """The recorded rows' features are what the estimate computes now: a plan like the bench's row gives
+    the same step FLOPs, features and seconds, and the quickstart recipe compiles to its recorded row."""
+    _, rows = _recorded()
+    row = next(r for r in rows if r["name"] == "attn 128 b2 ckpt")
+    plan = make_plan(model="tiny", resolution=128, batch=2, mixed="fp32", ckpt=True, sample_size=64)
+    plan["hardware"] = {"device": "cpu", "name": "cpu"}
     result = estimate(plan, load_profile("cpu"))
-    assert result["seconds_per_step"] == pytest.approx(measured, rel=0.15)
+    assert result["step_flops"] == pytest.approx(row["step_flops"], rel=1e-6)
+    assert cputime.features(plan, load_model("tiny"), result["step_flops"]) == row["features"]
+    assert result["seconds_per_step"] == pytest.approx(row["estimate"], rel=1e-3)
     assert result["vram_bytes"] < 64 << 20
+
+
+def test_sdxl_cpu_step_time_matches_the_runtime() -> None:
+    """A full-size SDXL LoRA step of the runtime on the 2-core CPU (512², batch 1, fp32, checkpointing,
+    cached encoders): 66.65 s (bench/gpu_peaks.py --device cpu --model sdxl,
+    bench/results/runtime_steps_cpu_sdxl.md). Its dispatch terms are under 1% of it."""
+    plan = make_plan(resolution=512, mixed="fp32", ckpt=True)
+    plan["hardware"] = {"device": "cpu", "name": "cpu"}
+    result = estimate(plan, load_profile("cpu"))
+    assert result["seconds_per_step"] == pytest.approx(66.65, rel=0.25)
+    assert result["time_breakdown"]["overhead_per_step"] < 0.01 * result["seconds_per_step"]
 
 
 def test_sdxl_gpu_step_time_is_plausible() -> None:

@@ -188,7 +188,7 @@ def test_exact_agrees_with_the_estimate_on_what_each_lever_saves(tmp_path: Path)
     for name, words in (("plain", ""), ("levers", "base fp8\noffload text encoders\noffload vae\n")):
         recipe = tmp_path / f"{name}.sdx"
         recipe.write_text(f'sdx 1\nmodel tiny\nprofile rtx4090-24gb\ndata "{QUICKSTART}"\nresolution 64\n'
-                          f"lora rank 4\n{words}", encoding="utf-8")
+                          f"lora rank 4 no cache te no cache latents\n{words}", encoding="utf-8")
         result, plan, _ = _compile_once(recipe, (), None)
         assert plan is not None, result.diagnostics
         est = sum(v for k, v in plan["estimate"]["vram_breakdown"].items() if k not in skip)

@@ -180,6 +180,8 @@ CLAUSES: list[tuple[str, str, Any]] = [
     ("cache te", "cache.text_encoder", True),
     ("cache latents", "cache.latents", True),
     ("cache latents to disk", "cache.to_disk", True),
+    ("no cache te", "cache.text_encoder", False),
+    ("no cache latents", "cache.latents", False),
     ("checkpointing", "training.gradient_checkpointing", True),
     ("channels last", "training.channels_last", True),
     ("model tiny v_prediction", "model.prediction", "v_prediction"),

@@ -211,7 +211,7 @@ def test_masks_are_cached_with_the_latents_under_a_key_that_names_them(tmp_path:
     assert rc.latent_key(**base, mask="") == unmasked  # type: ignore[arg-type]
     assert len({unmasked, rc.latent_key(**base, mask="b" * 64), rc.latent_key(**base, mask="alpha")}) == 3  # type: ignore[arg-type]
 
-    recipe = dataset(tmp_path, "folder", extra="cache latents to disk\n")
+    recipe = dataset(tmp_path, "folder", extra="cache latents to disk\nno cache te\n")
     runner = CliRunner()
     first = runner.invoke(cache_command, [str(recipe)])
     assert first.exit_code == 0, first.output

@@ -55,6 +55,7 @@ def test_adafactor_resolves_an_explicit_lr_and_no_clipping(tmp_path: Path) -> No
     assert plan["optimizer"] == {
         "name": "adafactor", "class": "transformers.optimization.Adafactor", "lr": 1e-5, "max_grad_norm": 0.0,
         "args": {"relative_step": False, "scale_parameter": False, "warmup_init": False},
+        "implementation": None,
     }
     assert plan["provenance"]["optimizer.max_grad_norm"]["source"] == "default"
 

@@ -15,7 +15,7 @@ from sdxlc.pipeline import compile_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
-STEPS = 40
+STEPS = 60
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -13,7 +13,9 @@ step, or the fused backward pass's per-weight steps.
 training-step peak: weights + trainable + gradients + optimizer state + activations. The CUDA context,
 caching-allocator rounding and kernel workspaces are not visible to fake tensors. Autocast is CPU
 autocast (CUDA autocast keeps a few ops such as group_norm in fp32). With several processes this is one
-process without its DDP buckets or ZeRO/FSDP shards.
+process without its DDP buckets or ZeRO/FSDP shards. On the cpu profile the result also counts the plan's
+`runtime_state` and leaves out the memory-mapped weights a step never reads (runtime/exact/host.py), so
+it compares with a real run's peak RSS.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.utils._pytree import tree_leaves
 
 from runtime import RunError
 from runtime.exact.fake_memory import LiveBytes, StatePlaceholder, bnb_state_bytes, fakeify
+from runtime.exact.host import adjust as adjust_for_host
 from runtime.exact.lowvram import release_offloaded
 from runtime.methods import registry as methods
 from runtime.model.fp8 import apply_base_fp8
@@ -326,7 +329,7 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
     if int(plan.get("launch", {}).get("world_size", 1)) > 1:
         notes.append("measured as one process: DDP's gradient buckets and ZeRO/FSDP shards are not simulated")
     breakdown = {k: int(v) for k, v in sorted(tracker.peak_categories.items()) if v}
-    return {
+    result = {
         "peak_bytes": int(tracker.peak),
         "breakdown": breakdown,
         "step_flops": float(tracker.flops) * accumulate,
@@ -337,3 +340,5 @@ def measure(plan: dict[str, Any]) -> dict[str, Any]:
         "phase_peaks": {k: int(v) for k, v in tracker.phase_peaks.items() if k != "setup"},
         "resident_bytes": int(resident_bytes),
     }
+    adjust_for_host(plan, parts, result)  # cpu: runtime state and never-read mapped weights (host.py)
+    return result

@@ -41,6 +41,7 @@ from runtime.train.data import (
 )
 
 Say = Callable[[str], None]
+HOST = torch.device("cpu")  # cached entries live in host memory; each batch's entries visit the device
 
 
 @torch.no_grad()
@@ -111,7 +112,10 @@ def sample_latents(models: Models, parameters: torch.Tensor) -> torch.Tensor:
 class Conditioning:
     """Latents and text embeddings for a batch, from the caches the plan asks for.
 
-    Without `to_disk` the caches live in memory for this run; with it, every entry is looked up in the
+    Cached entries are kept in host memory (as kohya keeps its latents), never on the training device:
+    a data set's cache grows with its images and captions, the device's memory does not; each batch's
+    entries are copied to the device when it is trained on. Without `to_disk` the caches live in memory
+    for this run; with it, every entry is looked up in the
     content-addressed disk cache (runtime/cache/store.py) first and stored there when it had to be encoded.
 
     With N processes, rank r encodes only images and captions r, r+N, r+2N, … and the ranks then
@@ -183,7 +187,7 @@ class Conditioning:
                 "shuffled captions (or tag dropout) change every step: they cannot use the text-encoder cache"
             )
         self.text = {}
-        device = self.models.device
+        device = HOST
         identity = text_identity(self.models.pipe) if self.disk is not None else None
         captions = all_captions(self.data)
         keys = {c: text_key(c, *identity) if identity is not None else "" for c in captions}
@@ -196,7 +200,7 @@ class Conditioning:
                 counts.reused += 1
                 continue
             states, pooled = encode_text(self.models, [caption])
-            self.text[caption] = (states[0], pooled[0])
+            self.text[caption] = (states[0].to(HOST), pooled[0].to(HOST))
             counts.encoded += 1
             if self.disk is not None:
                 self.disk.store("text", keys[caption], {"states": states[0], "pooled": pooled[0]})
@@ -226,7 +230,7 @@ class Conditioning:
         for sample in self.data.samples:
             first.setdefault(sample.image, sample)
         vae, dtype = vae_identity(self.models) if self.disk is not None else ("", "")
-        device = self.models.device
+        device = HOST
         counts = Counts()
         keys: dict[tuple[int, bool], str] = {}  # the disk keys of this rank's share
         bad: list[tuple[int, str]] = []  # images of this rank's share that could not be read
@@ -254,7 +258,7 @@ class Conditioning:
                 except RunError as exc:
                     bad.append((image, str(exc)))
                     break
-                parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0]
+                parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0].to(HOST)
                 self.latents[(image, flip)] = parameters
                 if mask is not None:
                     self.masks[(image, flip)] = mask  # type: ignore[index]
@@ -306,15 +310,17 @@ class Conditioning:
         if self.latents is None:
             parameters = encode_finite(self.models, batch.pixels, self.say, "a batch")
         else:
-            parameters = torch.stack([self.latents[key] for key in batch.keys])
+            parameters = torch.stack([self.latents[key] for key in batch.keys]).to(self.models.device,
+                                                                                  non_blocking=True)
             if self.masks is not None:  # the masks cached with the latents
                 batch.mask = torch.stack([self.masks[key] for key in batch.keys])
         if self.text is None:
             captions = self.captions(batch.captions) if self.captions else batch.captions
             states, pooled = (text_states if self.text_grad else encode_text)(self.models, captions)
         else:
-            states = torch.stack([self.text[c][0] for c in batch.captions])
-            pooled = torch.stack([self.text[c][1] for c in batch.captions])
+            device = self.models.device
+            states = torch.stack([self.text[c][0] for c in batch.captions]).to(device, non_blocking=True)
+            pooled = torch.stack([self.text[c][1] for c in batch.captions]).to(device, non_blocking=True)
         dtype = self.models.weight_dtype
         return sample_latents(self.models, parameters), states.to(dtype), pooled.to(dtype)
 

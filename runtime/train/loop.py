@@ -28,6 +28,7 @@ from runtime.train.loss import batch_loss
 from runtime.train.loss import snr_weights as snr_weights
 from runtime.train.optim import make_optimizer as make_optimizer
 from runtime.train.optim import make_schedule
+from runtime.train.readout import Read, Readout, due
 
 StepHook = Callable[[int, int], None]  # (optimizer step done, epoch) -> None
 # (optimizer step done, gradient norm before clipping, optimizer param groups) -> None
@@ -185,13 +186,14 @@ def _steps(plan: dict[str, Any], models: Models, live: _Live, stream: Iterator[t
     training, acc = plan["training"], models.accelerator
     rank, world = acc.process_index, acc.num_processes
     model, optimizer, trainable, fused = live.model, live.optimizer, live.trainable, live.fused
-    on_step, on_loss, on_metrics = hooks.on_step, hooks.on_loss, hooks.on_metrics
-    pending: list[float] = []
+    on_step, on_metrics = hooks.on_step, hooks.on_metrics
+    seed, max_norm, total = training["seed"], plan["optimizer"]["max_grad_norm"], training["total_steps"]
+    readout = Readout()  # losses and norms stay on the device until a read point (runtime/train/readout.py)
     for (epoch, index, _, _), batch in stream:
         live.conditioning.report()
         # noise, timesteps and dropout of a batch are seeded by its place in the global order: the ranks
         # draw different noise, and N processes reproduce one process with N× the accumulation
-        torch.manual_seed(batch_seed(training["seed"], epoch, index * world + rank))
+        torch.manual_seed(batch_seed(seed, epoch, index * world + rank))
         latents, states, pooled = live.conditioning.encode(batch)
         if live.method is not None:
             live.method.before_forward(models.pipe, batch)
@@ -204,45 +206,41 @@ def _steps(plan: dict[str, Any], models: Models, live: _Live, stream: Iterator[t
                 for parameter in live.outside:
                     if parameter.grad is not None:
                         parameter.grad = acc.reduce(parameter.grad, "mean")
-            max_norm = plan["optimizer"]["max_grad_norm"]
             if not fused and acc.sync_gradients and (max_norm > 0 or on_metrics):  # inf bound only measures
                 norm = acc.clip_grad_norm_(trainable, max_norm if max_norm > 0 else math.inf)
             if not fused:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        pending.append(loss.detach().item())
-        if not math.isfinite(pending[-1]):
-            raise RunError(diverged(pending[-1], stats.steps + 1, epoch, index, batch))
+        readout.batch(loss, epoch, index, batch.captions)
         if not acc.sync_gradients:
             continue
         stats.steps, stats.epoch = stats.steps + 1, epoch + 1
         stats.next_epoch, stats.next_batch = epoch, index + 1
-        stats.losses.append(sum(pending) / len(pending))
         if stats.ema is not None:
             stats.ema.update(stats.steps)
-        pending = []
-        if on_loss:
-            on_loss(stats.steps, stats.losses[-1], stats.schedule.get_last_lr()[0])
-        if on_metrics:
-            on_metrics(stats.steps, None if norm is None else float(norm), optimizer.param_groups)
+        readout.step(stats.steps, stats.schedule.get_last_lr()[0], norm,
+                     optimizer.param_groups if on_metrics else None)
+        if due(plan, stats.steps):  # read before anything is saved from these weights
+            _deliver(readout.read(stats.steps + 1), stats, hooks)
         stats.schedule.step()
         if on_step:
             on_step(stats.steps, stats.epoch)
-        if stats.steps >= training["total_steps"]:
+        if stats.steps >= total:
             break
+    _deliver(readout.read(stats.steps + 1), stats, hooks)  # a stream that ended early, batches left over
+
+
+def _deliver(values: list[Read], stats: TrainStats, hooks: _Hooks) -> None:
+    """The read steps' losses into the stats, and to the hooks in step order."""
+    for step, loss, lr, norm, groups in values:
+        stats.losses.append(loss)
+        if hooks.on_loss:
+            hooks.on_loss(step, loss, lr)
+        if hooks.on_metrics:
+            hooks.on_metrics(step, norm, groups)
 
 
 def batch_seed(seed: int, epoch: int, position: int) -> int:
     """A seed for one batch from the run's seed and the batch's global position (stable across runs)."""
     digest = hashlib.sha256(f"{seed}:{epoch}:{position}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def diverged(loss: float, step: int, epoch: int, index: int, batch: Batch) -> str:
-    """What to say when the loss stops being a number."""
-    return (
-        f"the loss became {loss} at step {step} (epoch {epoch + 1}, batch {index + 1}: "
-        f"{', '.join(batch.captions[:2])}{'…' if len(batch.captions) > 2 else ''}); training stopped and "
-        "the last checkpoint is intact. Usual causes: the stock SDXL VAE in fp16 (use an fp16-fix VAE "
-        "or `vae fp32`), or a learning rate too high for the optimizer."
-    )

@@ -56,8 +56,10 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float) -> torc
 
 
 def make_noise(latents: torch.Tensor, training: dict[str, Any]) -> torch.Tensor:
-    """Gaussian noise with the plan's offset (per channel) and multi-resolution levels."""
-    noise = torch.randn_like(latents)
+    """Gaussian noise with the plan's offset (per channel) and multi-resolution levels. Drawn in the
+    latents' logical order whatever their memory layout (`randn_like` follows the strides), so cached
+    and freshly encoded latents of one batch get the same noise."""
+    noise = fresh_noise(latents)
     if training["noise_offset"] > 0:
         noise = noise + training["noise_offset"] * torch.randn(
             (latents.shape[0], latents.shape[1], 1, 1), device=latents.device, dtype=latents.dtype)
@@ -66,11 +68,16 @@ def make_noise(latents: torch.Tensor, training: dict[str, Any]) -> torch.Tensor:
     return noise
 
 
+def fresh_noise(latents: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise of the latents' shape, device and dtype, contiguous."""
+    return torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
+
+
 def noisy_input(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
                 timesteps: torch.Tensor, perturbation: float) -> torch.Tensor:
     """The model input; input perturbation adds gamma × fresh noise to the input only, not the target."""
     if perturbation > 0:
-        noise = noise + perturbation * torch.randn_like(latents)
+        noise = noise + perturbation * fresh_noise(latents)
     return scheduler.add_noise(latents, noise, timesteps)
 
 

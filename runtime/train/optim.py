@@ -14,6 +14,13 @@ from diffusers.optimization import get_scheduler
 
 from runtime import RunError
 
+# what each `optimizer.implementation` passes to torch's AdamW or SGD
+CLASS_ARGS: dict[str, dict[str, bool]] = {
+    "fused": {"fused": True, "foreach": False},
+    "foreach": {"foreach": True, "fused": False},
+    "for_loop": {"foreach": False, "fused": False},
+}
+
 
 def optimizer_class(name: str, path: str) -> type[torch.optim.Optimizer]:
     """The optimizer class at `path` (module path and name), as the plan names it."""
@@ -30,9 +37,22 @@ def relative_step(optimizer: dict[str, Any]) -> bool:
     return optimizer["name"] == "adafactor" and bool(optimizer["args"].get("relative_step"))
 
 
+def implementation_args(optimizer: dict[str, Any]) -> dict[str, bool]:
+    """`fused=` and `foreach=` for the plan's `optimizer.implementation` (none when the plan has no
+    implementation: one of an older sdxlc passes its `args` as they are)."""
+    implementation = optimizer.get("implementation")
+    if implementation is None:
+        return {}
+    if implementation not in CLASS_ARGS:
+        raise RunError(f"the plan's optimizer.implementation {implementation!r} is not one of "
+                       f"{', '.join(CLASS_ARGS)}")
+    return dict(CLASS_ARGS[implementation])
+
+
 def make_optimizer(optimizer: dict[str, Any], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The optimizer the plan names, with exactly the plan's arguments."""
-    cls, args = optimizer_class(optimizer["name"], optimizer["class"]), dict(optimizer["args"])
+    """The optimizer the plan names, with exactly the plan's arguments and implementation."""
+    cls = optimizer_class(optimizer["name"], optimizer["class"])
+    args = {**optimizer["args"], **implementation_args(optimizer)}
     if relative_step(optimizer):  # the class refuses an explicit lr; group lrs are ignored
         return cls(groups, lr=None, **args)
     return cls(groups, lr=optimizer["lr"], **args)

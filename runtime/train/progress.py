@@ -77,7 +77,15 @@ class Progress:
         """The moving average of the last WINDOW step losses."""
         return sum(self.window) / len(self.window) if self.window else float("nan")
 
+    def advance(self, step: int) -> None:
+        """Optimizer step `step` is done (its loss may be read later): the speed's clock and the bar."""
+        if self.first is None:
+            self.first = (step, time.perf_counter())
+        if self.enabled and self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
     def step(self, step: int, loss: float, lr: float) -> None:
+        """The loss of step `step`, read at one of the run's read points (runtime/train/readout.py)."""
         self.window.append(loss)
         now = time.perf_counter()
         if self.first is None:

@@ -170,6 +170,7 @@ class Run:
         return bool(self.models.accelerator.is_main_process)
 
     def on_step(self, step: int, epoch: int) -> None:
+        self.progress.advance(step)
         if not self.main:
             return
         if self.validator is not None and validate.due(self.plan, step):

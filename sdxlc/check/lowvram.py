@@ -77,10 +77,46 @@ def fp8_with_fsdp(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
     )]
 
 
+# (offload path, cache key, offload word, cache word, off word, what the cache holds, the component and
+# its verb, what the caching pass encodes)
+_MOOT_OFFLOADS = (
+    ("precision.offload_text_encoders", "text_encoder", "offload text encoders", "cache te", "no cache te",
+     "text-encoder outputs are", "text encoders", "are", "the captions"),
+    ("precision.offload_vae", "latents", "offload vae", "cache latents", "no cache latents", "latents are",
+     "VAE", "is", "the images"),
+)
+
+
+def offload_with_cache(plan: dict[str, Any], layers: Layers) -> list[Diagnostic]:
+    """An offload word beside the cache that frees the same component does nothing during the steps:
+    the cached component waits in CPU memory after the caching pass either way, and sampling brings it
+    to the GPU either way. Decided on the plan's cache values, whether the recipe or a default set them
+    (the estimate counts no saving for it: sdxlc/estimate/lowvram.py MOOT)."""
+    found = []
+    for offload, key, word, cache_word, off_word, held, what, verb, encoded in _MOOT_OFFLOADS:
+        if not plan["precision"][offload.split(".", 1)[1]] or not plan["data"]["cache"][key]:
+            continue
+        set_by = f"`{cache_word}`" if layers.given(f"cache.{key}") else "by default"
+        found.append(make(
+            "SDX0616",
+            f"`{word}` does nothing during the steps: the {held} cached ({set_by}), so the {what} {verb} "
+            "not used in them",
+            layers.span(offload),
+            help=f"drop `{word}`: it only keeps the {what} off the GPU from the model load until the caching "
+            f"pass encodes {encoded}; after that pass the {what} {verb} in CPU memory either way, and "
+            f"sampling moves the {what} to the GPU with or without it (with `{off_word}` the {what} "
+            f"encode{'s' if verb == 'is' else ''} every batch, and `{word}` keeps the GPU free between "
+            "batches)",
+            related=layers.related(f"cache.{key}", "cached here"),
+        ))
+    return found
+
+
 LOWVRAM_CHECKS: tuple[Callable[[dict[str, Any], Layers], list[Diagnostic]], ...] = (
     fp8_with_finetune,
     offload_trained_encoders,
     offload_on_cpu,
     fp8_with_fsdp,
     fp8_with_dora,
+    offload_with_cache,
 )

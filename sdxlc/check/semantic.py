@@ -197,6 +197,11 @@ def optimizer_args_known(plan: dict[str, Any], layers: Layers) -> list[Diagnosti
             default = known[key]["default"]
             found.append(make("SDX0541", f"`{key}` of `{name}`: {problem}", span,
                               help=f"its default is `{key}={_arg_text(default)}`"))
+    args = plan["optimizer"]["args"]
+    if args.get("foreach") is True and args.get("fused") is True:  # torch refuses the pair
+        found.append(make("SDX0541", f"`foreach=true` with `fused=true` for `{name}`: torch steps one way",
+                          layers.span("optimizer.args.fused") or layers.span("optimizer.name"),
+                          help="keep one of them"))
     return found
 
 

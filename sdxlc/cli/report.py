@@ -108,7 +108,8 @@ def _chosen_settings(plan: dict[str, Any]) -> str:
             parts = chosen.setdefault(_origin(origin), {}).setdefault(section, [])
             parts.append(f"{key} {value_text(path, value)}")
     lines = [f"set by {recipe} (`sdxlc plan --all` lists every resolved value):"]
-    width = min(34, max((len(label) for label in [*given, *chosen]), default=0))
+    # the column fits the recipe's own labels; a longer chosen label (a default's reason) runs past it
+    width = min(34, max((len(label) for label in given or chosen), default=0))
     lines += _grouped(sorted(given.items(), key=lambda item: order[item[0]]), width)
     if chosen:
         lines += ["chosen for it (hardware profile, fit solver, defaults with a reason, derived):"]

@@ -8,21 +8,21 @@ constant and its source is documented in ``docs/ESTIMATE.md``. Pure Python: no t
 from __future__ import annotations
 
 import copy
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sdxlc.estimate import adapters, lllite, lowvram
+from sdxlc.estimate import adapters, cputime, host, lllite, lowvram
 from sdxlc.estimate.facts import derive
+from sdxlc.estimate.model_data import EstimateError, get_path, load_model
+from sdxlc.estimate.model_data import bucket_sizes as _bucket_sizes
+from sdxlc.estimate.model_data import latent_px as _latent_px
 from sdxlc.estimate.scale import communication_seconds, launch_shape, shard_terms
 from sdxlc.estimate.validation import ema_bytes, validation_seconds
 from sdxlc.resolve.architecture import CONFIG_ERRORS, read_configs
 from sdxlc.resolve.model_source import SHIPPED_CONFIG, config_folder
 from sdxlc.resolve.optimizers import optimizer_table
-from sdxlc.resolve.profiles import SCHEMA_DIR, Profile
-
-MODELS_DIR = SCHEMA_DIR / "models"
+from sdxlc.resolve.profiles import Profile
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LORA_DTYPE_BYTES = 4  # LoRA weights and their gradients are kept in fp32
@@ -30,27 +30,13 @@ TIGHT_HEADROOM = 0.10
 SAMPLE_KEY = "sample_peak"
 
 
-# Temporaries of an optimizer step. torch's AdamW steps every tensor at once on CUDA (`foreach`): the
-# square roots of the second moments are one more copy of all trained values (SGD's foreach step works in
-# place). Per-parameter steps (CPU, Adafactor, Prodigy, the fused backward pass) hold about three fp32
+# Temporaries of an optimizer step. torch's AdamW with `optimizer.implementation` foreach (CUDA's default)
+# steps every tensor at once: the square roots of the second moments are one more copy of all trained
+# values (SGD's foreach step works in place). The fused kernel keeps none. Per-parameter steps (the
+# for-loop, Adafactor, Prodigy, the fused backward pass) hold about three fp32
 # temporaries of the tensor being stepped (`--exact` on Adafactor: 2-5 of the largest UNet tensor).
 FOREACH_COPIES = {"adamw": 1}
 PER_TENSOR_COPIES = 3
-
-
-class EstimateError(ValueError):
-    """The plan lacks something the estimator needs, or names something it does not know."""
-
-
-@cache
-def load_model(name: str) -> dict[str, Any]:
-    """Architecture facts of ``schema/models/<name>.json``."""
-    path = MODELS_DIR / f"{name}.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EstimateError(f"cannot read model facts {path}: {exc}") from exc
-    return data
 
 
 def model_name(plan: dict[str, Any]) -> str:
@@ -84,23 +70,6 @@ def _derived(folder: str, stamp: tuple[tuple[str, int], ...]) -> dict[str, Any]:
         return derive(configs, read_configs(SHIPPED_CONFIG), load_model("sdxl"), load_model("tiny"))
     except CONFIG_ERRORS as exc:
         raise EstimateError(f"cannot size the model from {folder}: {exc}") from exc
-
-
-def get_path(plan: dict[str, Any], dotted: str) -> Any:
-    node: Any = plan
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise EstimateError(f"the plan has no {dotted!r}, which the estimate needs")
-        node = node[part]
-    return node
-
-
-def set_path(plan: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = plan
-    for part in parents:
-        node = node[part]
-    node[last] = value
 
 
 def trainable_param_count(plan: dict[str, Any], model: dict[str, Any]) -> int:
@@ -144,8 +113,10 @@ def _step_transient(plan: dict[str, Any], model: dict[str, Any], trained: int, d
     args = optimizer.get("args") or {}
     method = plan["method"]
     value_bytes = 2 if method.get("full_bf16") else LORA_DTYPE_BYTES
-    foreach = args.get("foreach") is not False and not args.get("fused")
-    if device == "cuda" and foreach and optimizer["name"] in FOREACH_COPIES:
+    implementation = optimizer.get("implementation")  # a plan of an older sdxlc: torch's default
+    foreach = implementation == "foreach" if implementation is not None else \
+        device == "cuda" and args.get("foreach") is not False and not args.get("fused")
+    if foreach and optimizer["name"] in FOREACH_COPIES:
         return FOREACH_COPIES[optimizer["name"]] * trained * value_bytes
     if method.get("kind") != "finetune":  # LoRA and embedding tensors are a few MB at most
         return 0
@@ -206,22 +177,6 @@ def _te_lora_copies(plan: dict[str, Any], model: dict[str, Any], batch: int) -> 
         widths = model["te_lora_input_width"][te]
         total += int(model["context"]["te_layers"][te]) * sum(int(widths[m]) for m in modules)
     return total * int(model["context"]["length"]) * LORA_DTYPE_BYTES * batch
-
-
-def _bucket_sizes(plan: dict[str, Any]) -> list[tuple[int, int, int]]:
-    """(width, height, weight) of every bucket in use; one square bucket when there is no table."""
-    table = get_path(plan, "data.buckets.table") or []
-    used = [(int(b["width"]), int(b["height"]), int(b.get("batches") or b.get("images") or 0)) for b in table]
-    used = [b for b in used if b[2] > 0] or [(w, h, 1) for w, h, _ in used]
-    if not used:
-        res = int(get_path(plan, "data.resolution"))
-        used = [(res, res, 1)]
-    return used
-
-
-def _latent_px(width: int, height: int, model: dict[str, Any]) -> int:
-    down = int(model["latent"]["downscale"])
-    return (width // down) * (height // down)
 
 
 def _unet_forward_flops(model: dict[str, Any], latent_px: float) -> float:
@@ -308,9 +263,11 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
         terms["optimizer_step_extra"] = step - activations - terms.get("vae_encode_extra", 0)
     full = dict(terms)
     terms = shard_terms(plan, terms)
+    host.drop_unread(plan, profile, model, terms)  # cpu: mapped weights a step never reads
     overhead = profile.allocator_overhead
     terms["allocator_overhead"] = int(sum(terms.values()) * overhead)
     terms["cuda_context"] = profile.context_bytes if profile.device == "cuda" else 0
+    host.add_runtime_state(plan, profile, terms)  # cpu: the process's own memory beyond its tensors
 
     sample_peak = 0
     prompts = get_path(plan, "sample.prompts") or []
@@ -378,12 +335,22 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
     step_flops = per_sample * batch * accumulate
 
     device = profile.device
-    overhead = float(model["step_overhead_seconds"][device])
-    if ckpt:
-        overhead *= float(model["checkpointing_overhead_factor"])
-    overhead += float(model["sample_overhead_seconds"][device]) * batch
-    if resident["vae"] or not cache_te:
-        overhead += float(model["encode_overhead_seconds"][device])
+    efficiency = profile.efficiency
+    if device == "cpu":  # FLOPs at the model family's measured rate + per-layer dispatch (cputime.py)
+        cpu_time = cputime.constants(model)
+        efficiency = float(cpu_time["efficiency"])
+        throughput = profile.tflops_for(mixed) * 1e12 * efficiency
+        feats = cputime.features(plan, model, step_flops)
+        extra_compute, dispatch = cputime.seconds({**feats, "flops": 0.0}, cpu_time, 1.0)  # a LoRA's products
+        overhead = dispatch / accumulate
+    else:
+        extra_compute = 0.0
+        overhead = float(model["step_overhead_seconds"][device])
+        if ckpt:
+            overhead *= float(model["checkpointing_overhead_factor"])
+        overhead += float(model["sample_overhead_seconds"][device]) * batch
+        if resident["vae"] or not cache_te:
+            overhead += float(model["encode_overhead_seconds"][device])
     vae_dtype_bytes = 4 if get_path(plan, "precision.vae_fp32") else DTYPE_BYTES[mixed]
     overhead += lowvram.transfer_seconds(plan, model, DTYPE_BYTES[mixed], vae_dtype_bytes)  # offloading
     world, machines, _ = launch_shape(plan)
@@ -391,9 +358,9 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
         throughput /= world  # the processes share the machine's cores
     time = {
         "dense_tflops": profile.tflops_for(mixed),
-        "efficiency": profile.efficiency,
+        "efficiency": efficiency,
         "effective_tflops": throughput / 1e12,
-        "compute_per_step": step_flops / throughput,
+        "compute_per_step": step_flops / throughput + extra_compute * (world if machines == 1 else 1),
         "overhead_per_step": overhead * accumulate,
         "communication_per_step": communication_seconds(
             plan, trainable_param_count(plan, model),

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from sdxlc.estimate.analytic import (
-    get_path,
     model_facts,
     optimizer_state_bytes,
     trainable_param_count,
 )
+from sdxlc.estimate.model_data import get_path
 from sdxlc.plan.files import free_bytes
 
 SAVE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sdxlc.estimate import cputime
 from sdxlc.resolve.architecture import (
     Configs,
     Tensors,
@@ -147,6 +148,8 @@ def structure(configs: Configs) -> dict[str, Any]:
     hidden = {"te1": int(te1["hidden_size"]), "te2": int(te2["hidden_size"])}
     inner = {"te1": int(te1["intermediate_size"]), "te2": int(te2["intermediate_size"])}
     return {
+        **cputime.counts(tensors, UNET_LORA_MODULES + UNET_CONV_MODULES, TE_LORA_MODULES,  # CPU time
+                         lambda name: _level(name, levels)),
         "params": {part: sum(numel(s) for s in t.values()) for part, t in tensors.items()},
         "adafactor_state_elements": {
             part: adafactor_elements(tensors[part]) for part in ("unet", "te1", "te2")
@@ -265,6 +268,7 @@ def derive(
         "encode_overhead_seconds",
         "sample_overhead_seconds",
         "checkpointing_overhead_factor",
+        "cpu_time",
     ):
         facts[key] = near[key]
     facts.update(

@@ -12,8 +12,9 @@ import copy
 from typing import Any
 
 from sdxlc.estimate import lowvram
-from sdxlc.estimate.analytic import estimate, get_path, set_path
+from sdxlc.estimate.analytic import estimate
 from sdxlc.estimate.fit import ALTERNATIVES
+from sdxlc.estimate.model_data import get_path, set_path
 from sdxlc.estimate.scale import launch_shape
 from sdxlc.resolve.profiles import Profile
 

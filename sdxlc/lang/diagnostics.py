@@ -171,6 +171,7 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0613": ("warning", "an offload word on the CPU profile"),
     "SDX0614": ("error", "`base fp8` with FSDP"),
     "SDX0615": ("error", "`base fp8` with DoRA"),
+    "SDX0616": ("warning", "an offload word beside the cache that frees the same component"),
 }
 
 

@@ -25,7 +25,9 @@ from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.lang.lower import Lowered
 from sdxlc.plan.manifest import Manifest
+from sdxlc.resolve.cache_defaults import apply_cache_defaults
 from sdxlc.resolve.data import resolve_data
+from sdxlc.resolve.implementation import resolve_implementation
 from sdxlc.resolve.index import Index
 from sdxlc.resolve.launch import resolve_launch
 from sdxlc.resolve.lllite import sample_controls
@@ -100,12 +102,11 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     batch_size = b.take("training.batch_size", "training.batch_size")
     data = resolve_data(layers, recipe_dir, batch_size)
     diags.extend(data.diagnostics)
-    data.section["loader"] = resolve_loader(layers, profile.device, data.section["cache"], b.provenance)
     model["files"] = b.derived("model.files", _model_files(model, data.section["cache"]["dir"]))
     b.provenance.update(data.provenance)
     training = _training(b, data.section, diags, profile.device)
     training["ema"] = resolve_ema(b, training)  # sdxlc/resolve/validation.py
-    precision, optimizer = _precision(b, profile), _optimizer(b)
+    precision, optimizer = _precision(b, profile), _optimizer(b, profile.device)
     launch = resolve_launch(b, training, precision, optimizer, profile)  # steps per rank for N processes
     warnings = list(data.warnings)
     plan: dict[str, Any] = {
@@ -134,6 +135,8 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
         "provenance": {},
         "warnings": warnings,
     }
+    apply_cache_defaults(plan, layers, b.provenance)  # needs the method and the datasets
+    data.section["loader"] = resolve_loader(layers, profile.device, data.section["cache"], b.provenance)
     plan["provenance"] = dict(sorted(b.provenance.items()))
     return Resolution(plan, diags, profile, data.manifest)
 
@@ -267,17 +270,20 @@ def _precision(b: _Builder, profile: Profile) -> dict[str, Any]:
     }
 
 
-def _optimizer(b: _Builder) -> dict[str, Any]:
-    """The optimizer with every argument sdxlc decides; `args` are checked later (sdxlc/check/semantic.py)."""
+def _optimizer(b: _Builder, device: str) -> dict[str, Any]:
+    """The optimizer with every argument sdxlc decides; `args` are checked later (sdxlc/check/semantic.py).
+    The recipe's `foreach` / `fused` arguments become `implementation` (sdxlc/resolve/implementation.py)."""
     name = b.take("optimizer.name", "optimizer.name")
     given = b.take("optimizer.args", "optimizer.args")
     known = accepted_args(name)
     args = {key: normalise_arg(name, key, value) if key in known else value for key, value in given.items()}
+    implementation, args = resolve_implementation(b, name, args, device)
     return {
         "name": name,
         "class": b.derived("optimizer.class", optimizer_table()[name]["class"], "derived"),
         "lr": _per_optimizer(b, name, "optimizer.lr", "optimizer.lr"),
         "args": {**OPTIMIZER_ARGS.get(name, {}), **args},
+        "implementation": implementation,
         "max_grad_norm": _per_optimizer(b, name, "optimizer.max_grad_norm", "optimizer.max_grad_norm"),
     }
 

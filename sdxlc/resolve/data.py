@@ -15,7 +15,7 @@ from sdxlc.lang.diagnostics import Diagnostic, make
 from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.plan import buckets as bk
 from sdxlc.plan.manifest import Manifest, ManifestImage
-from sdxlc.resolve import companions
+from sdxlc.resolve import companions, manifest_reuse, snapshot
 from sdxlc.resolve.balance import Balance, epoch_counts
 from sdxlc.resolve.datasets import DATASET_DEFAULTS, ImageItem, Problem, ScanResult, is_manifest, scan_dataset
 from sdxlc.resolve.index import Index
@@ -37,12 +37,13 @@ class DataResolution:
     validation: Held | None = None  # the validation images (`validate`), held out before the balance
 
 
+@snapshot.gc_paused
 def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResolution:
     """Scan every dataset, place each image in its bucket and count samples and batches per bucket."""
     provenance: dict[str, Provenance] = {}
     cache = _cache(layers, recipe_dir, provenance)
     index = Index.in_dir(cache["dir"])
-    datasets, items, res = _datasets(layers, recipe_dir, index)
+    datasets, items, res = _datasets(layers, recipe_dir, index, cache["dir"])
     index.save()
     res.provenance.update(provenance)
     size, size_from = layers.get("resolution.size")
@@ -87,9 +88,9 @@ def resolve_data(layers: Layers, recipe_dir: Path, batch_size: int) -> DataResol
     res.warnings.extend(_upscaled(items, placement))
     res.bucket_sizes = [row["samples"] for row in table]
     samples = sum(res.bucket_sizes)
-    res.manifest = manifest(items, balance.counts, placement)
+    res.manifest = _manifest(items, balance.counts, placement, cache["dir"])
     _RESOLVED.clear()
-    _RESOLVED[res.manifest.sha256] = res.manifest
+    _RESOLVED[res.manifest.sha256] = [(item.width, item.height) for item in items]
     res.section = {
         "datasets": datasets,
         "resolution": size,
@@ -130,9 +131,31 @@ def manifest(items: list[ImageItem], counts: list[int], placement: Placement) ->
     return Manifest(tuple(entries))
 
 
-# The manifest `resolve_data` made last in this process, by its sha256: `bucket_details` reads the
-# plan's images from it instead of scanning the datasets again.
-_RESOLVED: dict[str, Manifest] = {}
+def _manifest(
+    items: list[ImageItem], counts: list[int], placement: Placement, cache_dir: str | None
+) -> Manifest:
+    """`manifest`, its text read back from the cache folder's store when an earlier plan made it from
+    the same images, counts, buckets and crops (sdxlc/resolve/manifest_reuse.py)."""
+    placed = {}
+    for shape in {(item.width, item.height) for item in items}:
+        bucket = placement(*shape)
+        placed[shape] = (bucket, bk.cover_crop(*shape, bucket))
+    key = manifest_reuse.manifest_key(items, counts, placed)
+
+    def make() -> Manifest:
+        return manifest(items, counts, placement)
+
+    known = manifest_reuse.reuse(key, cache_dir, len(items), sum(counts), make)
+    if known is not None:
+        return known
+    made = make()
+    manifest_reuse.remember(key, cache_dir, made)
+    return made
+
+
+# The image sizes of the manifest `resolve_data` made last in this process, by its sha256:
+# `bucket_details` reads the plan's images from it instead of scanning the datasets again.
+_RESOLVED: dict[str, list[tuple[int, int]]] = {}
 
 
 def bucket_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,7 +182,7 @@ def _plan_shapes(plan: dict[str, Any]) -> list[tuple[int, int]]:
     else from a scan of its datasets through the index."""
     known = _RESOLVED.get(plan["data"]["manifest"]["sha256"])
     if known is not None:
-        return [(image.width, image.height) for image in known.images]
+        return known
     index = Index.in_dir(plan["data"]["cache"]["dir"])
     shapes = []
     for number, dataset in enumerate(plan["data"]["datasets"]):
@@ -183,7 +206,7 @@ def _memo(placement: Placement) -> Placement:
 
 
 def _datasets(
-    layers: Layers, recipe_dir: Path, index: Index
+    layers: Layers, recipe_dir: Path, index: Index, cache_dir: str | None = None
 ) -> tuple[list[dict[str, Any]], list[ImageItem], DataResolution]:
     res = DataResolution(section={})
     given = layers.doc.get("data") or []
@@ -224,7 +247,7 @@ def _datasets(
                             control_missing=0)
             datasets.append(resolved)
             continue
-        scan = scan_dataset(source, resolved["caption_ext"], number, index=index)
+        scan = snapshot.scan(source, resolved, number, index, cache_dir)
         _companions(layers, number, base, resolved, scan, index, res)
         _report(entry["path"], resolved, scan, span, res)
         resolved["images"] = len(scan.items)
@@ -297,16 +320,19 @@ def _listing(problems: list[Problem]) -> str:
 
 def _upscaled(items: list[ImageItem], placement: Placement) -> list[str]:
     """Images smaller than their bucket: trained upscaled, with one warning naming them."""
-    small = []
-    count = 0
-    for item in items:
-        bucket = placement(item.width, item.height)
-        if item.width < bucket[0] or item.height < bucket[1]:
-            count += 1
-            if count <= LISTED:
-                small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
-    if not small:
+    shapes = Counter((item.width, item.height) for item in items)  # a dataset holds few distinct sizes
+    placed = {shape: placement(*shape) for shape in shapes}
+    upscaled = {(w, h): bucket for (w, h), bucket in placed.items() if w < bucket[0] or h < bucket[1]}
+    count = sum(shapes[shape] for shape in upscaled)
+    if not count:
         return []
+    small = []
+    for item in items:
+        bucket = upscaled.get((item.width, item.height))
+        if bucket is not None:
+            small.append(f"{item.path} ({item.width}x{item.height} < {bucket[0]}x{bucket[1]})")
+            if len(small) == LISTED:
+                break
     more = f"; … and {count - LISTED} more" if count > LISTED else ""
     return [f"{count} image(s) are smaller than their bucket and are upscaled: " + "; ".join(small) + more]
 
@@ -347,13 +373,13 @@ def _bucket_table(
     """Images, samples and batches per bucket, in aspect order (the order `make_buckets` gives). Images
     that give no sample (regularization images past the balance) are left out."""
     counts: dict[bk.Bucket, list[int]] = {}
-    for item, samples in zip(items, counts_per_image, strict=True):
+    shapes = Counter(zip([(item.width, item.height) for item in items], counts_per_image, strict=True))
+    for (shape, samples), images in shapes.items():  # a few distinct (size, samples) pairs
         if not samples:
             continue
-        bucket = placement(item.width, item.height)
-        count = counts.setdefault(bucket, [0, 0])
-        count[0] += 1
-        count[1] += samples
+        count = counts.setdefault(placement(*shape), [0, 0])
+        count[0] += images
+        count[1] += images * samples
     table = []
     for (width, height), (images, samples) in sorted(counts.items(), key=_aspect_order):
         if images:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sdxlc.resolve.index import MAX_CAPTION_BYTES, Index, Probe
 
@@ -83,6 +83,14 @@ class Problem:
     path: str
     reason: str
 
+    def __post_init__(self) -> None:  # a name that is not UTF-8 is shown with \x escapes (the plan is UTF-8)
+        if not _utf8(self.path):
+            try:
+                raw = self.path.encode("utf-8", "surrogateescape")  # the name's own bytes
+            except UnicodeEncodeError:  # a lone surrogate no file name decodes to
+                raw = self.path.encode("utf-8", "backslashreplace")
+            object.__setattr__(self, "path", raw.decode("utf-8", "backslashreplace"))
+
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
 
@@ -105,23 +113,29 @@ def scan_dataset(
     dataset: int = 0,
     *,
     index: Index | None = None,
+    seen: Seen | None = None,
 ) -> ScanResult:
-    """Every image of a folder (recursive, sorted) or manifest, with its size, hash and caption."""
+    """Every image of a folder (recursive, sorted) or manifest, with its size, hash and caption. `seen`
+    is told the stamp of every folder listed and every file looked at (for a scan snapshot)."""
     index = index if index is not None else Index(None)
     result = ScanResult()
     if is_manifest(path):
         _scan_manifest(path, dataset, index, result)
     elif path.is_dir():
-        for found in _walk(path, caption_ext, result):
-            caption, problem = _sidecar_caption(found, index)
+        for found in _walk(path, caption_ext, result, seen):
+            caption, problem = _sidecar_caption(found, index, seen)
             source = found.sidecar
             if caption is None and problem is None and found.tokens:  # kohya: the folder's class tokens
                 caption, source = found.tokens, f"folder {os.path.basename(os.path.dirname(found.path))}"
                 result.folder_captions += 1
             try:
                 stat = found.entry.stat()
+                if seen is not None:
+                    seen.file(found.path, stat)
                 probe = index.image(found.path, stat) if S_ISREG(stat.st_mode) else _NOT_REGULAR
             except OSError as exc:
+                if seen is not None:
+                    seen.file(found.path, None)
                 probe = Probe(0, 0, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
             _take(found.path, probe, caption, problem, found.repeat, dataset, result, source)
     else:
@@ -132,14 +146,27 @@ def scan_dataset(
 _NOT_REGULAR = Probe(0, 0, "not a regular file (a pipe or device)")
 
 
-def _sidecar_caption(found: _Found, index: Index) -> tuple[str | None, str | None]:
+class Seen(Protocol):
+    """Told what a folder scan looked at: each folder's stat before it is listed, each file's stat
+    (None: the file could not be stat'ed)."""
+
+    def folder(self, path: str, stat: os.stat_result | None) -> None: ...
+
+    def file(self, path: str, stat: os.stat_result | None) -> None: ...
+
+
+def _sidecar_caption(found: _Found, index: Index, seen: Seen | None = None) -> tuple[str | None, str | None]:
     """The image's caption file through the index; (None, None) when there is none."""
-    if found.sidecar_entry is None:
-        return (None, None) if not found.maybe_sidecar else index.caption(found.sidecar)
-    try:
-        stat = found.sidecar_entry.stat()
-    except OSError:  # a dangling link is no caption
+    if found.sidecar_entry is None and not found.maybe_sidecar:
         return None, None
+    try:
+        stat = found.sidecar_entry.stat() if found.sidecar_entry is not None else os.stat(found.sidecar)
+    except OSError:  # a dangling link is no caption
+        if seen is not None:
+            seen.file(found.sidecar, None)
+        return None, None
+    if seen is not None:
+        seen.file(found.sidecar, stat)
     return index.caption(found.sidecar, stat)
 
 
@@ -165,7 +192,10 @@ def _take(
     path: str, probe: Probe, caption: str | None, caption_problem: str | None, repeat: int, dataset: int,
     result: ScanResult, caption_from: str,
 ) -> None:
-    """The image as an item, or its problem (a bad image first, then a bad caption)."""
+    """The image as an item, or its problem (a name the manifest cannot hold, a bad image, a bad caption)."""
+    if not _utf8(path):
+        result.problems.append(Problem(path, "its file name is not UTF-8 (rename it)"))
+        return
     if probe.error is not None:
         result.problems.append(Problem(path, probe.error))
         return
@@ -180,6 +210,18 @@ def _take(
     )
 
 
+def _utf8(text: str) -> bool:
+    """Whether UTF-8 can hold `text` (the manifest's encoding): a file name of bytes that are not UTF-8
+    comes back from the file system with lone surrogates, and a JSON string may hold one."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Found(NamedTuple):
     """An image file met by `_walk`, with its caption file's entry when the folder lists one."""
 
@@ -192,24 +234,33 @@ class _Found(NamedTuple):
     tokens: str
 
 
-def _walk(root: Path, caption_ext: str, result: ScanResult) -> list[_Found]:
+def _walk(root: Path, caption_ext: str, result: ScanResult, seen: Seen | None = None) -> list[_Found]:
     """Image files under root, sorted by path, with the repeat and class tokens of their nearest
     `<N>_name` folder (kohya's DreamBooth layout: `10_sks dog` repeats 10 times, captioned `sks dog` by
     default). Folders are listed top down in name order; each is stat'ed to catch symlink loops."""
     found: list[_Found] = []
-    seen: set[tuple[int, int]] = set()
+    walked: set[tuple[int, int]] = set()
     stack: list[tuple[str, int, str]] = [(str(root), 1, "")]
     while stack:
         folder, repeat, tokens = stack.pop()
         try:
             stat = os.stat(folder)
-            if (stat.st_dev, stat.st_ino) in seen:
-                result.problems.append(Problem(folder, "symlink loop: folder already scanned, not followed"))
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
+        except OSError as exc:
+            if seen is not None:
+                seen.folder(folder, None)
+            result.problems.append(_unlisted(folder, exc))
+            continue
+        if seen is not None:
+            seen.folder(folder, stat)
+        if (stat.st_dev, stat.st_ino) in walked:
+            result.problems.append(Problem(folder, "symlink loop: folder already scanned, not followed"))
+            continue
+        walked.add((stat.st_dev, stat.st_ino))
+        try:
             with os.scandir(folder) as listing:
                 entries = list(listing)
-        except OSError:
+        except OSError as exc:  # its images are not silently left out
+            result.problems.append(_unlisted(folder, exc))
             continue
         names = {entry.name: entry for entry in entries}
         lower: set[str] | None = None  # the names in lower case, made when a caption is not listed
@@ -227,8 +278,11 @@ def _walk(root: Path, caption_ext: str, result: ScanResult) -> list[_Found]:
                     lower = {name.lower() for name in names}
                 maybe = listed is None and lower is not None and sidecar.lower() in lower
                 found.append(_Found(entry.path, entry, prefix + sidecar, listed, maybe, repeat, tokens))
-            elif suffix in UNSUPPORTED_EXTENSIONS:
+                continue
+            if suffix in UNSUPPORTED_EXTENSIONS:
                 result.problems.append(Problem(entry.path, f"unsupported image format ({suffix})"))
+            if seen is not None:
+                _note_link(entry, seen)
         for name in sorted(subfolders, reverse=True):
             stack.append((prefix + name, *_kohya_folder(name, repeat, tokens)))
     found.sort(key=itemgetter(0))
@@ -236,6 +290,23 @@ def _walk(root: Path, caption_ext: str, result: ScanResult) -> list[_Found]:
 
 
 _IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
+
+
+def _unlisted(folder: str, exc: OSError) -> Problem:
+    why = exc.strerror or exc.__class__.__name__
+    return Problem(folder, f"folder cannot be listed ({why}): its images are left out")
+
+
+def _note_link(entry: os.DirEntry[str], seen: Seen) -> None:
+    """Stamp a symlink that is neither a folder nor an image: its target may become a folder of images
+    (or stop being one) with nothing in this folder's listing changing."""
+    try:
+        if not entry.is_symlink():
+            return
+        stat: os.stat_result | None = os.stat(entry.path)
+    except OSError:
+        stat = None
+    seen.file(entry.path, stat)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -269,6 +340,9 @@ def _scan_manifest(path: Path, dataset: int, index: Index, result: ScanResult) -
         if not isinstance(name, str) or not name:
             result.problems.append(Problem(where, "manifest row has no `path`"))
             continue
+        if not _utf8(name):
+            result.problems.append(Problem(where, "its `path` is not UTF-8 text (a lone surrogate)"))
+            continue
         file = (base / name).resolve()
         weight = _weight(row.get("weight"))
         if weight is None:
@@ -280,7 +354,9 @@ def _scan_manifest(path: Path, dataset: int, index: Index, result: ScanResult) -
         caption = row.get("caption")
         text = caption.strip() if isinstance(caption, str) else None
         problem = None
-        if text is not None and len(text.encode("utf-8")) > MAX_CAPTION_BYTES:
+        if text is not None and not _utf8(text):
+            text, problem = None, f"its caption in {where} is not UTF-8 text (a lone surrogate)"
+        elif text is not None and len(text.encode("utf-8")) > MAX_CAPTION_BYTES:
             text, problem = None, f"its caption in {where} is over {MAX_CAPTION_BYTES // 1024} KiB"
         _add(file, text, weight, dataset, index, problem, result, "manifest")
 

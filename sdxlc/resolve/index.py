@@ -3,9 +3,9 @@
 `probe_image` reads an image's header (and checks the rest of the file where that is cheap);
 `Index` remembers the answers, with the sha256 of each readable image's bytes (what the plan's sample
 manifest records), the text of each caption file and the hash of each model file, in
-`<cache dir>/index.bin`, keyed by path and checked against the file's inode, size and modification
-time (nanoseconds): a second scan of a large dataset only lists and stats its files, and reads again
-exactly the files that changed.
+`<cache dir>/index.bin`, keyed by path and checked against the file's inode, size, modification
+and change time (nanoseconds): a second scan of a large dataset only lists and stats its files, and
+reads again exactly the files that changed.
 
 The file is a packed table (see `_pack`) behind a header with its own sha256: a truncated, damaged or
 foreign file, or one from another format version, is never trusted; it is noted on the `sdxlc.index`
@@ -35,7 +35,7 @@ from sdxlc.plan.manifest import file_sha256
 
 INDEX_FILE = "index.bin"
 LEGACY_FILES = ("index.json",)  # earlier formats: removed when the index is next written
-INDEX_VERSION = 3
+INDEX_VERSION = 4  # 4: the stamp holds the change time
 _MAGIC = b"SDXLCIDX"
 _HEADER = struct.Struct("<8sIIQQ32s")  # magic, version, byte order, rows, strings length, body sha256
 _ORDER = 0 if sys.byteorder == "little" else 1
@@ -150,12 +150,14 @@ def read_caption(path: str | Path) -> tuple[str | None, str | None]:
         return None, f"caption file {name} is not UTF-8 (byte {exc.start})"
 
 
-Stamp = tuple[int, int, int]  # inode, size, modification time in ns
-Row = tuple[int, int, int, bytes, int, int, str, bytes]  # stamp, kind, width, height, text, digest
+Stamp = tuple[int, int, int, int]  # inode, size, modification and change time in ns
+Row = tuple[int, int, int, int, bytes, int, int, str, bytes]  # stamp, kind, width, height, text, digest
 
 
 def stamp_of(stat: os.stat_result) -> Stamp:
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    """What a file's answer is valid for. The change time catches what the others miss: bytes rewritten
+    in place with the size and modification time put back, a permission change."""
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 class IndexDamaged(ValueError):
@@ -164,7 +166,7 @@ class IndexDamaged(ValueError):
 
 class Index:
     """Answers of `probe_image`, `read_caption` and `file_sha256` keyed by path, valid while the file's
-    inode, size and modification time match. The file is read on the first lookup."""
+    inode, size, modification and change time match. The file is read on the first lookup."""
 
     def __init__(self, file: Path | None) -> None:
         self.file = file
@@ -183,9 +185,9 @@ class Index:
     def image(self, path: str | Path, stat: os.stat_result) -> Probe:
         key = str(path)
         row = self._get(key, stat)
-        if row is not None and row[3] in b"IB":
+        if row is not None and row[4] in b"IB":
             self.hits += 1
-            _, size, _, kind, width, height, text, digest = row
+            _, size, _, _, kind, width, height, text, digest = row
             return Probe(width, height, text or None, digest.hex() if kind == b"I" else "", size)
         self.misses += 1
         stamp = stamp_of(stat)
@@ -206,8 +208,8 @@ class Index:
         key, stat = str(path), path.stat()
         row = self._get(key, stat)
         stamp = stamp_of(stat)
-        if row is not None and row[3] == b"H":
-            return stamp[1], row[7].hex()
+        if row is not None and row[4] == b"H":
+            return stamp[1], row[8].hex()
         digest = file_sha256(path)
         self._put(key, (*stamp, b"H", 0, 0, "", bytes.fromhex(digest)))
         return stamp[1], digest
@@ -224,24 +226,25 @@ class Index:
         if not S_ISREG(stat.st_mode):
             return None, f"caption {os.path.basename(key)} is not a regular file (a pipe or device)"
         row = self._get(key, stat)
-        if row is not None and row[3] in b"CP":
-            return (row[6], None) if row[3] == b"C" else (None, row[6])
+        if row is not None and row[4] in b"CP":
+            return (row[7], None) if row[4] == b"C" else (None, row[7])
         text, problem = read_caption(key)
         kind = b"C" if problem is None else b"P"
         self._put(key, (*stamp_of(stat), kind, 0, 0, problem or text or "", _NO_DIGEST))
         return text, problem
 
     def _get(self, key: str, stat: os.stat_result) -> Row | None:
-        """The row of `key` when it was made from the file `stat` describes (same inode, size, mtime)."""
+        """The row of `key` when it was made from the file `stat` describes (same inode, size, mtime and
+        ctime)."""
         if not self._loaded:
             self.load()
         row = self._fresh.get(key)
         if row is not None:
-            return row if row[:3] == stamp_of(stat) else None
+            return row if row[:4] == stamp_of(stat) else None
         number = self._rows.get(key)
         table = self._table
         if number is None or table.inodes[number] != stat.st_ino or table.sizes[number] != stat.st_size \
-                or table.mtimes[number] != stat.st_mtime_ns:
+                or table.mtimes[number] != stat.st_mtime_ns or table.ctimes[number] != stat.st_ctime_ns:
             return None
         return table.row(number)
 
@@ -297,33 +300,36 @@ class _Table:
     inodes: array[int]
     sizes: array[int]
     mtimes: array[int]
+    ctimes: array[int]
     dims: array[int]  # width, height per row
     kinds: bytes
     digests: bytes  # 32 per row
 
     @classmethod
     def empty(cls) -> _Table:
-        return cls([], array("Q"), array("q"), array("q"), array("i"), b"", b"")
+        return cls([], array("Q"), array("q"), array("q"), array("q"), array("i"), b"", b"")
 
     def row(self, n: int) -> Row:
-        return (self.inodes[n], self.sizes[n], self.mtimes[n], self.kinds[n:n + 1], self.dims[2 * n],
-                self.dims[2 * n + 1], self.texts[n], self.digests[32 * n:32 * n + 32])
+        return (self.inodes[n], self.sizes[n], self.mtimes[n], self.ctimes[n], self.kinds[n:n + 1],
+                self.dims[2 * n], self.dims[2 * n + 1], self.texts[n], self.digests[32 * n:32 * n + 32])
 
 
 def _pack(rows: dict[str, Row]) -> bytes:
     """Header, then the paths and texts as one JSON list (ASCII), then the columns: inodes, sizes and
-    modification times (8 bytes each), width and height (4 bytes each), kind (1 byte), digest (32)."""
+    modification and change times (8 bytes each), width and height (4 bytes each), kind (1 byte), digest
+    (32)."""
     paths = list(rows)
     values = list(rows.values())
-    strings = json.dumps(paths + [row[6] for row in values], separators=(",", ":")).encode("ascii")
+    strings = json.dumps(paths + [row[7] for row in values], separators=(",", ":")).encode("ascii")
     body = b"".join([
         strings,
         array("Q", [row[0] for row in values]).tobytes(),
         array("q", [row[1] for row in values]).tobytes(),
         array("q", [row[2] for row in values]).tobytes(),
-        array("i", [v for row in values for v in (row[4], row[5])]).tobytes(),
-        b"".join(row[3] for row in values),
-        b"".join(row[7] for row in values),
+        array("q", [row[3] for row in values]).tobytes(),
+        array("i", [v for row in values for v in (row[5], row[6])]).tobytes(),
+        b"".join(row[4] for row in values),
+        b"".join(row[8] for row in values),
     ])
     digest = hashlib.sha256(body).digest()
     return _HEADER.pack(_MAGIC, INDEX_VERSION, _ORDER, len(paths), len(strings), digest) + body
@@ -338,7 +344,7 @@ def _unpack(raw: bytes) -> tuple[list[str], _Table]:
     if version != INDEX_VERSION or order != _ORDER:
         raise IndexDamaged(f"format {version} written on another machine or sdxlc version")
     body = memoryview(raw)[_HEADER.size:]
-    if len(body) != strings_len + n * (8 * 3 + 8 + 1 + 32):
+    if len(body) != strings_len + n * (8 * 4 + 8 + 1 + 32):
         raise IndexDamaged("truncated or padded")
     if hashlib.sha256(body).digest() != digest:
         raise IndexDamaged("its checksum does not match")
@@ -348,12 +354,12 @@ def _unpack(raw: bytes) -> tuple[list[str], _Table]:
         raise IndexDamaged(f"unreadable paths ({type(exc).__name__})") from exc
     if not isinstance(strings, list) or len(strings) != 2 * n or not all(type(s) is str for s in strings):
         raise IndexDamaged("unreadable paths")
-    inodes, sizes, mtimes, dims = (array(code) for code in "Qqqi")
+    inodes, sizes, mtimes, ctimes, dims = (array(code) for code in "Qqqqi")
     at = strings_len
-    for column in (inodes, sizes, mtimes, dims):  # 8 bytes a row each (dims: two 4-byte numbers)
+    for column in (inodes, sizes, mtimes, ctimes, dims):  # 8 bytes a row each (dims: two 4-byte numbers)
         column.frombytes(body[at:at + 8 * n])
         at += 8 * n
     kinds = bytes(body[at:at + n])
     if kinds.translate(None, _KINDS) or min(dims, default=0) < 0:
         raise IndexDamaged("rows no sdxlc writes")
-    return strings[:n], _Table(strings[n:], inodes, sizes, mtimes, dims, kinds, bytes(body[at + n:]))
+    return strings[:n], _Table(strings[n:], inodes, sizes, mtimes, ctimes, dims, kinds, bytes(body[at + n:]))

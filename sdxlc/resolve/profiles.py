@@ -61,6 +61,12 @@ class Profile:
     allocator_overhead: float
     match: tuple[str, ...]
     notes: tuple[str, ...]
+    # bytes a CPU run's process holds beyond its tensors, by model family (sdxlc/plan/host_memory.py)
+    runtime_state: tuple[tuple[str, int], ...] = ()
+
+    def runtime_state_for(self, family: str) -> int:
+        """The measured runtime state of a model family on this profile (0 where none is measured)."""
+        return dict(self.runtime_state).get(family, 0)
 
     @property
     def title(self) -> str:
@@ -122,6 +128,7 @@ def _from_dict(data: dict[str, Any]) -> Profile:
         allocator_overhead=float(data["allocator_overhead"]),
         match=tuple(str(m) for m in data["match"]),
         notes=tuple(str(n) for n in data["notes"]),
+        runtime_state=tuple((str(k), int(v)) for k, v in sorted(data.get("runtime_state", {}).items())),
     )
 
 

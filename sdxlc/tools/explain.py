@@ -260,6 +260,12 @@ DETAILS: dict[str, str] = {
     "float8 weights of `base fp8` cannot sit beside the bf16 norms and LoRA. DDP keeps each parameter.",
     "SDX0615": "DoRA scales each LoRA layer by the norm of its base weight plus the update, computed on the "
     "stored base weight every step; torch does not promote float8 in that arithmetic.",
+    "SDX0616": "A cached component is not used during the steps: after the caching pass the text encoders "
+    "(`cache te`) or the VAE (`cache latents`) wait in CPU memory, offloaded or not, and sampling moves "
+    "them to the GPU for its prompts and images either way. Offloading then only keeps them off the GPU "
+    "from the model load until the caching pass encodes with them, so the estimate counts no saving for "
+    "it. The caches are on by default where the recipe allows them; `no cache te` / `no cache latents` "
+    "encode every step, and then the offload words keep the components off the GPU between batches.",
 }
 
 _EXAMPLE_VALUES: dict[str, str] = {

@@ -50,10 +50,9 @@ def map_precision(b: Builder, kind: str) -> None:
     if b.flag("gradient_checkpointing"):
         words.append("checkpointing")
     latents_disk, te_disk = b.flag("cache_latents_to_disk"), b.flag("cache_text_encoder_outputs_to_disk")
-    if b.flag("cache_latents") or latents_disk:
-        words.append("cache latents")
-    if b.flag("cache_text_encoder_outputs") or te_disk:
-        words.append("cache te")
+    # kohya caches nothing it is not told to: the off words keep that where sdxlc would cache by default
+    words.append("cache latents" if b.flag("cache_latents") or latents_disk else "no cache latents")
+    words.append("cache te" if b.flag("cache_text_encoder_outputs") or te_disk else "no cache te")
     if latents_disk or te_disk:
         words.append("to disk")
     if b.flag("full_bf16") and kind != "finetune":

@@ -1,0 +1,73 @@
+"""Caching by default: where the recipe says nothing about a cache, the plan caches the text-encoder
+outputs and the latents exactly where the recipe's own `cache te` / `cache latents` would be accepted
+without an error or a warning, and its provenance says why (docs/DATA.md "Caches").
+
+- text-encoder outputs: off when a text encoder trains (a LoRA or fine-tune on te1/te2, or textual
+  inversion, whose new token rows go through the encoders), when a dataset changes its captions every
+  step (`shuffle`, caption `dropout`, `tag dropout`), and when the recipe asks for `offload text
+  encoders` (it chose to keep the encoders and move them per batch);
+- latents: off when a dataset changes its pixels every step (`random crop`, `color jitter`; a flip is
+  cached on both sides) and when the recipe asks for `offload vae`.
+
+A default cache is kept in memory for the run, as the words are without `to disk`; `to disk` (which a
+recipe may say on its own) keeps whatever the plan caches on disk. `no cache te` / `no cache latents`
+(or `--set cache.text_encoder=false`) turn a default off; a value any recipe layer gives is kept as given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdxlc.lang.layers import Layers, Provenance
+
+TE_ON = "no text encoder trains, captions fixed"
+LATENTS_ON = "no per-step pixel change"
+
+_CAPTION_CHANGES = (("shuffle", "shuffle"), ("caption_dropout", "dropout"),
+                    ("tag_dropout", "tag dropout"))
+_PIXEL_CHANGES = (("random_crop", "random crop"), ("color_jitter", "color jitter"))
+
+
+def text_encoder_blocker(plan: dict[str, Any], layers: Layers) -> str | None:
+    """Why the text-encoder outputs cannot be cached by default; None when they can."""
+    method = plan["method"]
+    if method["kind"] == "embedding":
+        return "textual inversion trains through the encoders"
+    trained = [t for t in method["targets"] if t in ("te1", "te2")]
+    if trained:
+        return f"{'+'.join(trained)} {'is' if len(trained) == 1 else 'are'} trained"
+    for dataset in plan["data"]["datasets"]:
+        for key, what in _CAPTION_CHANGES:
+            if dataset.get(key):
+                return f"captions change per step ({what})"
+    if _asked(layers, "precision.offload_text_encoders"):
+        return "`offload text encoders` asked"
+    return None
+
+
+def latents_blocker(plan: dict[str, Any], layers: Layers) -> str | None:
+    """Why the latents cannot be cached by default; None when they can."""
+    for dataset in plan["data"]["datasets"]:
+        for key, what in _PIXEL_CHANGES:
+            if dataset.get(key):
+                return f"pixels change per step ({what})"
+    if _asked(layers, "precision.offload_vae"):
+        return "`offload vae` asked"
+    return None
+
+
+def apply_cache_defaults(plan: dict[str, Any], layers: Layers, provenance: dict[str, Provenance]) -> None:
+    """Set `data.cache.text_encoder` and `data.cache.latents` that no recipe layer gave, with a default
+    provenance whose `at` gives the reason (`sdxlc plan` shows it)."""
+    cache = plan["data"]["cache"]
+    for key, blocker, reason in (("text_encoder", text_encoder_blocker, TE_ON),
+                                 ("latents", latents_blocker, LATENTS_ON)):
+        if layers.given(f"cache.{key}"):
+            continue
+        why = blocker(plan, layers)
+        cache[key] = why is None
+        provenance[f"data.cache.{key}"] = {"source": "default", "at": reason if why is None else why}
+
+
+def _asked(layers: Layers, path: str) -> bool:
+    return layers.given(path) and bool(layers.get(path)[0])

@@ -283,4 +283,6 @@ def test_plan_text_shows_the_arithmetic() -> None:
     assert "  per step:" not in out  # the FLOP arithmetic is in `--all`
     every = _cli("plan", str(RECIPES / "quickstart.sdx"), "--all")[1]
     per_step = next(line for line in every.splitlines() if line.startswith("  per step:"))
-    assert "TFLOP/s fp32 × efficiency 0.48" in per_step and "dispatch" in per_step
+    # the quickstart's model is sized from its own configs; its CPU efficiency is the fitted one (tiny.json)
+    assert re.search(r"TFLOP/s fp32 × efficiency 0\.\d+ = [\d.]+ TFLOP/s\) = [\d.]+ s \+ [\d.]+ s dispatch",
+                     per_step), per_step

@@ -33,8 +33,9 @@ def _compiled(tmp_path: Path, extra: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("extra", "loader", "source"), [
-    ("profile cpu", {"workers": 0, "prefetch": 2, "pin_memory": False}, "default"),
-    ("profile a100-40gb", {"workers": 4, "prefetch": 2, "pin_memory": True}, "profile"),
+    ("profile cpu\nno cache latents", {"workers": 0, "prefetch": 2, "pin_memory": False}, "default"),
+    ("profile a100-40gb\nno cache latents", {"workers": 4, "prefetch": 2, "pin_memory": True}, "profile"),
+    ("profile a100-40gb", {"workers": 0, "prefetch": 2, "pin_memory": True}, "derived"),  # latents by default
     ("profile a100-40gb\ncache latents", {"workers": 0, "prefetch": 2, "pin_memory": True}, "derived"),
     ("profile a100-40gb\nloader workers 8 prefetch 4 no pin memory",
      {"workers": 8, "prefetch": 4, "pin_memory": False}, "recipe"),

@@ -27,5 +27,8 @@ def test_loss_falls_on_a_fixed_batch(tmp_path: Path, kind: str, optimizer: dict[
     plan["method"]["lr_te2"] = plan["method"]["lr_te2"] and optimizer["lr"]
     losses = fixed_batch_losses(plan, 20)
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
-    # an embedding moves 2 of the caption's tokens: a small but steady fall
-    assert last < (0.995 if kind == "embedding" else 0.9) * first, losses
+    if kind == "embedding":  # it moves 2 of the caption's tokens: a small but steady fall from the start
+        assert last < 0.995 * losses[0], losses
+        assert all(b <= a for a, b in zip(losses[1:], losses[2:], strict=False)), losses
+    else:
+        assert last < 0.9 * first, losses

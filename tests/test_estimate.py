@@ -239,8 +239,8 @@ def _recorded() -> tuple[str, list[dict[str, Any]]]:
 
 def test_tiny_cpu_step_time_matches_the_recorded_steps() -> None:
     """The CPU time model (sdxlc/estimate/cputime.py) with tiny.json's constants against the tiny rows that
-    bench/time_vs_measured.py recorded (the runtime's real steps): at least 90% of them within 25%, none
-    beyond 30%, median error under 10%."""
+    bench/time_vs_measured.py recorded (the runtime's real steps, wall clock on a quiet machine): every row
+    within 25% (the target of docs/ESTIMATE.md), median error under 15%."""
     basis, rows = _recorded()
     tiny = [r for r in rows if r["family"] == "tiny"]
     assert len(tiny) >= 8
@@ -250,9 +250,8 @@ def test_tiny_cpu_step_time_matches_the_recorded_steps() -> None:
     for row in tiny:
         compute, dispatch = cputime.seconds(row["features"], constants, peak)
         errors.append(abs(compute + dispatch - row[basis]) / row[basis])
-        assert errors[-1] < 0.30, row["name"]
-    assert sum(e <= 0.25 for e in errors) >= 0.9 * len(errors)
-    assert sorted(errors)[len(errors) // 2] < 0.10
+        assert errors[-1] <= 0.25, row["name"]
+    assert sorted(errors)[len(errors) // 2] < 0.15
 
 
 def test_recorded_features_are_the_estimates() -> None:

@@ -112,8 +112,10 @@ def recipe_text(
     method: str, res: int, batch: int, ckpt: bool, optimizer: str, precision: str, cache: str,
     *, model: str = SDXL, profile: str = PROFILE,
 ) -> str:
-    caches = {"te": " cache te", "te+latents": " cache te cache latents", "latents": " cache latents",
-              "none": "", "te+sliced": " cache te vae sliced"}[cache]
+    # every cache said explicitly, on or off: where a recipe says nothing the plan caches by default
+    caches = {"te": " cache te no cache latents", "te+latents": " cache te cache latents",
+              "latents": " cache latents no cache te", "none": " no cache te no cache latents",
+              "te+sliced": " cache te no cache latents vae sliced"}[cache]
     lr = "1" if optimizer == "prodigy" else "1e-4"
     lines = [
         "sdx 1",

@@ -151,3 +151,30 @@ def test_kohya_import_keeps_kohyas_caching(tmp_path: Path, extra: str, words: tu
     cache = compiled.plan["data"]["cache"]
     assert (cache["latents"], cache["text_encoder"]) == ((True, True) if extra else (False, False))
     assert compiled.plan["provenance"]["data.cache.latents"]["source"] == "recipe"
+
+
+def test_a_default_cache_that_would_not_fit_in_memory_is_not_taken(tmp_path: Path) -> None:
+    from sdxlc.resolve import cache_defaults
+
+    plan = {"data": {"datasets": [{"flip": True}], "resolution": 1024, "images": 40_000,
+                     "buckets": {"table": [{"width": 1024, "height": 1024, "images": 40_000}]}}}
+    sizes = cache_defaults.default_cache_bytes(plan)
+    assert sizes["latents"] == 40_000 * 1024 * 1024 * 8 * 4 // 64 * 2  # both flips, fp32 mean+logvar
+    assert sizes["latents"] > cache_defaults.DEFAULT_BUDGET_BYTES
+    assert sizes["text_encoder"] > cache_defaults.DEFAULT_BUDGET_BYTES
+
+    small = _plan(tmp_path, f'data "{QUICKSTART}"\nlora rank 4 on unet\n')
+    assert small["data"]["cache"] == {**small["data"]["cache"], "text_encoder": True, "latents": True}
+
+
+def test_over_the_budget_the_plan_says_why_and_an_explicit_word_still_caches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdxlc.resolve import cache_defaults
+
+    monkeypatch.setattr(cache_defaults, "DEFAULT_BUDGET_BYTES", 1024)
+    plan = _plan(tmp_path, f'data "{QUICKSTART}"\nlora rank 4 on unet\n')
+    for key in ("text_encoder", "latents"):
+        value, origin = _cache(plan, key)
+        assert value is False and origin["source"] == "default" and "GiB" in origin["at"], origin
+    explicit = _plan(tmp_path, f'data "{QUICKSTART}"\nlora rank 4 on unet\ncache latents\n')
+    assert _cache(explicit, "latents")[0] is True

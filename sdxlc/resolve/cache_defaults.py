@@ -10,8 +10,11 @@ without an error or a warning, and its provenance says why (docs/DATA.md "Caches
   cached on both sides) and when the recipe asks for `offload vae`.
 
 A default cache is kept in memory for the run, as the words are without `to disk`; `to disk` (which a
-recipe may say on its own) keeps whatever the plan caches on disk. `no cache te` / `no cache latents`
-(or `--set cache.text_encoder=false`) turn a default off; a value any recipe layer gives is kept as given.
+recipe may say on its own) keeps whatever the plan caches on disk. The runtime holds every entry in host
+memory, with or without `to disk`, so a default is not taken where the entries could exceed
+DEFAULT_BUDGET_BYTES (a data set of tens of thousands of images would otherwise fill the RAM).
+`no cache te` / `no cache latents` (or `--set cache.text_encoder=false`) turn a default off; a value any
+recipe layer gives is kept as given.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from typing import Any
 from sdxlc.lang.layers import Layers, Provenance
 
 TE_ON = "no text encoder trains, captions fixed"
+DEFAULT_BUDGET_BYTES = 8 << 30  # host memory a default cache may take
+# Upper bounds per entry, in fp32 as the largest cached dtype: SDXL's penultimate states of both encoders
+# (77 tokens × 768 + 1280) and the pooled 1280; a latent's mean and log-variance (8 values per 8×8 pixels).
+TEXT_ENTRY_BYTES = (77 * (768 + 1280) + 1280) * 4
+LATENT_BYTES_PER_PIXEL = 8 * 4 / 64
 LATENTS_ON = "no per-step pixel change"
 
 _CAPTION_CHANGES = (("shuffle", "shuffle"), ("caption_dropout", "dropout"),
@@ -56,6 +64,19 @@ def latents_blocker(plan: dict[str, Any], layers: Layers) -> str | None:
     return None
 
 
+def default_cache_bytes(plan: dict[str, Any]) -> dict[str, int]:
+    """Upper bounds of the host memory the in-memory caches would hold: one text entry per image (its
+    caption; fewer when captions repeat) and one latent per image and flip, at its bucket's size."""
+    data = plan["data"]
+    flip = 2 if any(d.get("flip") for d in data["datasets"]) else 1
+    table = data["buckets"].get("table") or []
+    pixels = sum(int(r["width"]) * int(r["height"]) * int(r.get("images") or 0) for r in table)
+    if not pixels:
+        pixels = int(data["resolution"]) ** 2 * int(data.get("images") or 0)
+    return {"text_encoder": int(data.get("images") or 0) * TEXT_ENTRY_BYTES,
+            "latents": int(pixels * LATENT_BYTES_PER_PIXEL * flip)}
+
+
 def apply_cache_defaults(plan: dict[str, Any], layers: Layers, provenance: dict[str, Provenance]) -> None:
     """Set `data.cache.text_encoder` and `data.cache.latents` that no recipe layer gave, with a default
     provenance whose `at` gives the reason (`sdxlc plan` shows it)."""
@@ -64,10 +85,19 @@ def apply_cache_defaults(plan: dict[str, Any], layers: Layers, provenance: dict[
                                  ("latents", latents_blocker, LATENTS_ON)):
         if layers.given(f"cache.{key}"):
             continue
-        why = blocker(plan, layers)
+        why = blocker(plan, layers) or _over_budget(plan, key)
         cache[key] = why is None
         provenance[f"data.cache.{key}"] = {"source": "default", "at": reason if why is None else why}
 
 
 def _asked(layers: Layers, path: str) -> bool:
     return layers.given(path) and bool(layers.get(path)[0])
+
+
+def _over_budget(plan: dict[str, Any], key: str) -> str | None:
+    size = default_cache_bytes(plan)[key]
+    if size <= DEFAULT_BUDGET_BYTES:
+        return None
+    return (f"in memory it would take up to {size / (1 << 30):.1f} GiB, over the default's "
+            f"{DEFAULT_BUDGET_BYTES >> 30} GiB (say `cache {'te' if key == 'text_encoder' else 'latents'}` "
+            "to cache anyway)")

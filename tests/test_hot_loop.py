@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from test_lora_modules_kohya import compile_text
 
 from runtime import RunError
 from runtime.train import checkpoint, loop, readout
 from runtime.train.optim import make_optimizer
 from runtime.train.run import run_plan
-from sdxlc.pipeline import compile_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,15 +141,6 @@ def test_the_plan_implementation_is_the_optimizer_built(  # type: ignore[no-unty
     assert built[0].defaults["fused"] is fused and built[0].defaults["foreach"] is foreach
 
 
-def _compiled(tmp_path: Path, text: str) -> Any:
-    data = tmp_path / "data"
-    if not data.exists():
-        data.symlink_to(ROOT / "recipes" / "data" / "quickstart", target_is_directory=True)
-    recipe = tmp_path / "r.sdx"
-    recipe.write_text('model tiny\ndata "data"\nsteps 4\n' + text, encoding="utf-8")
-    return compile_recipe(recipe)
-
-
 @pytest.mark.parametrize(("text", "implementation", "source"), [
     ("profile cpu\n", "fused", "profile"),
     ("profile rtx4090-24gb\n", "foreach", "profile"),
@@ -162,7 +153,7 @@ def _compiled(tmp_path: Path, text: str) -> Any:
 ])
 def test_the_compiler_chooses_the_implementation(tmp_path: Path, text: str, implementation: str | None,
                                                  source: str) -> None:
-    compiled = _compiled(tmp_path, text)
+    compiled = compile_text(tmp_path, text)
     assert compiled.plan is not None, [d.message for d in compiled.diagnostics]
     optimizer = compiled.plan["optimizer"]
     assert optimizer["implementation"] == implementation
@@ -171,6 +162,6 @@ def test_the_compiler_chooses_the_implementation(tmp_path: Path, text: str, impl
 
 
 def test_foreach_with_fused_is_a_compile_error(tmp_path: Path) -> None:
-    compiled = _compiled(tmp_path, "profile cpu\noptimizer adamw args foreach=true fused=true\n")
+    compiled = compile_text(tmp_path, "profile cpu\noptimizer adamw args foreach=true fused=true\n")
     assert compiled.plan is None
     assert [d.code for d in compiled.diagnostics if d.severity == "error"] == ["SDX0541"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from test_scan_snapshot import cold, plan
 
-from sdxlc.pipeline import compile_recipe
 from sdxlc.resolve import data as resolve_data
 from sdxlc.resolve import snapshot
 
@@ -53,23 +53,6 @@ def recipe(tmp_path: Path, data: str = "d") -> Path:
     file = tmp_path / "r.sdx"
     file.write_text(RECIPE.format(data=data), encoding="utf-8")
     return file
-
-
-def plan(file: Path) -> tuple[dict[str, Any], str]:
-    compiled = compile_recipe(file)
-    assert compiled.plan is not None and compiled.manifest is not None, compiled.diagnostics
-    return {k: v for k, v in compiled.plan.items() if k != "provenance"}, compiled.manifest.text()
-
-
-def cold(file: Path) -> tuple[dict[str, Any], str]:
-    """The plan with no cache folder; the cache is put back."""
-    cache, kept = file.parent / resolve_data.CACHE_DIR, file.parent / "kept-cache"
-    shutil.move(cache, kept)
-    try:
-        return plan(file)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.move(kept, cache)
 
 
 def warmed(tmp_path: Path, setup: Callable[[Path, Path], None] | None = None) -> Path:

@@ -44,24 +44,14 @@ def text_encoder_blocker(plan: dict[str, Any], layers: Layers) -> str | None:
     trained = [t for t in method["targets"] if t in ("te1", "te2")]
     if trained:
         return f"{'+'.join(trained)} {'is' if len(trained) == 1 else 'are'} trained"
-    for dataset in plan["data"]["datasets"]:
-        for key, what in _CAPTION_CHANGES:
-            if dataset.get(key):
-                return f"captions change per step ({what})"
-    if _asked(layers, "precision.offload_text_encoders"):
-        return "`offload text encoders` asked"
-    return None
+    return _changes_per_step(plan, _CAPTION_CHANGES, "captions") or _offload(
+        layers, "precision.offload_text_encoders", "offload text encoders")
 
 
 def latents_blocker(plan: dict[str, Any], layers: Layers) -> str | None:
     """Why the latents cannot be cached by default; None when they can."""
-    for dataset in plan["data"]["datasets"]:
-        for key, what in _PIXEL_CHANGES:
-            if dataset.get(key):
-                return f"pixels change per step ({what})"
-    if _asked(layers, "precision.offload_vae"):
-        return "`offload vae` asked"
-    return None
+    return _changes_per_step(plan, _PIXEL_CHANGES, "pixels") or _offload(
+        layers, "precision.offload_vae", "offload vae")
 
 
 def default_cache_bytes(plan: dict[str, Any]) -> dict[str, int]:
@@ -90,8 +80,18 @@ def apply_cache_defaults(plan: dict[str, Any], layers: Layers, provenance: dict[
         provenance[f"data.cache.{key}"] = {"source": "default", "at": reason if why is None else why}
 
 
-def _asked(layers: Layers, path: str) -> bool:
-    return layers.given(path) and bool(layers.get(path)[0])
+def _changes_per_step(plan: dict[str, Any], changes: tuple[tuple[str, str], ...], what: str) -> str | None:
+    """The first dataset setting among `changes` that alters `what` every step, as a reason."""
+    for dataset in plan["data"]["datasets"]:
+        for key, word in changes:
+            if dataset.get(key):
+                return f"{what} change per step ({word})"
+    return None
+
+
+def _offload(layers: Layers, path: str, word: str) -> str | None:
+    """A reason when a recipe layer asks for the offload lever at `path`."""
+    return f"`{word}` asked" if layers.given(path) and bool(layers.get(path)[0]) else None
 
 
 def _over_budget(plan: dict[str, Any], key: str) -> str | None:

@@ -11,6 +11,7 @@ from sdxlc.check.paths import dangerous_paths
 from sdxlc.check.semantic import run_checks
 from sdxlc.check.structure import structural as structure
 from sdxlc.estimate.analytic import estimate
+from sdxlc.estimate.cache_warning import cache_ram_warning
 from sdxlc.estimate.disk import disk_bytes
 from sdxlc.estimate.fit import Applied, mark, next_lever, supersede
 from sdxlc.estimate.levers import enough, levers
@@ -121,6 +122,7 @@ def _compile_once(
         return result, None, None
     plan["estimate"] = estimate(plan, resolution.profile)
     plan["estimate"]["disk_bytes"] = disk_bytes(plan)
+    result.diagnostics.extend(cache_ram_warning(plan, resolution.profile, layers))  # GPU: host RAM (SDX0617)
     return result, plan, layers
 
 

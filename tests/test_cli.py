@@ -50,6 +50,31 @@ def test_plan_command_imports_no_ml_stack() -> None:
     assert out.stdout.strip() == ""
 
 
+# Loaded by other paths only: the parser (a recipe's statements come from the statement cache), jsonschema
+# (a valid document passes the compiled check), Pillow (mask folders), and stdlib modules only errors or
+# writers of folders need.
+NOT_ON_THE_PLAN_PATH = ("lark", "jsonschema", "PIL", "logging", "difflib", "shutil", "random")
+
+
+def test_a_plan_of_a_recipe_read_before_loads_only_what_planning_needs(tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom sdxlc.cli.main import entry\n"
+        f"sys.argv = ['sdxlc', 'plan', {str(RECIPES / 'style_lora.sdx')!r}]\n"
+        "try:\n    entry()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        f"print('loaded:', *(m for m in {NOT_ON_THE_PLAN_PATH!r} if m in sys.modules), file=sys.stderr)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("SDXLC_NO_PARSER_CACHE", None)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            for _ in range(2)]
+    loaded = []
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        loaded.append(run.stderr.strip().splitlines()[-1].split()[1:])
+    assert "lark" in loaded[0]  # the first plan parsed the recipe (and kept its statements)
+    assert loaded[1] == []
+
+
 @pytest.mark.parametrize("recipe", ["quickstart.sdx", "style_lora.sdx"])
 def test_shipped_recipes_plan_and_satisfy_the_contract(recipe: str) -> None:
     code, out, err = _cli("plan", str(RECIPES / recipe), "--json")

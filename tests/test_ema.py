@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from runtime.train import checkpoint
 from runtime.train import ema as emamod
 from runtime.train.run import run_plan
+from sdxlc.cli.main import main
 from sdxlc.pipeline import compile_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,9 +125,9 @@ def test_resume_with_ema_is_bit_exact(recorded: tuple[Any, ...], tmp_path: Path)
     plan = _plan(tmp_path / "killed")
     out = Path(plan["output"]["dir"])
     _kill_after(_run_cli(tmp_path / "killed" / "r.sdx"), out / "checkpoints" / "step-000003")
-    final = _run_cli(tmp_path / "killed" / "r.sdx", "--resume")
-    output = final.communicate(timeout=300)[0]
-    assert final.returncode == 0 and "resuming from" in output, output
+    # the resume through the CLI in this process: test_resume.py resumes in fresh processes
+    final = CliRunner().invoke(main, ["run", str(tmp_path / "killed" / "r.sdx"), "--resume"])
+    assert final.exit_code == 0 and "resuming from" in final.output, final.output
     _same_files(whole, plan)
 
 

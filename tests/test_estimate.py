@@ -265,7 +265,7 @@ def test_recorded_features_are_the_estimates() -> None:
     assert result["step_flops"] == pytest.approx(row["step_flops"], rel=1e-6)
     assert cputime.features(plan, load_model("tiny"), result["step_flops"]) == row["features"]
     assert result["seconds_per_step"] == pytest.approx(row["estimate"], rel=1e-3)
-    assert result["vram_bytes"] < 64 << 20
+    assert result["vram_bytes"] < 80 << 20  # ~12 MiB of tensors + the runtime state (58 MiB at batch 2, ckpt)
 
 
 def test_sdxl_cpu_step_time_matches_the_runtime() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,26 @@ def analytic_sample_peak(plan: dict[str, Any]) -> float:
     return (terms["sample_peak"] - terms.get("cuda_context", 0)) / (1.0 + overhead)
 
 
-def test_tiny_sampling_peak_agrees_with_the_estimate(tmp_path: Path) -> None:
-    plan = sampling_plan(tmp_path)
-    result = measure_sampling(plan)
+Sampled = Callable[..., tuple[dict[str, Any], "dict[str, Any] | None"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_sampled(tmp_path_factory: pytest.TempPathFactory) -> Sampled:
+    """`tiny_sampled(cfg=5.0)`: the tiny model's sampling plan and its measure_sampling, simulated once in
+    this module (several tests read the same pass)."""
+    done: dict[float, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+
+    def run(cfg: float = 5.0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        if cfg not in done:
+            plan = sampling_plan(tmp_path_factory.mktemp("sampling"), cfg=cfg)
+            done[cfg] = (plan, measure_sampling(plan))
+        return done[cfg]
+
+    return run
+
+
+def test_tiny_sampling_peak_agrees_with_the_estimate(tiny_sampled: Sampled) -> None:
+    plan, result = tiny_sampled()
     assert result is not None
     assert result["peak_bytes"] == pytest.approx(analytic_sample_peak(plan), rel=0.10)
     assert set(result["phase_bytes"]) == {"text", "unet", "decode"}
@@ -51,9 +69,9 @@ def test_tiny_sampling_peak_agrees_with_the_estimate(tmp_path: Path) -> None:
     assert "gradients" not in result["breakdown"]
 
 
-def test_guidance_doubles_the_unet_pass(tmp_path: Path) -> None:
-    guided = measure_sampling(sampling_plan(tmp_path, cfg=5.0))
-    plain = measure_sampling(sampling_plan(tmp_path, cfg=1.0))
+def test_guidance_doubles_the_unet_pass(tiny_sampled: Sampled) -> None:
+    guided = tiny_sampled(cfg=5.0)[1]
+    plain = tiny_sampled(cfg=1.0)[1]
     assert guided is not None and plain is not None
     assert guided["phase_bytes"]["unet"] > 1.6 * plain["phase_bytes"]["unet"]
     decode = plain["phase_bytes"]["decode"]
@@ -67,6 +85,7 @@ def test_a_plan_without_prompts_has_no_sampling_peak(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_full_size_sampling_peak_at_1024(tmp_path: Path) -> None:
     plan = sampling_plan(tmp_path, model=SDXL, profile="h200-141gb", size=1024, precision="bf16", cfg=7)
     result = measure_sampling(plan)

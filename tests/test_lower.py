@@ -183,6 +183,7 @@ CLAUSES: list[tuple[str, str, Any]] = [
     ("no cache te", "cache.text_encoder", False),
     ("no cache latents", "cache.latents", False),
     ("checkpointing", "training.gradient_checkpointing", True),
+    ("compile", "training.compile", True),
     ("channels last", "training.channels_last", True),
     ("model tiny v_prediction", "model.prediction", "v_prediction"),
     ("vpred", "model.prediction", "v_prediction"),

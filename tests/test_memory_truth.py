@@ -9,7 +9,9 @@ a phase by 20% or more, and TOLERANCE fails it."""
 
 from __future__ import annotations
 
+import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +24,18 @@ ROW: bench.Row = ("small96", "finetune", 64, 1, False, "adamw")
 
 
 def test_exact_matches_peak_rss_phase_by_phase(tmp_path: Path) -> None:
-    folder = bench.build_mid_folder("small96", tmp_path / "model")
-    r = bench.measure_row(f'model "{folder}"', ROW, tmp_path, threads=1)
+    # bench.measure_row's steps, overlapped: each process's own peaks are the same whatever runs beside it
+    run = tmp_path / "run"
+    run.mkdir()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        base = pool.submit(bench.spawn, ["--baseline"], 1, 600)  # imports while the model is built
+        model_line = f'model "{bench.build_mid_folder("small96", tmp_path / "model")}"'
+        plan_path = run / "plan.json"
+        plan_path.write_text(json.dumps(bench.plan_for(model_line, ROW, run)))
+        real = pool.submit(bench.spawn, ["--worker", str(plan_path)], 1, 1800)  # trains while --exact runs
+        plan, predicted = bench.predictions(model_line, ROW, run)
+        assert plan == json.loads(plan_path.read_text())  # the step measured is the step simulated
+        r = {"baseline": base.result()["VmRSS"], **real.result(), **predicted}
     s = bench.summary(r)
     real, exact = s["third"], r["exact_phases"]
     assert r["resettable"], "VmHWM could not be reset: phase peaks would be cumulative"

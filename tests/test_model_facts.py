@@ -207,6 +207,7 @@ def test_a_quickstart_sized_model_tracks_exact(tiny_configs: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_a_mid_size_model_tracks_exact(tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
     mid = f'"{config_folder(tmp_path / "mid", unet=MID_UNET)}"'

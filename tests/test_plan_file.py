@@ -163,6 +163,9 @@ def test_launched_processes_run_the_plan_file_and_never_compile(tmp_path: Path) 
     assert log.count("are smaller than their bucket and are upscaled") == 1  # the plan's warning
     assert log.count("done in ") == 1
     assert f"-m sdxlc.cli run {plan_file}" in log
+    # relaunch wrote the accelerate config and ran `accelerate launch` with it
+    assert "accelerate.commands.launch --config_file" in log
+    assert (tmp_path / "out" / "launch" / "accelerate.json").exists()
     assert (tmp_path / "out" / "r.safetensors").exists()
 
 

@@ -80,7 +80,7 @@ def test_our_schemas_compile() -> None:
 
 
 def test_unknown_keywords_and_outside_refs_are_refused() -> None:
-    assert compiled({"oneOf": [{"type": "string"}]}) is None
+    assert compiled({"contains": {"type": "string"}}) is None
     assert compiled({"properties": {"a": {"not": {}}}}) is None
     assert compiled({"$ref": "other.json#/x"}) is None
     assert compiled({"type": "decimal"}) is None
@@ -131,6 +131,9 @@ def test_every_recipe_value_schema_on_odd_values() -> None:
     ({"additionalProperties": {"type": "string"}, "properties": {"a": {}}}, {"a": 1, "b": "c"}),
     ({"items": False}, []), ({"items": False}, [1]), ({"exclusiveMinimum": 0}, 0),
     ({"maximum": 1}, float("nan")),
+    ({"anyOf": [{"type": "null"}, {"minimum": 1}]}, 0), ({"anyOf": [{"type": "null"}, {"minimum": 1}]}, None),
+    *(({"oneOf": [{"type": "integer"}, {"minimum": 1}]}, value) for value in (2, 0, 1.5, "a")),
+    ({"oneOf": []}, 1), ({"anyOf": [False]}, 1),
 ])
 def test_edge_cases(schema: dict[str, Any], value: Any) -> None:
     _agrees(schema, value)

@@ -41,6 +41,7 @@ from runtime.train.data import (
 )
 
 Say = Callable[[str], None]
+Shapes = dict[str, tuple[int, ...]]  # a cache entry's tensors and their shapes
 HOST = torch.device("cpu")  # cached entries live in host memory; each batch's entries visit the device
 
 
@@ -112,11 +113,13 @@ def sample_latents(models: Models, parameters: torch.Tensor) -> torch.Tensor:
 class Conditioning:
     """Latents and text embeddings for a batch, from the caches the plan asks for.
 
-    Cached entries are kept in host memory (as kohya keeps its latents), never on the training device:
-    a data set's cache grows with its images and captions, the device's memory does not; each batch's
-    entries are copied to the device when it is trained on. Without `to_disk` the caches live in memory
-    for this run; with it, every entry is looked up in the
-    content-addressed disk cache (runtime/cache/store.py) first and stored there when it had to be encoded.
+    Without `to_disk` the cached entries are kept in host memory for this run (as kohya keeps its
+    latents), never on the training device: a data set's cache grows with its images and captions, the
+    device's memory does not; each batch's entries are copied to the device when it is trained on. With
+    `to_disk` every entry is looked up in the content-addressed disk cache (runtime/cache/store.py) first
+    and stored there when it had to be encoded, and only its key is kept: each batch reads its entries
+    from the disk cache (checked on read) when it is trained on, so the run's memory does not grow with
+    the data set. An entry that is damaged or gone by then is encoded again (and stored again).
 
     With N processes, rank r encodes only images and captions r, r+N, r+2N, … and the ranks then
     exchange their shares: through the disk cache with `to_disk` (each rank writes its share, all wait,
@@ -136,6 +139,10 @@ class Conditioning:
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.latents: dict[tuple[int, bool], torch.Tensor] | None = None
         self.masks: dict[tuple[int, bool], torch.Tensor] | None = None  # with cached latents of a masked run
+        # with `to_disk`, the disk keys instead of the tensors (`text` and `latents` stay empty)
+        self.text_keys: dict[str, str] = {}
+        self.latent_keys: dict[tuple[int, bool], tuple[str, Sample, Shapes]] = {}  # key, sample, shapes
+        self.text_shapes: Shapes = {}
         self.shown = 0
         self.text_grad = False  # encode captions with gradients (the method trains the text encoders)
         self.captions: Callable[[list[str]], list[str]] | None = None  # the method's caption rewrite
@@ -192,28 +199,29 @@ class Conditioning:
         captions = all_captions(self.data)
         keys = {c: text_key(c, *identity) if identity is not None else "" for c in captions}
         counts = Counts()
-        shapes = self._text_shapes()
+        shapes = self.text_shapes = self._text_shapes()
         for caption in captions[self.rank :: self.world]:
             entry = self.disk.load("text", keys[caption], shapes) if self.disk is not None else None
             if entry is not None:
-                self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
+                self.text_keys[caption] = keys[caption]  # read again when a batch needs it
                 counts.reused += 1
                 continue
             states, pooled = encode_text(self.models, [caption])
-            self.text[caption] = (states[0].to(HOST), pooled[0].to(HOST))
             counts.encoded += 1
             if self.disk is not None:
                 self.disk.store("text", keys[caption], {"states": states[0], "pooled": pooled[0]})
+                self.text_keys[caption] = keys[caption]
+            else:
+                self.text[caption] = (states[0].to(HOST), pooled[0].to(HOST))
         if self.world > 1:
             if self.disk is not None:
                 self.models.accelerator.wait_for_everyone()  # every share is on disk
                 for caption in captions:
-                    if caption not in self.text:
-                        entry = self.disk.load("text", keys[caption], self._text_shapes())
-                        if entry is None:
+                    if caption not in self.text_keys:
+                        if not self.disk.path("text", keys[caption]).is_file():  # checked when read
                             raise RunError(f"text-encoder cache: another process's entry for {caption!r} "
                                            f"is missing from {self.disk.root}")
-                        self.text[caption] = (entry["states"].to(device), entry["pooled"].to(device))
+                        self.text_keys[caption] = keys[caption]
             else:
                 mine = [(c, s.cpu(), p.cpu()) for c, (s, p) in self.text.items()]
                 for caption, states, pooled in self._gather(mine):
@@ -243,9 +251,8 @@ class Conditioning:
                     keys[(image, flip)] = key
                     entry = self.disk.load("latents", key, self._latent_shape(sample.bucket, bool(masked)))
                     if entry is not None:
-                        self.latents[(image, flip)] = entry["parameters"].to(device)
-                        if masked:
-                            self.masks[(image, flip)] = entry["mask"]  # type: ignore[index]
+                        self.latent_keys[(image, flip)] = (key, sample, self._latent_shape(sample.bucket,
+                                                                                             bool(masked)))
                         counts.reused += 1
                         continue
                 try:
@@ -259,24 +266,29 @@ class Conditioning:
                     bad.append((image, str(exc)))
                     break
                 parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0].to(HOST)
-                self.latents[(image, flip)] = parameters
-                if mask is not None:
-                    self.masks[(image, flip)] = mask  # type: ignore[index]
                 counts.encoded += 1
                 if self.disk is not None:
                     with_mask = {"mask": mask} if masked and mask is not None else {}
                     self.disk.store("latents", key, {"parameters": parameters, **with_mask})
+                    self.latent_keys[(image, flip)] = (key, sample, self._latent_shape(sample.bucket,
+                                                                                         bool(masked)))
+                    continue
+                self.latents[(image, flip)] = parameters
+                if mask is not None:
+                    self.masks[(image, flip)] = mask  # type: ignore[index]
         if self.world > 1:
             bad = self._gather(bad)
             if self.disk is not None:
                 self.models.accelerator.wait_for_everyone()  # every share is on disk
-                for (image, flip), key in self._gather([(k, keys[k]) for k in self.latents]):
-                    if (image, flip) not in self.latents:
-                        entry = self.disk.load("latents", key, self._latent_shape(first[image].bucket))
-                        if entry is None:
+                for (image, flip), key in self._gather([(k, keys[k]) for k in self.latent_keys]):
+                    if (image, flip) not in self.latent_keys:
+                        if not self.disk.path("latents", key).is_file():  # checked when read
                             raise RunError(f"latent cache: another process's entry for "
                                            f"{self.data.images[image].path} is missing from {self.disk.root}")
-                        self.latents[(image, flip)] = entry["parameters"].to(device)
+                        item = self.data.images[image]
+                        masked = bool(mask_identity(item)) if self.data.masks else False
+                        self.latent_keys[(image, flip)] = (key, first[image],
+                                                           self._latent_shape(first[image].bucket, masked))
             else:
                 mine = [(k, v.cpu()) for k, v in self.latents.items()]
                 for (image, flip), parameters in self._gather(mine):
@@ -296,6 +308,85 @@ class Conditioning:
             sample, item = first[image], self.data.images[image]
             self.masks[(image, flip)] = load_mask(item, sample.crop, sample.bucket, flip)
 
+    def held_tensors(self) -> int:
+        """How many cached tensors this process keeps in memory (none with `to_disk`)."""
+        return sum(len(cache) * width for cache, width in ((self.text or {}, 2), (self.latents or {}, 1),
+                                                           (self.masks or {}, 1)))
+
+    def _text_entry(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A caption's cached (states, pooled): from memory, or read from the disk cache."""
+        assert self.text is not None
+        if self.disk is None:
+            return self.text[caption]
+        key = self.text_keys[caption]
+        entry = self.disk.load("text", key, self.text_shapes)
+        if entry is None:  # damaged or gone since the caching pass: encode it again
+            entry = self._encode_again("text", key, lambda: self._text_tensors(caption),
+                                       f"caption {caption!r}")
+        return entry["states"], entry["pooled"]
+
+    def _text_tensors(self, caption: str) -> dict[str, torch.Tensor]:
+        states, pooled = encode_text(self.models, [caption])
+        return {"states": states[0].to(HOST), "pooled": pooled[0].to(HOST)}
+
+    def _latent_entry(self, key: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """An (image, flip)'s cached latent parameters and its mask (None unmasked): from memory, or read
+        from the disk cache."""
+        assert self.latents is not None
+        if self.disk is None:
+            return self.latents[key], None if self.masks is None else self.masks[key]
+        disk_key, sample, shapes = self.latent_keys[key]
+        entry = self.disk.load("latents", disk_key, shapes)
+        if entry is None:  # damaged or gone since the caching pass: encode it again
+            item, masked = self.data.images[key[0]], "mask" in shapes
+            entry = self._encode_again("latents", disk_key, lambda: self._latent_tensors(key, sample, masked),
+                                       f"the latents of {item.path}")
+        if self.masks is None:
+            return entry["parameters"], None
+        mask = entry.get("mask")
+        if mask is None:  # an entry stored without its mask (another process's): cut it from the image
+            mask = load_mask(self.data.images[key[0]], sample.crop, sample.bucket, key[1])
+        return entry["parameters"], mask
+
+    def _latent_tensors(self, key: tuple[int, bool], sample: Sample, masked: bool) -> dict[str, torch.Tensor]:
+        item, flip = self.data.images[key[0]], key[1]
+        decoded = decode(item)
+        pixels = load_pixels(item, sample.crop, sample.bucket, flip, decoded=decoded)
+        vae = self.models.pipe.vae
+        here = next(vae.parameters()).device
+        vae.to(self.models.device)  # parked on the CPU after the caching pass
+        try:
+            parameters = encode_finite(self.models, pixels[None], self.say, item.path)[0].to(HOST)
+        finally:
+            vae.to(here)
+        mask = load_mask(item, sample.crop, sample.bucket, flip, decoded) if masked else None
+        return {"parameters": parameters, **({"mask": mask} if mask is not None else {})}
+
+    def _encode_again(self, kind: str, key: str, encode: Callable[[], dict[str, torch.Tensor]],
+                      what: str) -> dict[str, torch.Tensor]:
+        """A disk entry a batch needs that is damaged or gone, encoded again and stored again; a RunError
+        naming it when its encoder is not loaded or its input cannot be read."""
+        assert self.disk is not None
+        pipe = self.models.pipe
+        encoders = (pipe.vae,) if kind == "latents" else (pipe.text_encoder, pipe.text_encoder_2)
+        where = self.disk.path(kind, key)
+        if any(encoder is None for encoder in encoders):
+            raise RunError(f"{kind} cache: the entry for {what} ({where}) is damaged or gone, and its "
+                           "encoder is not loaded to encode it again; run `sdxlc cache RECIPE` to fill it")
+        gone = not where.is_file()  # a damaged one is named in the disk cache's warnings already
+        try:
+            with torch.no_grad():
+                tensors = encode()
+        except InputChanged:
+            raise
+        except RunError as exc:
+            raise RunError(f"{kind} cache: the entry for {what} ({where}) is damaged or gone, and it cannot "
+                           f"be encoded again: {exc}") from exc
+        self.disk.store(kind, key, tensors)
+        if gone:
+            self.say(f"{kind} cache: the entry for {what} is gone from {where}: encoded again")
+        return tensors
+
     def report(self) -> None:
         """Say the warnings (skipped images) not said yet."""
         self._flush()
@@ -310,17 +401,20 @@ class Conditioning:
         if self.latents is None:
             parameters = encode_finite(self.models, batch.pixels, self.say, "a batch")
         else:
-            parameters = torch.stack([self.latents[key] for key in batch.keys]).to(self.models.device,
-                                                                                  non_blocking=True)
+            entries = [self._latent_entry(key) for key in batch.keys]
+            parameters = torch.stack([p for p, _ in entries]).to(self.models.device, non_blocking=True)
             if self.masks is not None:  # the masks cached with the latents
-                batch.mask = torch.stack([self.masks[key] for key in batch.keys])
+                batch.mask = torch.stack([m for _, m in entries if m is not None])
         if self.text is None:
             captions = self.captions(batch.captions) if self.captions else batch.captions
             states, pooled = (text_states if self.text_grad else encode_text)(self.models, captions)
         else:
             device = self.models.device
-            states = torch.stack([self.text[c][0] for c in batch.captions]).to(device, non_blocking=True)
-            pooled = torch.stack([self.text[c][1] for c in batch.captions]).to(device, non_blocking=True)
+            texts = [self._text_entry(c) for c in batch.captions]
+            states = torch.stack([s for s, _ in texts]).to(device, non_blocking=True)
+            pooled = torch.stack([p for _, p in texts]).to(device, non_blocking=True)
+        if self.disk is not None:
+            self._flush()  # entries found damaged on read
         dtype = self.models.weight_dtype
         return sample_latents(self.models, parameters), states.to(dtype), pooled.to(dtype)
 

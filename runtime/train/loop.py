@@ -20,6 +20,7 @@ from runtime.methods.base import Method
 from runtime.methods.finetune import fuse_backward
 from runtime.model.load import Models
 from runtime.train import checkpoint, ema
+from runtime.train.compiling import compiled
 from runtime.train.conditioning import Conditioning, Say
 from runtime.train.data import Batch, TrainData
 from runtime.train.loader import Loader, Ticket, batches
@@ -137,6 +138,7 @@ def train(
         model, optimizer = unet, acc.prepare(optimizer)
     else:
         model, optimizer = acc.prepare(unet, optimizer)
+    model = compiled(model, plan["training"].get("compile"))  # runtime/train/compiling.py
     encoders = method.text_encoders(models.pipe)
     for module in (model, *encoders):
         module.train()

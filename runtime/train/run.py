@@ -24,6 +24,7 @@ from runtime.model.offload import apply_offload
 from runtime.train import checkpoint, loop, validate
 from runtime.train import data as datamod
 from runtime.train import ema as emamod
+from runtime.train.compiling import check_compiler
 from runtime.train.inputs import check_model
 from runtime.train.progress import Progress
 from runtime.train.tblog import TensorBoardLog, open_log
@@ -301,6 +302,7 @@ def run_plan(
     """`execute`, also handing back the trained in-memory model (for checks against the saved file)."""
     check_plan(plan)
     check_device(plan)
+    check_compiler(plan["training"].get("compile"), plan["hardware"]["device"])
     check_trackers(plan)  # a missing tracker package fails before anything is written
     manifest = datamod.load_manifest(plan, plan_file)
     check_model(plan)

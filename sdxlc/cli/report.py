@@ -348,7 +348,9 @@ def _time(plan: dict[str, Any], everything: bool) -> list[str]:
                 f"({est['seconds_per_step']:.3f} s/step × {steps} steps)"]
     lines = [f"time estimate: about {_duration(est['total_seconds'])} = training {_duration(t['training'])}"
              f" + sampling {_duration(t['sampling'])} + caching {_duration(t['caching'])}"
-             + (f" + validation {_duration(t['validation'])}" if t.get("validation") else ""),
+             + (f" + validation {_duration(t['validation'])}" if t.get("validation") else "")
+             + (f" + compile {_duration(t['compile'])} (a first run; cached on disk after)"
+                if t.get("compile") else ""),
              f"  training: {est['seconds_per_step']:.3f} s/step × {steps} steps "
              f"({_flops(est['step_flops'])} per step)"]
     if everything:

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sdxlc.estimate import adapters, cputime, host, lllite, lowvram
+from sdxlc.estimate import adapters, compiletime, cputime, host, lllite, lowvram
 from sdxlc.estimate.facts import derive
 from sdxlc.estimate.model_data import EstimateError, get_path, load_model
 from sdxlc.estimate.model_data import bucket_sizes as _bucket_sizes
@@ -267,7 +267,8 @@ def _memory(plan: dict[str, Any], profile: Profile) -> tuple[dict[str, int], int
     overhead = profile.allocator_overhead
     terms["allocator_overhead"] = int(sum(terms.values()) * overhead)
     terms["cuda_context"] = profile.context_bytes if profile.device == "cuda" else 0
-    host.add_runtime_state(plan, profile, terms)  # cpu: the process's own memory beyond its tensors
+    host.add_runtime_state(plan, profile, model, terms)  # cpu: the process's own memory beyond its tensors
+    host.add_cache_entries(plan, profile, model, terms)  # cpu: cached entries held in memory
 
     sample_peak = 0
     prompts = get_path(plan, "sample.prompts") or []
@@ -366,6 +367,11 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
             plan, trainable_param_count(plan, model),
             int(model["params"]["unet"]) * DTYPE_BYTES[mixed], device),
     }
+    if plan["training"].get("compile"):  # compiled steps and the first run's compile (compiletime.py)
+        factor = compiletime.step_factor(cputime.family(model), device)
+        time["compute_per_step"] *= factor
+        time["overhead_per_step"] *= factor
+        time["compile"] = compiletime.compile_seconds(plan, model)
     seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
     time["training"] = seconds_per_step * int(get_path(plan, "training.total_steps"))
     sampling = caching = 0.0
@@ -428,7 +434,7 @@ def estimate(plan: dict[str, Any], profile: Profile) -> dict[str, Any]:
     else:
         verdict = "fits"
     step_flops, seconds_per_step, time = _seconds(plan, profile)
-    total = time["training"] + time["sampling"] + time["caching"] + time["validation"]
+    total = sum(time[k] for k in ("training", "sampling", "caching", "validation")) + time.get("compile", 0.0)
     return {
         "vram_bytes": int(vram),
         "vram_breakdown": breakdown,

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from sdxlc.estimate.facts import TEXT_TOKENS
-from sdxlc.plan.host_memory import RUNTIME_STATE, family, unread_mapped
+from sdxlc.estimate.model_data import bucket_sizes, latent_px
+from sdxlc.plan.cache_memory import CACHE_ENTRIES, held_bytes
+from sdxlc.plan.host_memory import RUNTIME_STATE, family, runtime_state, unread_mapped
 from sdxlc.resolve.profiles import Profile
 
 
@@ -34,7 +36,20 @@ def drop_unread(plan: dict[str, Any], profile: Profile, model: dict[str, Any], t
             terms[key] = max(0, terms[key] - size)
 
 
-def add_runtime_state(plan: dict[str, Any], profile: Profile, terms: dict[str, int]) -> None:
-    """The process's own resident memory beyond its tensors, as the profile measured it (cpu only)."""
+def add_runtime_state(plan: dict[str, Any], profile: Profile, model: dict[str, Any],
+                      terms: dict[str, int]) -> None:
+    """The process's own resident memory beyond its tensors, as the profile measured it for the model family,
+    with the shares of checkpointing and oneDNN's convolutions (cpu only; sdxlc/plan/host_memory.py)."""
     if profile.device == "cpu" and profile.runtime_state_for(family(plan)):
-        terms[RUNTIME_STATE] = profile.runtime_state_for(family(plan))
+        latent = max(latent_px(w, h, model) for w, h, _ in bucket_sizes(plan))
+        terms[RUNTIME_STATE] = runtime_state(plan, profile.runtime_state_for(family(plan)), latent)
+
+
+def add_cache_entries(plan: dict[str, Any], profile: Profile, model: dict[str, Any],
+                      terms: dict[str, int]) -> None:
+    """The cached latents and text-encoder outputs the run keeps in memory (cpu only: on a GPU they are in
+    system RAM, not on the device; sdxlc/plan/cache_memory.py)."""
+    if profile.device == "cpu":
+        size = held_bytes(plan, model)
+        if size:
+            terms[CACHE_ENTRIES] = size

@@ -10,11 +10,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
-
-from lark import Token, Tree
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sdxlc.lang.diagnostics import Diagnostic, Span, make
+
+if TYPE_CHECKING:  # lark loads with the parser, when a text is parsed
+    from lark import Token, Tree
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class Statement:
 
 def build(tree: Tree[Token], file: str) -> list[Statement]:
     """The statements of a parsed recipe."""
+    from lark import Tree
+
     statements = []
     for node in tree.children:
         if isinstance(node, Tree) and node.data == "statement":
@@ -137,6 +140,8 @@ def _token_span(token: Token, file: str) -> Span:
 
 
 def _item(node: Tree[Token], file: str) -> Item:
+    from lark import Token, Tree
+
     if node.data == "assign":
         name, value = node.children
         assert isinstance(name, Token) and isinstance(value, Tree)
@@ -145,6 +150,8 @@ def _item(node: Tree[Token], file: str) -> Item:
 
 
 def _seq(node: Tree[Token], file: str) -> Value:
+    from lark import Tree
+
     values = [_elem(child, file) for child in node.children if isinstance(child, Tree)]
     if len(values) == 1:
         return values[0]
@@ -152,6 +159,8 @@ def _seq(node: Tree[Token], file: str) -> Value:
 
 
 def _elem(node: Tree[Token], file: str) -> Value:
+    from lark import Token
+
     tokens = [child for child in node.children if isinstance(child, Token)]
     value = _scalar(tokens[0], file)
     if len(tokens) == 1:

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "training.steps": 1600,
     "training.gradient_checkpointing": False,
     "training.channels_last": False,
+    "training.compile": False,
     "training.seed": 42,
     "noise.offset": 0.0,
     "noise.timestep_min": 0,

@@ -15,7 +15,6 @@ carets under the span, `= help:` and any related spans ("first set here") beneat
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import unicodedata
@@ -172,6 +171,7 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0614": ("error", "`base fp8` with FSDP"),
     "SDX0615": ("error", "`base fp8` with DoRA"),
     "SDX0616": ("warning", "an offload word beside the cache that frees the same component"),
+    "SDX0617": ("warning", "the in-memory caches take much host RAM on a GPU profile"),
 }
 
 
@@ -239,6 +239,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def _closest(word: str, options: tuple[str, ...]) -> str | None:
+    import difflib  # loaded for a misspelt word, not by every compile
+
     lowered = {option.lower(): option for option in options}
     found = difflib.get_close_matches(word, list(lowered), n=1, cutoff=0.6)
     return lowered[found[0]] if found else None

@@ -23,7 +23,7 @@ from sdxlc.lang import ast, limits
 from sdxlc.lang import vocabulary as vocab
 from sdxlc.lang.ast import LowerError, join, missing, reject
 from sdxlc.lang.diagnostics import Diagnostic, Span, make, shown
-from sdxlc.lang.parser import parse_recovering, parse_value
+from sdxlc.lang.statement_cache import read_statements
 from sdxlc.lang.vocabulary import check_path, coerce
 
 Source = Literal["recipe", "use", "set"]
@@ -373,11 +373,11 @@ class _Loader:
         if text is None:
             return _Layer()
         self.sources[file] = text
-        tree, syntax = parse_recovering(text, file)
+        statements, syntax = read_statements(text, file, keep=real not in self.unsaved)
         self.diags.extend(syntax)
         lowering = _FileLowering(file)
         errors = len(syntax)
-        for stmt in ast.build(tree, file):
+        for stmt in statements:
             if errors >= limits.MAX_FILE_ERRORS:
                 message = f"more than {limits.MAX_FILE_ERRORS} errors: the rest of `{file}` is not checked"
                 lowering.report("SDX0310", message, stmt.span, "fix the errors above first")
@@ -494,6 +494,8 @@ def _parse_set(text: str, line: int) -> tuple[str, Any, Span]:
     path = check_path(path, Span(SET_FILE, line, column, line, column + len(path)))
     column = len(raw_path) + 2 + len(rest) - len(rest.lstrip())
     place = Span(SET_FILE, line, column, line, column + max(len(value_text), 1))
+    from sdxlc.lang.parser import parse_value  # the parser loads only for `--set`
+
     items = parse_value("\n" * (line - 1) + " " * (column - 1) + value_text, SET_FILE)
     node = vocab.schema_node(path) or {}
     texty = "string" in (node.get("type"), node.get("items", {}).get("type"))

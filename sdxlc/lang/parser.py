@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
 from functools import cache
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from sdxlc.lang import ast
+from sdxlc.lang.cache_folder import cache_folder
 from sdxlc.lang.diagnostics import Diagnostic, Span, make
 
 GRAMMAR = Path(__file__).resolve().parent / "grammar" / "sdx.lark"
@@ -71,15 +71,8 @@ def parser() -> Lark:
 
 def _cache_file(grammar: str) -> Path | None:
     """Where the built parser is kept, named by the grammar and lark version; None for no cache."""
-    if os.environ.get("SDXLC_NO_PARSER_CACHE"):
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = Path(base) / "sdxlc"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    if not os.access(folder, os.W_OK):
+    folder = cache_folder()
+    if folder is None:
         return None
     from lark import __version__ as lark_version
 

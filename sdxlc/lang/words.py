@@ -148,6 +148,9 @@ VOCABULARY: tuple[Entry, ...] = (
     _flag("checkpointing", A, "training.gradient_checkpointing", True, "Gradient checkpointing."),
     _flag("channels last", A, "training.channels_last", True,
           "UNet and VAE in channels-last memory format (the default on CUDA profiles)."),
+    _flag("compile", A, "training.compile", True,
+          "Compile the UNet's training step with torch.compile: faster steps after a first step that "
+          "compiles (minutes on a CPU, cached on disk for the next run; docs/TRAINING.md)."),
     _flag("v_prediction", A, "model.prediction", "v_prediction", "The model predicts v."),
     _flag("vpred", A, "model.prediction", "v_prediction", "Same as `v_prediction`."),
     _flag("epsilon", A, "model.prediction", "epsilon", "The model predicts the noise."),

@@ -7,10 +7,12 @@ Pure Python, shared by the compiler (bucket table and step arithmetic in the pla
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # random loads with the batches of an epoch (training), not with a plan
+    import random
 
 Bucket = tuple[int, int]  # (width, height)
 
@@ -138,6 +140,8 @@ def epoch_batches(item_buckets: Sequence[Bucket], batch_size: int, seed: int, ep
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    import random
+
     rng = random.Random(f"{seed}:{epoch}")
     by_bucket: dict[Bucket, list[int]] = {}
     for index, bucket in enumerate(item_buckets):

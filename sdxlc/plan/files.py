@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +50,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A fresh folder `.<name>.tmp-<pid>` beside `path` to fill; when the block ends every file in it
     is fsynced and it replaces `path` (an existing `path` is removed first); removed when it raises."""
+    import shutil  # loaded by the writers of folders, not by every writer of a file
+
     target = Path(path)
     temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if temp.exists():
@@ -100,7 +100,7 @@ def fsync_folder(folder: Path) -> None:
 def _new_temp(target: Path) -> Path:
     """Create `.<name>.<random>.tmp` beside `target`, with the permissions `open()` gives a new file."""
     for _ in range(100):
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        temp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
         try:
             os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -115,6 +115,11 @@ def free_bytes(path: str | Path) -> int | None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
+        if hasattr(os, "statvfs"):  # what shutil.disk_usage reads there, without loading shutil
+            stat = os.statvfs(folder)
+            return stat.f_bavail * stat.f_frsize
+        import shutil
+
         return int(shutil.disk_usage(folder).free)
     except OSError:
         return None

@@ -21,13 +21,13 @@ Check = Callable[[Any], bool]
 # What the checks below implement; every other keyword jsonschema's Draft 2020-12 validator acts on is
 # UNSUPPORTED (a test compares both sets with that validator's). Anything else is an annotation.
 SUPPORTED = frozenset({
-    "$ref", "additionalProperties", "allOf", "const", "enum", "exclusiveMaximum", "exclusiveMinimum",
+    "$ref", "additionalProperties", "allOf", "anyOf", "const", "enum", "exclusiveMaximum", "exclusiveMinimum",
     "if", "items", "maxItems", "maxLength", "maximum", "minItems", "minLength", "minimum", "multipleOf",
-    "pattern", "properties", "required", "type", "uniqueItems",
+    "oneOf", "pattern", "properties", "required", "type", "uniqueItems",
 })
 UNSUPPORTED = frozenset({
-    "$dynamicRef", "anyOf", "contains", "dependentRequired", "dependentSchemas", "maxProperties",
-    "minProperties", "not", "oneOf", "patternProperties", "prefixItems", "propertyNames", "unevaluatedItems",
+    "$dynamicRef", "contains", "dependentRequired", "dependentSchemas", "maxProperties",
+    "minProperties", "not", "patternProperties", "prefixItems", "propertyNames", "unevaluatedItems",
     "unevaluatedProperties", "else", "maxContains", "minContains", "dependencies", "$recursiveRef", "format",
 })
 
@@ -196,6 +196,14 @@ class _Compiler:
     def _allOf(self, schemas: list[Any], node: dict[str, Any]) -> Check:
         children = [self.check(schema) for schema in schemas]
         return lambda value: all(child(value) for child in children)
+
+    def _anyOf(self, schemas: list[Any], node: dict[str, Any]) -> Check:
+        children = [self.check(schema) for schema in schemas]
+        return lambda value: any(child(value) for child in children)
+
+    def _oneOf(self, schemas: list[Any], node: dict[str, Any]) -> Check:
+        children = [self.check(schema) for schema in schemas]
+        return lambda value: sum(1 for child in children if child(value)) == 1
 
     def _if(self, condition: Any, node: dict[str, Any]) -> Check | None:
         if "then" not in node:

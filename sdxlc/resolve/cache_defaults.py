@@ -10,9 +10,10 @@ without an error or a warning, and its provenance says why (docs/DATA.md "Caches
   cached on both sides) and when the recipe asks for `offload vae`.
 
 A default cache is kept in memory for the run, as the words are without `to disk`; `to disk` (which a
-recipe may say on its own) keeps whatever the plan caches on disk. The runtime holds every entry in host
-memory, with or without `to disk`, so a default is not taken where the entries could exceed
-DEFAULT_BUDGET_BYTES (a data set of tens of thousands of images would otherwise fill the RAM).
+recipe may say on its own) keeps whatever the plan caches on disk. In memory the runtime holds every entry
+for the whole run, so an in-memory default is not taken where the entries could exceed DEFAULT_BUDGET_BYTES
+(a data set of tens of thousands of images would otherwise fill the RAM); with `to disk` it holds only the
+entries' keys and reads each batch's entries from the disk cache, so the budget does not apply there.
 `no cache te` / `no cache latents` (or `--set cache.text_encoder=false`) turn a default off; a value any
 recipe layer gives is kept as given.
 """
@@ -95,9 +96,12 @@ def _offload(layers: Layers, path: str, word: str) -> str | None:
 
 
 def _over_budget(plan: dict[str, Any], key: str) -> str | None:
+    """Why an in-memory default cache is not taken: its entries could exceed the budget (a `to disk` cache
+    holds only its keys in memory)."""
     size = default_cache_bytes(plan)[key]
-    if size <= DEFAULT_BUDGET_BYTES:
+    if size <= DEFAULT_BUDGET_BYTES or plan["data"]["cache"]["to_disk"]:
         return None
+    word = "te" if key == "text_encoder" else "latents"
     return (f"in memory it would take up to {size / (1 << 30):.1f} GiB, over the default's "
-            f"{DEFAULT_BUDGET_BYTES >> 30} GiB (say `cache {'te' if key == 'text_encoder' else 'latents'}` "
-            "to cache anyway)")
+            f"{DEFAULT_BUDGET_BYTES >> 30} GiB (say `cache {word} to disk` to cache on disk, or "
+            f"`cache {word}` to cache in memory anyway)")

@@ -27,8 +27,6 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from PIL import Image
-
 from sdxlc.lang.diagnostics import Diagnostic, Span, make
 from sdxlc.resolve.datasets import IMAGE_EXTENSIONS, ImageItem, Problem, ScanResult
 from sdxlc.resolve.index import Index, Probe
@@ -124,6 +122,8 @@ def probe(path: str, index: Index) -> Probe:
 
 def has_alpha(path: str) -> bool:
     """Whether the image carries an alpha channel (or palette transparency): a header read."""
+    from PIL import Image  # loaded when a mask folder is read, not by every plan
+
     try:
         with Image.open(path) as image:
             return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)

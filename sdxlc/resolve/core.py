@@ -26,6 +26,7 @@ from sdxlc.lang.layers import Layers, Provenance
 from sdxlc.lang.lower import Lowered
 from sdxlc.plan.manifest import Manifest
 from sdxlc.resolve.cache_defaults import apply_cache_defaults
+from sdxlc.resolve.compile import resolve_compile
 from sdxlc.resolve.data import resolve_data
 from sdxlc.resolve.implementation import resolve_implementation
 from sdxlc.resolve.index import Index
@@ -106,6 +107,7 @@ def resolve(lowered: Lowered, recipe: Path, profile_override: str | None = None)
     b.provenance.update(data.provenance)
     training = _training(b, data.section, diags, profile.device)
     training["ema"] = resolve_ema(b, training)  # sdxlc/resolve/validation.py
+    training["compile"] = resolve_compile(b, data.bucket_sizes, training["batch_size"])
     precision, optimizer = _precision(b, profile), _optimizer(b, profile.device)
     launch = resolve_launch(b, training, precision, optimizer, profile)  # steps per rank for N processes
     warnings = list(data.warnings)

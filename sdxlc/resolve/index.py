@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import struct
 import sys
@@ -46,7 +45,12 @@ _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 _JPEG_FORMATS = {"JPEG", "MPO"}
 _NO_DIGEST = bytes(32)
 
-log = logging.getLogger("sdxlc.index")
+
+def _note(message: str, *args: object) -> None:
+    """A warning on the `sdxlc.index` logger (logging is loaded only when there is one)."""
+    import logging
+
+    logging.getLogger("sdxlc.index").warning(message, *args)
 
 
 class Probe(NamedTuple):
@@ -264,13 +268,13 @@ class Index:
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.warning("note: the image index %s cannot be read (%s): it is rebuilt", self.file,
-                        exc.strerror)
+            _note("note: the image index %s cannot be read (%s): it is rebuilt", self.file,
+                  exc.strerror)
             return
         try:
             paths, self._table = _unpack(raw)
         except IndexDamaged as exc:
-            log.warning("note: the image index %s is not usable (%s): it is rebuilt", self.file, exc)
+            _note("note: the image index %s is not usable (%s): it is rebuilt", self.file, exc)
             self.dirty = True  # replaced by a good one even when nothing changed
             return
         self._rows = {path: number for number, path in enumerate(paths)}

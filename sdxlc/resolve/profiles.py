@@ -6,10 +6,8 @@ Pure standard library (plus jsonschema, loaded lazily by :func:`validate_profile
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import cache
@@ -139,6 +137,8 @@ def list_profiles() -> list[str]:
 
 def suggest(name: str, names: list[str] | None = None) -> list[str]:
     """Profile names close to ``name``: prefix matches first, then difflib's close matches."""
+    import difflib  # loaded for a misspelt profile name only
+
     pool = list_profiles() if names is None else names
     key = name.strip().lower()
     prefixed = [n for n in pool if key and n.startswith(key)]
@@ -209,6 +209,8 @@ def match_gpu(gpu_name: str, memory_mib: int) -> Profile:
 
 def probe_auto(nvidia_smi: str = "nvidia-smi", timeout: float = 10.0) -> Profile | str:
     """Detect GPU 0 with nvidia-smi and map it to a profile; a message string when that is not possible."""
+    import shutil
+
     exe = shutil.which(nvidia_smi)
     if exe is None:
         return "nvidia-smi is not on PATH (no NVIDIA driver installed?)"

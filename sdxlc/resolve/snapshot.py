@@ -31,7 +31,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import logging
 import marshal
 import os
 import struct
@@ -58,7 +57,6 @@ _GONE_FOLDER = (-1, -1, -1, -1)
 _FIELDS = len(ImageItem._fields)
 _item = partial(tuple.__new__, ImageItem)  # ImageItem._make less its length check (`load` checks them all)
 
-log = logging.getLogger("sdxlc.snapshot")
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -190,7 +188,7 @@ def load(file: Path, key: bytes) -> ScanResult | None:
         return None
     body = _body(raw, key)
     if body is None:
-        log.info("note: the scan snapshot %s is not usable: the dataset is scanned again", file)
+        _note(file)
         return None
     if body == b"":  # made for other settings
         return None
@@ -203,8 +201,16 @@ def load(file: Path, key: bytes) -> ScanResult | None:
         return ScanResult(list(map(_item, items)), [Problem(*p) for p in problems], int(missing),
                           int(from_folders))
     except (ValueError, TypeError, EOFError):
-        log.info("note: the scan snapshot %s is not usable: the dataset is scanned again", file)
+        _note(file)
         return None
+
+
+def _note(file: Path) -> None:
+    """Note a snapshot that cannot be used on the `sdxlc.snapshot` logger (loaded only then)."""
+    import logging
+
+    logging.getLogger("sdxlc.snapshot").info(
+        "note: the scan snapshot %s is not usable: the dataset is scanned again", file)
 
 
 def _body(raw: bytes, key: bytes) -> bytes | None:

@@ -266,6 +266,10 @@ DETAILS: dict[str, str] = {
     "from the model load until the caching pass encodes with them, so the estimate counts no saving for "
     "it. The caches are on by default where the recipe allows them; `no cache te` / `no cache latents` "
     "encode every step, and then the offload words keep the components off the GPU between batches.",
+    "SDX0617": "Without `to disk` every cached latent and text-encoder output is held in host memory for the "
+    "whole run (0.25-0.5 MiB of latents per 1024² image and flip, up to 0.6 MiB per caption), which a GPU "
+    "profile's estimate does not count. `cache latents to disk` / `cache te to disk` keep only the entries' "
+    "keys in memory and read each batch's entries from the disk cache.",
 }
 
 _EXAMPLE_VALUES: dict[str, str] = {

@@ -200,6 +200,8 @@ def _outputs(plan: dict[str, Any], folder: Path, lacks: list[str]) -> Table:
             table["sample_every_n_steps"] = sample["every_steps"]
     if log.get("tensorboard"):
         table.update(logging_dir=str(Path(plan["output"]["dir"]) / "logs"), log_with="tensorboard")
+    if plan["training"].get("compile"):
+        table.update(torch_compile=True, dynamo_backend="inductor")
     if plan["training"]["channels_last"]:
         lacks.append("channels-last memory format (`channels last`): it changes speed only")
     return table

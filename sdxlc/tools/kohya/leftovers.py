@@ -21,7 +21,7 @@ INERT: dict[str, str] = {
         "debug_dataset", "output_config", "config_file", "dataset_config", "sample_sampler",
         "sample_at_first", "show_timesteps"), _LOGGING),
     **dict.fromkeys((
-        "xformers", "sdpa", "mem_eff_attn", "torch_compile", "dynamo_backend", "lowram", "highvram",
+        "xformers", "sdpa", "mem_eff_attn", "dynamo_backend", "lowram", "highvram",
         "max_data_loader_n_workers", "persistent_data_loader_workers", "vae_batch_size",
         "cpu_offload_checkpointing", "text_encoder_batch_size", "disable_mmap_load_safetensors",
         "ddp_timeout", "ddp_gradient_as_bucket_view", "ddp_static_graph", "cache_info", "skip_cache_check",

@@ -65,6 +65,7 @@ WORDS: dict[str, str] = {
     "lr_warmup_steps": "`warmup N` or `warmup P%`",
     "mixed_precision": "`fp32` / `fp16` / `bf16`",
     "gradient_checkpointing": "`checkpointing`",
+    "torch_compile": "`compile` (with dynamo_backend inductor, kohya's default)",
     "cache_latents": "`cache latents`",
     "cache_text_encoder_outputs": "`cache te`",
     "cache_latents_to_disk": "`cache latents to disk`",

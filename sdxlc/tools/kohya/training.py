@@ -49,6 +49,12 @@ def map_precision(b: Builder, kind: str) -> None:
         words.append("base fp8")
     if b.flag("gradient_checkpointing"):
         words.append("checkpointing")
+    if b.flag("torch_compile"):  # kohya's --dynamo_backend defaults to inductor, as sdxlc's compile
+        backend = str(b.take("dynamo_backend", "inductor") or "inductor").lower()
+        if backend == "inductor":
+            words.append("compile")
+        else:
+            b.note("dynamo_backend", backend, "sdxlc's `compile` uses TorchInductor")
     latents_disk, te_disk = b.flag("cache_latents_to_disk"), b.flag("cache_text_encoder_outputs_to_disk")
     # kohya caches nothing it is not told to: the off words keep that where sdxlc would cache by default
     words.append("cache latents" if b.flag("cache_latents") or latents_disk else "no cache latents")

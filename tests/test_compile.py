@@ -169,3 +169,40 @@ def test_kohyas_torch_compile_imports_as_the_word(tmp_path: Path, backend: str |
     assert any("compile" in words for words in statements) is word
     if not word:
         assert [n.key for n in imported.changes_training if n.key == "dynamo_backend"] == ["dynamo_backend"]
+
+
+def test_the_cpu_estimate_counts_the_compile_and_its_memory(tmp_path: Path) -> None:
+    from sdxlc.plan.host_memory import COMPILE_STATE, RUNTIME_STATE
+
+    (tmp_path / "eager").mkdir()
+    (tmp_path / "compiled").mkdir()
+    eager = plan_of(tmp_path / "eager", "batch 2\n")
+    compiled = plan_of(tmp_path / "compiled", "batch 2 compile\n")
+    state = {name: p["estimate"]["vram_breakdown"][RUNTIME_STATE] for name, p in
+             (("eager", eager), ("compiled", compiled))}
+    assert state["compiled"] - state["eager"] == COMPILE_STATE
+    times = {name: p["estimate"]["time_breakdown"] for name, p in (("eager", eager), ("compiled", compiled))}
+    assert "compile" not in times["eager"] and times["compiled"]["compile"] > 0
+    assert compiled["estimate"]["seconds_per_step"] < eager["estimate"]["seconds_per_step"]
+    assert compiled["estimate"]["total_seconds"] > times["compiled"]["compile"]
+
+
+@pytest.mark.parametrize(("method", "warned"), [
+    ("lora rank 4 on unet", False), ("loha rank 4 on unet", True), ("lokr rank 4 on unet", True),
+    ("lora rank 4 on unet dora", True), ("finetune unet", False),
+])
+def test_adapters_that_break_the_graph_are_warned_and_gain_nothing(tmp_path: Path, method: str,
+                                                                    warned: bool) -> None:
+    recipe = tmp_path / "r.sdx"
+    head = f'sdx 1\nmodel tiny\nprofile cpu\ndata "{QUICKSTART}"\n'
+    recipe.write_text(f"{head}{method}\nsteps 4\nbatch 2 compile\n", encoding="utf-8")
+    compiled = compile_recipe(recipe)
+    assert compiled.plan is not None
+    found = [d for d in compiled.diagnostics if d.code == "SDX0618"]
+    assert bool(found) is warned
+    if warned:
+        assert found[0].span is not None and (found[0].span.line, found[0].span.column) == (7, 9)
+    plain = compile_recipe(recipe, ("training.compile=false",))
+    assert plain.plan is not None
+    ratio = compiled.plan["estimate"]["seconds_per_step"] / plain.plan["estimate"]["seconds_per_step"]
+    assert (ratio == pytest.approx(1.0)) is warned

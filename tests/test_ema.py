@@ -125,7 +125,7 @@ def test_resume_with_ema_is_bit_exact(recorded: tuple[Any, ...], tmp_path: Path)
     plan = _plan(tmp_path / "killed")
     out = Path(plan["output"]["dir"])
     _kill_after(_run_cli(tmp_path / "killed" / "r.sdx"), out / "checkpoints" / "step-000003")
-    # the resume through the CLI in this process: test_resume.py resumes in fresh processes
+    # resumed through the CLI in this process (test_resume.py also resumes in a fresh one)
     final = CliRunner().invoke(main, ["run", str(tmp_path / "killed" / "r.sdx"), "--resume"])
     assert final.exit_code == 0 and "resuming from" in final.output, final.output
     _same_files(whole, plan)

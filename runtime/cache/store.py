@@ -7,8 +7,8 @@ entry is never read; identical inputs share entries, across recipes too. Identit
 a config is hashed without diffusers' bookkeeping fields (`_use_default_values`, `_diffusers_version`,
 `_name_or_path`…), whose contents and order change between processes, so entries hit across processes.
 Entries are written atomically (sdxlc/plan/files.py), so a crash never leaves half an entry, and checked
-on every read: a truncated file, a damaged header, a missing tensor or a non-finite value is reported
-and the entry is encoded again.
+on every read: a truncated file, a damaged header, a missing tensor, a non-finite value or another key's
+entry (each entry records its key in its header) is reported and the entry is encoded again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from runtime import saving
 from runtime.formats.safetensors_file import write as write_safetensors
@@ -111,15 +111,26 @@ class DiskCache:
         """The entry's tensors, checked (against `shapes` too when given); None when it is absent, or
         damaged (then `warnings` names it, and the caller encodes it again and stores it over it)."""
         file = self.path(kind, key)
-        if not file.is_file():
+        try:
+            if not file.is_file():
+                return None
+        except OSError as exc:  # a folder on the way that cannot be searched (no permission)
+            self.warnings.append(f"cache entry {file} cannot be read ({exc.strerror or exc}): encoded again")
             return None
         problem = None
         try:
-            tensors: dict[str, torch.Tensor] = load_file(str(file))
+            with safe_open(str(file), framework="pt") as handle:
+                stored = (handle.metadata() or {}).get("key")
+                tensors: dict[str, torch.Tensor] = {name: handle.get_tensor(name) for name in handle.keys()}
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on damage
             problem = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
         else:
-            problem = entry_problem(kind, tensors, shapes)
+            # an entry names its own key (entries written before keys were recorded name none): another
+            # entry's file moved or copied here is caught, at no cost (the header is read anyway)
+            if stored is not None and stored != key:
+                problem = f"it is the entry of key {stored[:12]}…, moved or copied here"
+            else:
+                problem = entry_problem(kind, tensors, shapes)
         if problem is None:
             return tensors
         self.warnings.append(f"cache entry {file} is damaged ({problem}): encoded again")
@@ -128,7 +139,7 @@ class DiskCache:
     def store(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         file = self.path(kind, key)
         with saving(file, "the cache entries written before are intact"), atomic_path(file) as temp:
-            write_safetensors(temp, {k: v.detach() for k, v in tensors.items()})
+            write_safetensors(temp, {k: v.detach() for k, v in tensors.items()}, {"key": key})
 
     def entries(self) -> list[Path]:
         return sorted(p for kind in EXPECTED for p in (self.root / kind).glob("*/*.safetensors"))

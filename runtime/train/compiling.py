@@ -11,6 +11,7 @@ loads, not an internal error at the first step.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,10 +30,17 @@ def check_compiler(spec: dict[str, Any] | None, device: str) -> None:
                        f"{', '.join(COMPILERS)} is on PATH; install one (e.g. g++) or leave `compile` out")
 
 
-def compiled(model: torch.nn.Module, spec: dict[str, Any] | None) -> Any:
-    """`model` itself without a compile spec, else its compiled wrapper, allowed `shapes` compiles."""
+def compiled(model: torch.nn.Module, spec: dict[str, Any] | None,
+             say: Callable[[str], None] | None = None) -> Any:
+    """`model` itself without a compile spec, else its compiled wrapper, allowed `shapes` compiles; `say`
+    tells the user that the first step of each shape compiles (a silent step of minutes looks hung)."""
     if not spec:
         return model
+    if say is not None:
+        shapes = int(spec["shapes"])
+        plural = "s" if shapes > 1 else ""
+        say(f"compile: the first step of each of {shapes} batch shape{plural} compiles the UNet's step "
+            "(minutes on a CPU the first time; cached on disk for later runs)")
     import torch._dynamo.config as dynamo_config
 
     limit = max(int(spec["shapes"]), dynamo_config.recompile_limit)

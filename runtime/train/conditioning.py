@@ -373,7 +373,10 @@ class Conditioning:
         if any(encoder is None for encoder in encoders):
             raise RunError(f"{kind} cache: the entry for {what} ({where}) is damaged or gone, and its "
                            "encoder is not loaded to encode it again; run `sdxlc cache RECIPE` to fill it")
-        gone = not where.is_file()  # a damaged one is named in the disk cache's warnings already
+        try:  # a damaged one is named in the disk cache's warnings already
+            gone = not where.is_file()
+        except OSError:  # its folder cannot be searched: named in the warnings too
+            gone = False
         try:
             with torch.no_grad():
                 tensors = encode()
@@ -382,7 +385,12 @@ class Conditioning:
         except RunError as exc:
             raise RunError(f"{kind} cache: the entry for {what} ({where}) is damaged or gone, and it cannot "
                            f"be encoded again: {exc}") from exc
-        self.disk.store(kind, key, tensors)
+        try:
+            self.disk.store(kind, key, tensors)
+        except RunError as exc:  # a read-only or full cache folder: say why the entry was written
+            self._flush()
+            raise RunError(f"{kind} cache: the entry for {what} is damaged or gone, and storing it again "
+                           f"failed: {exc}") from exc
         if gone:
             self.say(f"{kind} cache: the entry for {what} is gone from {where}: encoded again")
         return tensors

@@ -138,7 +138,7 @@ def train(
         model, optimizer = unet, acc.prepare(optimizer)
     else:
         model, optimizer = acc.prepare(unet, optimizer)
-    model = compiled(model, plan["training"].get("compile"))  # runtime/train/compiling.py
+    model = compiled(model, plan["training"].get("compile"), on_message)  # runtime/train/compiling.py
     encoders = method.text_encoders(models.pipe)
     for module in (model, *encoders):
         module.train()

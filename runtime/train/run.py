@@ -30,7 +30,7 @@ from runtime.train.progress import Progress
 from runtime.train.tblog import TensorBoardLog, open_log
 from runtime.train.trackers import Trackers, check_trackers, open_trackers
 from sdxlc.plan import contract as plans
-from sdxlc.plan import layout
+from sdxlc.plan import layout, lock
 from sdxlc.plan.files import write_atomic
 from sdxlc.plan.manifest import Manifest
 from sdxlc.plan.sums import write_artifact_sum
@@ -106,6 +106,17 @@ def claim_output(plan: dict[str, Any], resuming: bool) -> None:
         layout.claim(Path(plan["output"]["dir"]), plan["plan_hash"], overwrite=False)
     except layout.OutputInUse as exc:
         raise RunError(str(exc)) from exc
+
+
+def lock_output(plan: dict[str, Any]) -> lock.OutputLock:
+    """One running run per output folder (sdxlc/plan/lock.py): held until the run returns or fails (the
+    `sdxlc run` that started it already holds it; a launched run's processes share their launcher's)."""
+    try:
+        return lock.acquire(Path(plan["output"]["dir"]))
+    except layout.OutputInUse as exc:
+        raise RunError(str(exc)) from exc
+    except OSError as exc:
+        raise RunError(f"cannot lock the output folder {plan['output']['dir']}: {exc}") from exc
 
 
 def setup_model(plan: dict[str, Any]) -> models.Models:
@@ -308,15 +319,17 @@ def run_plan(
     check_model(plan)
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
     data = setup_data(plan, manifest)  # every input checked before anything is written
-    restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
-    if main:
-        claim_output(plan, resuming=resume is not None)
-        with saving(Path(plan["output"]["dir"]), "nothing was trained yet"):
-            write_plan(plan, manifest, resuming=resume is not None)
-    log = open_log(plan, main)  # before the model: a missing tensorboard package fails fast
+    held = lock_output(plan) if main else None  # before the folder is read, claimed or written
+    log: TensorBoardLog | None = None
     trackers = None
-    set_seed(plan["training"]["seed"])
     try:
+        restart = loop.Resume(checkpoint.load_state(resume), rebuild_schedule) if resume is not None else None
+        if main:
+            claim_output(plan, resuming=resume is not None)
+            with saving(Path(plan["output"]["dir"]), "nothing was trained yet"):
+                write_plan(plan, manifest, resuming=resume is not None)
+        log = open_log(plan, main)  # before the model: a missing tensorboard package fails fast
+        set_seed(plan["training"]["seed"])
         trackers = open_trackers(plan, main)
         loaded = setup_model(plan)
         training = plan["training"]
@@ -339,6 +352,8 @@ def run_plan(
         for sink in (log, trackers):
             if sink is not None:
                 sink.close()
+        if held is not None:
+            held.release()
 
 
 __all__ = ["RunError", "RunResult", "execute", "finish", "run_plan", "setup_data", "setup_model", "train"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from sdxlc.check.bounds import BOUND_CHECKS
 from sdxlc.check.cadence import CADENCE_CHECKS
+from sdxlc.check.compiled import COMPILE_CHECKS
 from sdxlc.check.lllite import LLLITE_CHECKS
 from sdxlc.check.lowvram import LOWVRAM_CHECKS
 from sdxlc.check.method import METHOD_CHECKS, cached_te_message
@@ -358,6 +359,7 @@ CHECKS: tuple[Check, ...] = (
     *VALIDATION_CHECKS,
     *CADENCE_CHECKS,
     *LOWVRAM_CHECKS,
+    *COMPILE_CHECKS,
 )
 
 

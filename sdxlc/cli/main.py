@@ -238,6 +238,7 @@ def run(
         raise click.UsageError(f"--resume {resume_from}: no such checkpoint folder (or `latest`)")
     plan_, plan_file, manifest = _plan_to_run(target, sets, profile)
     _check_trackers(plan_)
+    _lock_output(plan_)  # before the folder is read, moved aside or written; held until this command ends
     # judged (resume) or claimed (fresh) before anything is written: a refusal changes nothing
     folder, rebuild = _resume(plan_, resume_from, frozenset(allow)) if resume_from else (None, False)
     if resume_from is None and not inside_launch():  # the launching process claimed the folder
@@ -320,6 +321,26 @@ def _write_plan(plan_: dict[str, Any], manifest: Any, resuming: bool) -> Path:
         click.echo(f"error: cannot write {plan_file}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_RUN)
     return plan_file
+
+
+def _lock_output(plan_: dict[str, Any]) -> None:
+    """One running run per output folder (sdxlc/plan/lock.py): a second run, fresh, `--overwrite` or
+    `--resume`, stops here while another one holds it. The main process takes it; the processes a
+    launched run starts share their launcher's."""
+    if not main_process():
+        return
+    from sdxlc.plan import layout, lock
+
+    out = Path(plan_["output"]["dir"])
+    try:
+        held = lock.acquire(out)
+    except layout.OutputInUse as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        click.echo(f"error: cannot lock the output folder {out}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_RUN)
+    click.get_current_context().call_on_close(held.release)
 
 
 def _claim(plan_: dict[str, Any], overwrite: bool) -> None:

@@ -368,7 +368,7 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
             int(model["params"]["unet"]) * DTYPE_BYTES[mixed], device),
     }
     if plan["training"].get("compile"):  # compiled steps and the first run's compile (compiletime.py)
-        factor = compiletime.step_factor(cputime.family(model), device)
+        factor = compiletime.step_factor(plan, cputime.family(model), device)
         time["compute_per_step"] *= factor
         time["overhead_per_step"] *= factor
         time["compile"] = compiletime.compile_seconds(plan, model)

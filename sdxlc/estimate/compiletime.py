@@ -6,7 +6,8 @@ Two terms, both measured on the CPU with `bench/compile_speed.py` (bench/results
   thousands of separately dispatched operations. On a small model, where dispatch is most of a step, that
   is most of the gain; what stays eager (data loading, the optimizer step, encoders outside the UNet) does
   not change. The step's seconds are multiplied by the measured `STEP_FACTOR` of the model family on the
-  device. Where nothing was measured (the SDXL family, CUDA) the factor is 1: no gain is promised.
+  device. Where nothing was measured (the SDXL family, CUDA) the factor is 1: no gain is promised; nor
+  where the adapter's layers break the graph at every layer (LoHa, LoKr, DoRA: SDX0618).
 - **The first run compiles.** Each batch shape the plan lists (`training.compile.shapes`) is traced and
   compiled once, in the host process, whatever the device: seconds per UNet layer per shape, measured on
   the tiny-shapes model's cold compile and scaled by the UNet's layer count (an extrapolation for larger
@@ -18,13 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdxlc.check.compiled import breaking_adapter
+
 # steady compiled step ÷ eager step, per (model family, device): bench/results/compile_speed.md
 STEP_FACTOR: dict[tuple[str, str], float] = {("tiny", "cpu"): 0.62}
 # seconds of a cold compile (forward and backward) per UNet layer per batch shape, on 2 CPU cores
 COMPILE_SECONDS_PER_LAYER = 0.55
 
 
-def step_factor(family: str, device: str) -> float:
+def step_factor(plan: dict[str, Any], family: str, device: str) -> float:
+    """The measured factor, or 1 where nothing was measured or the adapter's layers break the compiled
+    graph at every layer (SDX0618, sdxlc/check/compiled.py)."""
+    if breaking_adapter(plan) is not None:
+        return 1.0
     return STEP_FACTOR.get((family, device), 1.0)
 
 

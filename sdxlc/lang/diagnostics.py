@@ -172,6 +172,7 @@ CATALOG: dict[str, tuple[Severity, str]] = {
     "SDX0615": ("error", "`base fp8` with DoRA"),
     "SDX0616": ("warning", "an offload word beside the cache that frees the same component"),
     "SDX0617": ("warning", "the in-memory caches take much host RAM on a GPU profile"),
+    "SDX0618": ("warning", "`compile` with an adapter whose layers break the compiled graph"),
 }
 
 

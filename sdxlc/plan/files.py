@@ -112,7 +112,7 @@ def _new_temp(target: Path) -> Path:
 def free_bytes(path: str | Path) -> int | None:
     """Free bytes on the disk that holds `path` (or its nearest existing folder); None when unknown."""
     folder = Path(path)
-    while not folder.exists() and folder != folder.parent:
+    while not os.path.exists(folder) and folder != folder.parent:  # False, not an error, where unsearchable
         folder = folder.parent
     try:
         if hasattr(os, "statvfs"):  # what shutil.disk_usage reads there, without loading shutil

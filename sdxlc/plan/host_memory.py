@@ -62,6 +62,12 @@ UNET_CONV_CHANNELS = {"tiny": 48}
 #   fine-tune's (0.5 MiB of it LoRA tensors), and the steady state 1.6-4.6 MiB above (mean 3.5 MiB over
 #   the recipe pairs above). The SDXL topology's measured bytes come from LoRA rows: they hold its layers.
 ADAPTER_STATE = {"tiny": 3670016}  # 3.5 MiB
+# - `compile` (torch.compile of the UNet's step): TorchInductor's modules, the traced graphs, the generated
+#   kernels' libraries and, in a first run, the compile itself (its worker processes are not in the peak).
+#   On the tiny-shapes model (96 px, batch 2, LoRA on attention), a first run's peak RSS is 310 MiB above
+#   the eager run's, a run on a filled inductor cache 122 MiB above (bench/results/compile_speed.md). The
+#   estimate counts a first run. Measured on the tiny topology only: the SDXL topology's graphs are larger.
+COMPILE_STATE = 310 << 20
 
 
 def unet_convs_on_onednn(plan: dict[str, Any], latent_px: int) -> bool:
@@ -78,7 +84,8 @@ def runtime_state(plan: dict[str, Any], measured: int, latent_px: int) -> int:
     """The process's own resident memory of this plan's run: the family's `measured` bytes (the cpu
     profile's; 0 where it measured none, as on GPU profiles, gives 0) plus checkpointing's share, plus
     oneDNN's where this plan's UNet convolutions run on oneDNN and the family's measured recipe's did not,
-    plus peft's adapter layers where the family's measured bytes do not hold them."""
+    plus peft's adapter layers where the family's measured bytes do not hold them, plus torch.compile's
+    state where the plan compiles."""
     if not measured:
         return 0
     state = measured + (CHECKPOINTING_STATE if plan["training"]["gradient_checkpointing"] else 0)
@@ -86,6 +93,8 @@ def runtime_state(plan: dict[str, Any], measured: int, latent_px: int) -> int:
         state += ONEDNN_CONV_STATE
     if plan["method"]["kind"] == "lora":
         state += ADAPTER_STATE.get(family(plan), 0)
+    if plan["training"].get("compile"):
+        state += COMPILE_STATE
     return state
 
 

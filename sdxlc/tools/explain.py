@@ -266,6 +266,11 @@ DETAILS: dict[str, str] = {
     "from the model load until the caching pass encodes with them, so the estimate counts no saving for "
     "it. The caches are on by default where the recipe allows them; `no cache te` / `no cache latents` "
     "encode every step, and then the offload words keep the components off the GPU between batches.",
+    "SDX0618": "torch.compile traces the UNet's step into graphs; a Python decision on a tensor's value or a "
+    "call dynamo cannot follow ends a graph, and the rest of that layer runs eager. peft's LoHa and LoKr "
+    "layers decide their module dropout with `torch.rand(1) > p`, and its DoRA layers look up the base "
+    "weight's type module, at every adapted layer: the compiled step is cut into small pieces, so it gains "
+    "little while the first run still spends minutes compiling (docs/TRAINING.md \"Compiling the step\").",
     "SDX0617": "Without `to disk` every cached latent and text-encoder output is held in host memory for the "
     "whole run (0.25-0.5 MiB of latents per 1024² image and flip, up to 0.6 MiB per caption), which a GPU "
     "profile's estimate does not count. `cache latents to disk` / `cache te to disk` keep only the entries' "

@@ -34,8 +34,8 @@ SHARE = (
 pytestmark = pytest.mark.skipif(not lock.LOCKS, reason="no flock here")
 
 
-def _hold(out: Path, *child: str) -> subprocess.Popen[str]:
-    """Another process that holds `out`'s lock until it is killed (its pid is the holder's)."""
+def _hold(out: Path, *child: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Another process that holds `out`'s lock until it is killed, and what it printed before."""
     env = {k: v for k, v in os.environ.items() if k != lock.INHERITED}
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out), *child], stdout=subprocess.PIPE, text=True,
                             cwd=ROOT, env=env)
@@ -44,8 +44,7 @@ def _hold(out: Path, *child: str) -> subprocess.Popen[str]:
     while (line := proc.stdout.readline().strip()) != "held":
         assert line or proc.poll() is None, f"the holder ended: {lines}"
         lines.append(line)
-    proc.lines = lines  # type: ignore[attr-defined]
-    return proc
+    return proc, lines
 
 
 @pytest.fixture
@@ -86,7 +85,7 @@ def test_a_second_run_into_a_running_runs_folder_is_refused_and_changes_nothing(
     (out / "logs" / "events.out.tfevents.1").write_bytes(b"first run's events")
     (out / "plan.json").write_text(json.dumps({"plan_hash": "f" * 64}), encoding="utf-8")
     (out / f"manifest-{'f' * 12}.json").write_text("{}", encoding="utf-8")
-    holder = _hold(out)
+    holder, _ = _hold(out)
     holders.append(holder)
     before = _files(out)
     for extra in ([], ["--overwrite"], ["--resume"]):
@@ -117,7 +116,7 @@ def test_the_lock_is_refused_to_others_until_its_holder_is_killed(
     tmp_path: Path, holders: list[subprocess.Popen[str]]
 ) -> None:
     out = tmp_path / "not" / "there" / "yet"
-    holder = _hold(out)
+    holder, _ = _hold(out)
     holders.append(holder)
     assert lock.holder(out) == holder.pid
     with pytest.raises(lock.OutputLocked, match=rf"in use by a running run \(pid {holder.pid}\)"):
@@ -139,11 +138,13 @@ def test_the_lock_is_refused_to_others_until_its_holder_is_killed(
     lock.acquire(out).release()
 
 
-def test_the_processes_a_run_launches_share_its_lock(tmp_path: Path, holders: list[subprocess.Popen[str]]) -> None:
+def test_the_processes_a_run_launches_share_its_lock(
+    tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
     out = tmp_path / "out"
-    holder = _hold(out, SHARE)
+    holder, printed = _hold(out, SHARE)
     holders.append(holder)
-    assert holder.lines == ["shared"]  # type: ignore[attr-defined]
+    assert printed == ["shared"]
     with pytest.raises(lock.OutputLocked):  # this process was not launched by the holder
         lock.acquire(out)
 

@@ -17,6 +17,7 @@ Pure standard library: the compiler and the runtime both take it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -109,13 +110,11 @@ def acquire(out: Path) -> OutputLock:
             f"output folder {out} is in use by a running run (pid {pid if pid is not None else 'unknown'}): "
             "wait for it to end or stop it, or give this run its own `output \"…\"`; nothing was changed"
         ) from None
-    try:
-        # the pid is for the refusal message only; written in place, since the lock is on this very file
+    # the pid is for the refusal message only: written in place (the lock is on this very file), and a
+    # write that fails (a full disk) leaves the lock held, with the pid unknown
+    with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    except OSError:
-        os.close(fd)
-        raise
     _held[str(path)] = [fd, 1]
     os.environ[INHERITED] = f"{os.getpid()} {path}"
     return OutputLock(path, owned=True)

@@ -3,16 +3,20 @@
 Two terms, both measured on the CPU with `bench/compile_speed.py` (bench/results/compile_speed.md):
 
 - **Steps run faster.** A compiled step runs the UNet's forward and backward as generated kernels instead of
-  thousands of separately dispatched operations. On a small model, where dispatch is most of a step, that
-  is most of the gain; what stays eager (data loading, the optimizer step, encoders outside the UNet) does
-  not change. The step's seconds are multiplied by the measured `STEP_FACTOR` of the model family on the
-  device. Where nothing was measured (the SDXL family, CUDA) the factor is 1: no gain is promised; nor
-  where the adapter's layers break the graph at every layer (LoHa, LoKr, DoRA: SDX0618).
+  thousands of separately dispatched operations. Where dispatch is most of a step (a LoRA on the attention
+  layers of a small model) that is most of the gain; where the convolutions' arithmetic is (a LoRA on the
+  convolutions too, whose rank-wide convolutions inductor leaves to the same oneDNN kernels) there is
+  little to gain, and what stays eager (data loading, the optimizer step, the encoders) does not change.
+  The step's seconds are multiplied by the measured factor of the model family on the device for the
+  kind of run (`STEP_FACTOR`: a LoRA on attention layers only, or a LoRA that adapts more). Where nothing
+  was measured (fine-tune and embedding runs, the SDXL family, CUDA) the factor is 1: no gain is promised;
+  nor where the adapter's layers break the graph at every layer (LoHa, LoKr, DoRA: SDX0618).
 - **The first run compiles.** Each batch shape the plan lists (`training.compile.shapes`) is traced and
-  compiled once, in the host process, whatever the device: seconds per UNet layer per shape, measured on
-  the tiny-shapes model's cold compile and scaled by the UNet's layer count (an extrapolation for larger
-  models). TorchInductor caches the result on disk, so a second run of the same plan compiles in seconds;
-  the estimate counts a first run.
+  compiled once, in the host process, whatever the device: seconds per layer of the compiled graph (the
+  UNet's layers and the LoRA layers in it) per shape, fitted to the two cold compiles of
+  bench/results/compile_speed.md (166 s and 217 s; the rule gives 175 s and 227 s) and scaled by the layer
+  counts: an extrapolation for larger models and for a GPU host's compiler. TorchInductor caches the
+  result on disk, so a second run of the same plan compiles in seconds; the estimate counts a first run.
 """
 
 from __future__ import annotations
@@ -21,10 +25,22 @@ from typing import Any
 
 from sdxlc.check.compiled import breaking_adapter
 
-# steady compiled step ÷ eager step, per (model family, device): bench/results/compile_speed.md
-STEP_FACTOR: dict[tuple[str, str], float] = {("tiny", "cpu"): 0.62}
-# seconds of a cold compile (forward and backward) per UNet layer per batch shape, on 2 CPU cores
-COMPILE_SECONDS_PER_LAYER = 0.55
+# steady compiled step ÷ eager step, per (model family, device, kind of run): bench/results/compile_speed.md
+# (2026-12-06, 2 threads: attention LoRA r8 at 96 px batch 2 0.49; attention+ff+conv LoRA r16 at 64 px
+# batch 4 0.90)
+STEP_FACTOR: dict[tuple[str, str, str], float] = {("tiny", "cpu", "attention lora"): 0.49,
+                                                   ("tiny", "cpu", "wider lora"): 0.90}
+ATTENTION = frozenset({"to_q", "to_k", "to_v", "to_out.0"})
+# seconds of a cold compile (forward and backward) per layer of the graph per batch shape, 2 CPU cores
+COMPILE_SECONDS_PER_LAYER = 0.42
+
+
+def kind_of_run(plan: dict[str, Any]) -> str:
+    """`attention lora`, `wider lora` (a LoRA that adapts more than attention layers), or the method."""
+    method = plan["method"]
+    if method.get("kind") != "lora":
+        return str(method.get("kind"))
+    return "attention lora" if set(method.get("unet_modules") or []) <= ATTENTION else "wider lora"
 
 
 def step_factor(plan: dict[str, Any], family: str, device: str) -> float:
@@ -32,7 +48,7 @@ def step_factor(plan: dict[str, Any], family: str, device: str) -> float:
     graph at every layer (SDX0618, sdxlc/check/compiled.py)."""
     if breaking_adapter(plan) is not None:
         return 1.0
-    return STEP_FACTOR.get((family, device), 1.0)
+    return STEP_FACTOR.get((family, device, kind_of_run(plan)), 1.0)
 
 
 def compile_seconds(plan: dict[str, Any], model: dict[str, Any]) -> float:
@@ -41,4 +57,8 @@ def compile_seconds(plan: dict[str, Any], model: dict[str, Any]) -> float:
     if not spec:
         return 0.0
     layers = int(model["layer_count"]["unet"])
+    method = plan["method"]
+    if method.get("kind") == "lora" and "unet" in (method.get("targets") or []):
+        table = model["lora_layer_count"]["unet"]
+        layers += sum(int(table.get(m, 0)) for m in method.get("unet_modules") or [])
     return float(spec["shapes"]) * layers * COMPILE_SECONDS_PER_LAYER

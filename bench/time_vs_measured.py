@@ -54,6 +54,7 @@ ROWS: dict[str, Row | None] = {
     "shapes wide 64 b4 ckpt uncached": ("shapes", WIDE, 64, 4, True, False, False, 1),
     "shapes 128 b4": ("shapes", WIDE, 128, 4, False, False, False, 1),
     "shapes attn 64 b1 cached": ("shapes", ATTN, 64, 1, False, True, True, 1),
+    "shapes attn 96 b2 cached": ("shapes", ATTN, 96, 2, False, True, True, 1),  # bench/vs_diffusers.py's job
     "attn 64 b1": ("tiny", ATTN, 64, 1, False, True, True, 1),
     "attn 64 b4": ("tiny", ATTN, 64, 4, False, True, True, 1),
     "attn 128 b1": ("tiny", ATTN, 128, 1, False, True, True, 1),

@@ -249,10 +249,10 @@ class Conditioning:
                 if self.disk is not None:  # keyed by the planned bytes (checked when they are read)
                     key = latent_key(item.sha256, sample.bucket, sample.crop, flip, vae, dtype, masked)
                     keys[(image, flip)] = key
-                    entry = self.disk.load("latents", key, self._latent_shape(sample.bucket, bool(masked)))
+                    shapes = self._latent_shape(sample.bucket, bool(masked))
+                    entry = self.disk.load("latents", key, shapes)
                     if entry is not None:
-                        self.latent_keys[(image, flip)] = (key, sample, self._latent_shape(sample.bucket,
-                                                                                             bool(masked)))
+                        self.latent_keys[(image, flip)] = (key, sample, shapes)
                         counts.reused += 1
                         continue
                 try:
@@ -270,8 +270,7 @@ class Conditioning:
                 if self.disk is not None:
                     with_mask = {"mask": mask} if masked and mask is not None else {}
                     self.disk.store("latents", key, {"parameters": parameters, **with_mask})
-                    self.latent_keys[(image, flip)] = (key, sample, self._latent_shape(sample.bucket,
-                                                                                         bool(masked)))
+                    self.latent_keys[(image, flip)] = (key, sample, shapes)
                     continue
                 self.latents[(image, flip)] = parameters
                 if mask is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -329,34 +331,38 @@ def _lock_output(plan_: dict[str, Any]) -> None:
     launched run starts share their launcher's."""
     if not main_process():
         return
-    from sdxlc.plan import layout, lock
+    from sdxlc.plan import lock
 
     out = Path(plan_["output"]["dir"])
-    try:
+    with _output_refusals(lambda exc: f"cannot lock the output folder {out}: {exc.strerror or exc}"):
         held = lock.acquire(out)
+    click.get_current_context().call_on_close(held.release)
+
+
+@contextmanager
+def _output_refusals(failed: Callable[[OSError], str]) -> Iterator[None]:
+    """An output folder in use (another run's results, a running run) is exit 2 with its message; an
+    OSError is exit 3 with `failed(exc)`."""
+    from sdxlc.plan import layout
+
+    try:
+        yield
     except layout.OutputInUse as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except OSError as exc:
-        click.echo(f"error: cannot lock the output folder {out}: {exc.strerror or exc}", err=True)
+        click.echo(f"error: {failed(exc)}", err=True)
         sys.exit(EXIT_RUN)
-    click.get_current_context().call_on_close(held.release)
 
 
 def _claim(plan_: dict[str, Any], overwrite: bool) -> None:
     """Another run's results in the output folder stop a fresh run, unless --overwrite moves them aside."""
     from sdxlc.plan import layout
 
-    try:
+    with _output_refusals(lambda exc: f"cannot move the earlier results aside: {exc}"):
         read = (plan_["method"].get("init_from"), plan_["model"].get("source"))
         inputs = tuple(Path(given) for given in read if isinstance(given, str) and Path(given).is_absolute())
         aside = layout.claim(Path(plan_["output"]["dir"]), plan_["plan_hash"], overwrite, inputs)
-    except layout.OutputInUse as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except OSError as exc:
-        click.echo(f"error: cannot move the earlier results aside: {exc}", err=True)
-        sys.exit(EXIT_RUN)
     if aside is not None:
         click.echo(f"moved the earlier run's results to {aside}", err=True)
 

@@ -12,19 +12,12 @@ falls back to eager mode in the middle of a run. Off by default: the word `compi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
+
+from sdxlc.resolve.launch import Builder
 
 BACKEND = "inductor"
 MODE = "default"
-
-
-class Builder(Protocol):
-    provenance: dict[str, Any]
-
-    def take(self, recipe_path: str, plan_path: str, default: Any = None) -> Any: ...
-
-    def derived(self, plan_path: str, value: Any, source: str = "derived") -> Any: ...
-
 
 def batch_shapes(bucket_sizes: Sequence[int], batch_size: int) -> int:
     """How many distinct batch shapes a run's buckets give: a full batch where a bucket holds at least

@@ -19,6 +19,7 @@ import click
 from sdxlc import __version__
 from sdxlc.cli.exits import EXIT_INTERNAL, EXIT_OK, EXIT_RECIPE, EXIT_RUN, EXIT_USAGE
 from sdxlc.cli.launch import main_process
+from sdxlc.cli.quick_exit import leave
 from sdxlc.cli.report import print_plan_warnings
 from sdxlc.lang.diagnostics import render_text, to_json
 from sdxlc.pipeline import Compiled, compile_recipe
@@ -507,8 +508,8 @@ def entry() -> None:
     """The console script: `main`, with any internal error turned into a one-line bug report."""
     try:
         main(standalone_mode=True)
-    except SystemExit:
-        raise
+    except SystemExit as done:
+        leave(done.code)  # after a run: no interpreter teardown of the training stack
     except Exception as exc:  # a bug in sdxlc, never a recipe problem: those are diagnostics
         where = exc.__traceback__
         while where is not None and where.tb_next is not None:

@@ -1,0 +1,78 @@
+"""`sdxlc.cli.quick_exit.leave`: after a run, the process ends without the interpreter's teardown, and
+still does what a normal exit does that matters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdxlc.cli.quick_exit import exit_status, leave
+
+SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+{torch}
+from sdxlc.cli.quick_exit import leave
+folder = Path(sys.argv[1])
+def late():
+    time.sleep(0.3)
+    (folder / "thread").write_text("done")
+atexit.register(lambda: (folder / "atexit").write_text("ran"))
+class Teardown:
+    def __del__(self):
+        (folder / "teardown").write_text("cleared")
+kept = Teardown()  # a module global: only the interpreter's teardown deletes it
+threading.Thread(target=late).start()
+print("buffered output", end="")
+leave({code!r})
+raise AssertionError("leave returned")
+"""
+
+
+def _run(tmp_path: Path, code: object, torch: bool = True) -> subprocess.CompletedProcess[str]:
+    text = SCRIPT.format(code=code, torch="import torch" if torch else "")
+    return subprocess.run([sys.executable, "-c", text, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), (70, 70)])
+def test_a_run_process_exits_with_its_status_after_threads_and_atexit(
+    tmp_path: Path, code: object, status: int
+) -> None:
+    proc = _run(tmp_path, code)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout == "buffered output"  # flushed before the process ended
+    assert (tmp_path / "thread").read_text() == "done"  # a non-daemon thread was waited for
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "teardown").exists()  # the module teardown was skipped
+
+
+def test_a_message_is_printed_and_exits_1(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "error: stopped")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: stopped"
+
+
+def test_without_torch_loaded_it_is_a_normal_exit(tmp_path: Path) -> None:
+    proc = _run(tmp_path, 2, torch=False)
+    assert proc.returncode == 2
+    assert "AssertionError" not in proc.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "teardown").read_text() == "cleared"
+
+
+def test_in_process_without_torch_it_raises_system_exit() -> None:
+    if "torch" in sys.modules:
+        pytest.skip("torch is loaded in this test process")
+    with pytest.raises(SystemExit) as raised:
+        leave(4)
+    assert raised.value.code == 4
+
+
+def test_exit_status_follows_system_exit() -> None:
+    assert exit_status(None) == 0
+    assert exit_status(2) == 2
+    assert exit_status(256 + 3) == 3

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,4 +154,54 @@ def test_without_flock_a_run_takes_no_lock(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(lock, "LOCKS", False)
     with lock.acquire(tmp_path / "out") as held:
         assert not held.owned
+    assert not (tmp_path / "out").exists()
+
+
+LAUNCHER = (
+    "import os, subprocess, sys, time\nfrom pathlib import Path\nfrom sdxlc.plan import lock\n"
+    "held = lock.acquire(Path(sys.argv[1]))\n"
+    "child = subprocess.Popen([sys.executable, '-c', sys.argv[2], sys.argv[1]], stdout=subprocess.PIPE,\n"
+    "                         text=True)\n"
+    "print(child.stdout.readline().strip(), child.pid, flush=True)\nprint('held', flush=True)\n"
+    "time.sleep(600)\n"
+)
+RANK = (
+    "import sys, time\nfrom pathlib import Path\nfrom sdxlc.plan import lock\n"
+    "shared = lock.join(Path(sys.argv[1]))\n"
+    "print('joined' if shared.shared is not None else 'alone', flush=True)\ntime.sleep(600)\n"
+)
+
+
+def test_a_launched_process_keeps_the_folder_in_use_after_its_launcher_is_killed(
+    tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != lock.INHERITED}
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(out), RANK], stdout=subprocess.PIPE,
+                                text=True, cwd=ROOT, env=env)
+    holders.append(launcher)
+    assert launcher.stdout is not None
+    state, pid = launcher.stdout.readline().split()
+    assert state == "joined"
+    assert launcher.stdout.readline().strip() == "held"
+    launcher.send_signal(signal.SIGKILL)  # the launcher dies; the process it launched trains on
+    launcher.wait()
+    with pytest.raises(lock.OutputLocked, match="launcher has ended"):
+        lock.acquire(out)
+    assert lock.INHERITED not in os.environ
+    os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # the kernel drops the rank's lock once the process is gone
+        try:
+            lock.acquire(out).release()
+            break
+        except lock.OutputLocked:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_join_outside_a_launched_run_holds_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lock.INHERITED, raising=False)
+    shared = lock.join(tmp_path / "out")
+    assert shared.shared is None and not shared.owned
     assert not (tmp_path / "out").exists()

@@ -319,7 +319,9 @@ def run_plan(
     check_model(plan)
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
     data = setup_data(plan, manifest)  # every input checked before anything is written
-    held = lock_output(plan) if main else None  # before the folder is read, claimed or written
+    # before the folder is read, claimed or written; a launched process that is not the main one holds the
+    # folder shared (lock.join), so a new run is refused while it lives, even after its launcher is killed
+    held = lock_output(plan) if main else lock.join(Path(plan["output"]["dir"]))
     log: TensorBoardLog | None = None
     trackers = None
     try:
@@ -352,8 +354,7 @@ def run_plan(
         for sink in (log, trackers):
             if sink is not None:
                 sink.close()
-        if held is not None:
-            held.release()
+        held.release()
 
 
 __all__ = ["RunError", "RunResult", "execute", "finish", "run_plan", "setup_data", "setup_model", "train"]

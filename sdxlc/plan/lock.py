@@ -10,7 +10,10 @@ of the results `layout.claim` moves aside.
 
 Taking it again in the process that holds it counts up (the CLI holds it, then the runtime takes it
 for the training itself). The holder names its lock in the environment (`SDXLC_OUTPUT_LOCK`), so the
-processes it launches (`accelerate launch`, several ranks) share it instead of being refused.
+processes it launches (`accelerate launch`, several ranks) share it instead of being refused. Each of those
+processes also holds a shared lock on `<out>/.sdxlc-run.ranks.lock` (`join`) for as long as it lives, and
+`acquire` takes the folder only when that file is free too: a launcher killed with -9 frees its own lock,
+but while one of the processes it launched still trains and writes into the folder, a new run is refused.
 
 Pure standard library: the compiler and the runtime both take it.
 """
@@ -33,6 +36,7 @@ else:
     LOCKS = True
 
 LOCK_FILE = ".sdxlc-run.lock"
+RANKS_FILE = ".sdxlc-run.ranks.lock"  # shared by the launched processes of the run that holds LOCK_FILE
 INHERITED = "SDXLC_OUTPUT_LOCK"  # "<pid> <lock file>": set by the holder for the processes it launches
 
 _held: dict[str, list[int]] = {}  # lock file → [descriptor, times taken] in this process
@@ -45,10 +49,13 @@ class OutputLocked(OutputInUse):
 class OutputLock:
     """A held output folder; `release` (or leaving a `with` block) lets it go."""
 
-    def __init__(self, path: Path, owned: bool) -> None:
-        self.path, self.owned = path, owned
+    def __init__(self, path: Path, owned: bool, shared: int | None = None) -> None:
+        self.path, self.owned, self.shared = path, owned, shared  # shared: a launched process's RANKS_FILE
 
     def release(self) -> None:
+        if self.shared is not None:
+            os.close(self.shared)
+            self.shared = None
         if not self.owned:
             return
         self.owned = False
@@ -105,11 +112,16 @@ def acquire(out: Path) -> OutputLock:
             raise
         pid = holder(out)
         if pid is not None and os.environ.get(INHERITED) == f"{pid} {path}":
-            return OutputLock(path, owned=False)  # held by the process that launched this one
+            return join(out)  # held by the process that launched this one
         raise OutputLocked(
             f"output folder {out} is in use by a running run (pid {pid if pid is not None else 'unknown'}): "
             "wait for it to end or stop it, or give this run its own `output \"…\"`; nothing was changed"
         ) from None
+    if _ranks_busy(out):
+        os.close(fd)
+        raise OutputLocked(
+            f"output folder {out} is in use by the training processes of a run whose launcher has ended: "
+            "wait for them to end or stop them, or give this run its own `output \"…\"`; nothing was changed")
     # the pid is for the refusal message only: written in place (the lock is on this very file), and a
     # write that fails (a full disk) leaves the lock held, with the pid unknown
     with contextlib.suppress(OSError):
@@ -118,3 +130,43 @@ def acquire(out: Path) -> OutputLock:
     _held[str(path)] = [fd, 1]
     os.environ[INHERITED] = f"{os.getpid()} {path}"
     return OutputLock(path, owned=True)
+
+
+def _open_ranks(out: Path) -> int:
+    return os.open(out.resolve() / RANKS_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+
+def _ranks_busy(out: Path) -> bool:
+    """Whether a launched process of an earlier run still holds RANKS_FILE (probed, never kept: the
+    processes this run launches take it shared)."""
+    fd = _open_ranks(out)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return True
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+    return False
+
+
+def join(out: Path) -> OutputLock:
+    """In a process launched by the holder of `out` (SDXLC_OUTPUT_LOCK names its lock file): hold
+    RANKS_FILE shared until this process ends or releases it, so that the folder stays in use while this
+    process lives, whatever becomes of its launcher. Elsewhere (no lock to share, no flock): nothing held."""
+    path = lock_file(out)
+    if not LOCKS or os.environ.get(INHERITED, "").partition(" ")[2] != str(path) or str(path) in _held:
+        return OutputLock(path, owned=False)
+    try:
+        fd = _open_ranks(out)
+    except OSError:  # the folder cannot take the file: share nothing (the launcher's lock still holds)
+        return OutputLock(path, owned=False)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # a probe of a starting run holds it this instant, or no flock: share nothing
+        os.close(fd)
+        return OutputLock(path, owned=False)
+    return OutputLock(path, owned=False, shared=fd)

@@ -58,9 +58,16 @@ def test_verify_removes_damaged_entries_and_prune_keeps_only_what_recipes_use(tm
     assert runner.invoke(cache_command, [str(recipe)]).exit_code == 0
     first = _entries(tmp_path, "text")[0]
     first.write_bytes(b"\0" * 20)
+    # what a kill during a write leaves (sdxlc/plan/files.py's temporary name), and one being written now
+    left = first.parent / f".{first.name}.0badf00d.tmp"
+    left.write_bytes(b"half an entry")
+    os.utime(left, (left.stat().st_atime, left.stat().st_mtime - 3600))
+    writing = first.parent / f".{first.name}.feedf00d.tmp"
+    writing.write_bytes(b"an entry being written")
     result = runner.invoke(cache_command, [str(recipe), "--verify"])
     assert result.exit_code == 0 and "verified 12 entries: 1 damaged" in result.output, result.output
-    assert not first.exists()
+    assert "removed 1 temporary files that interrupted writes left" in result.output
+    assert not first.exists() and not left.exists() and writing.exists()
     stray = first.parent / ("f" * 64 + ".safetensors")
     save_file({"states": torch.ones(2, 2), "pooled": torch.ones(2)}, stray)
     result = runner.invoke(cache_command, [str(recipe), "--prune"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,31 @@ def prune(root: str | Path, used: set[str]) -> tuple[int, int]:
             _remove(file)
             removed += 1
     return kept, removed
+
+
+STALE_TEMP_SECONDS = 600.0  # a write in progress renames its temporary file within seconds
+
+
+def stale_temps(root: str | Path, now: float | None = None) -> list[Path]:
+    """Temporary files that interrupted writes (a kill, a full disk) left beside the entries
+    (`.<entry>.<random>.tmp`, sdxlc/plan/files.py), untouched for STALE_TEMP_SECONDS: a younger one may be
+    an entry another run is writing right now."""
+    now = time.time() if now is None else now
+    found = []
+    for kind in EXPECTED:
+        for path in (Path(root) / kind).glob("*/.*.tmp"):
+            try:
+                old = now - path.stat().st_mtime > STALE_TEMP_SECONDS
+                if old and path.is_file() and not path.is_symlink():
+                    found.append(path)
+            except OSError:  # gone meanwhile: another process finished or removed it
+                continue
+    return sorted(found)
+
+
+def remove_stale_temps(root: str | Path) -> int:
+    """Remove `stale_temps(root)`; how many were removed."""
+    stale = stale_temps(root)
+    for path in stale:
+        _remove(path)
+    return len(stale)

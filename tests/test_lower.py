@@ -354,6 +354,12 @@ def test_same_value_twice_is_a_warning(tmp_path: Path) -> None:
     assert where(low.diagnostics[0]) == (2, 13)
 
 
+def test_to_disk_said_for_each_cache_is_no_repetition(tmp_path: Path) -> None:
+    low = lower(tmp_path, "cache latents to disk\ncache te to disk\n")
+    assert codes(low) == []
+    assert low.doc["cache"]["to_disk"] is True
+
+
 def test_use_inherits_and_is_overridden(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "base.sdx").write_text('use "deeper.sdx"\nlr 2e-4 adamw\nseed 1\n', encoding="utf-8")

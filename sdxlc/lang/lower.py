@@ -170,6 +170,8 @@ class _FileLowering:
             return
         old, old_span = previous
         related = [(old_span, "first set here")] if old_span is not None else []
+        if old == value and path in SHARED_SWITCHES:
+            return
         if old == value:
             self.report("SDX0302", f"`{path}` is set twice", span, "remove one of them", related)
         else:
@@ -180,6 +182,11 @@ class _FileLowering:
         self, code: str, message: str, span: Span, hint: str | None = None, related: Related = ()
     ) -> None:
         self.diags.append(make(code, message, span, hint, related))
+
+
+# settings that several statements' clauses each switch on for what they name: `cache latents to disk` and
+# `cache te to disk` both say `to disk`, and saying it for each cache is no repetition
+SHARED_SWITCHES = frozenset({"cache.to_disk"})
 
 
 # --- clause kinds --------------------------------------------------------------------------------

@@ -338,6 +338,14 @@ def _mib(n: int) -> str:
     return _gib(n) if n >= 1 << 30 else f"{n / 2**20:.1f} MiB"
 
 
+def _compile_text(t: dict[str, Any]) -> str:
+    """` + compile …` of the time estimate: a first run's compile, and what a later run still spends."""
+    if not t.get("compile"):
+        return ""
+    cached = _duration(t.get("compile_cached", 0.0))
+    return f" + compile {_duration(t['compile'])} (a first run; about {cached} once cached on disk)"
+
+
 def _time(plan: dict[str, Any], everything: bool) -> list[str]:
     """The time estimate and its parts; with `everything`, the per-step arithmetic (FLOPs over the
     effective rate) too."""
@@ -349,8 +357,7 @@ def _time(plan: dict[str, Any], everything: bool) -> list[str]:
     lines = [f"time estimate: about {_duration(est['total_seconds'])} = training {_duration(t['training'])}"
              f" + sampling {_duration(t['sampling'])} + caching {_duration(t['caching'])}"
              + (f" + validation {_duration(t['validation'])}" if t.get("validation") else "")
-             + (f" + compile {_duration(t['compile'])} (a first run; cached on disk after)"
-                if t.get("compile") else ""),
+             + _compile_text(t),
              f"  training: {est['seconds_per_step']:.3f} s/step × {steps} steps "
              f"({_flops(est['step_flops'])} per step)"]
     if everything:

@@ -372,6 +372,7 @@ def _seconds(plan: dict[str, Any], profile: Profile) -> tuple[float, float, dict
         time["compute_per_step"] *= factor
         time["overhead_per_step"] *= factor
         time["compile"] = compiletime.compile_seconds(plan, model)
+        time["compile_cached"] = compiletime.cached_compile_seconds(plan, model)
     seconds_per_step = time["compute_per_step"] + time["overhead_per_step"] + time["communication_per_step"]
     time["training"] = seconds_per_step * int(get_path(plan, "training.total_steps"))
     sampling = caching = 0.0

@@ -76,3 +76,14 @@ def test_exit_status_follows_system_exit() -> None:
     assert exit_status(None) == 0
     assert exit_status(2) == 2
     assert exit_status(256 + 3) == 3
+
+
+def test_an_idle_thread_pool_does_not_keep_the_process(tmp_path: Path) -> None:
+    """An executor's idle worker (TorchInductor's compile leaves one) is stopped as a normal exit stops
+    it, not waited for forever."""
+    code = ("import torch\nfrom concurrent.futures import ThreadPoolExecutor\n"
+            "from sdxlc.cli.quick_exit import leave\n"
+            "pool = ThreadPoolExecutor(max_workers=2)\nassert pool.submit(lambda: 5).result() == 5\n"
+            "leave(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

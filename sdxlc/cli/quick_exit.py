@@ -3,9 +3,9 @@
 After `sdxlc run` (or `gen`) has finished, closed and written everything, CPython's shutdown still
 clears every module it imported and collects their objects: with torch, diffusers and transformers loaded
 that is a second or more of a short run's wall time, spent on nothing the user keeps. `leave` does what a
-normal exit does that matters (waits for the process's non-daemon threads, runs the `atexit` handlers,
-flushes standard output and error) and then ends the process with `os._exit`. A process that never
-imported torch exits the normal way.
+normal exit does that matters (stops idle thread pools and waits for the process's non-daemon threads,
+runs the `atexit` handlers, flushes standard output and error) and then ends the process with
+`os._exit`. A process that never imported torch exits the normal way.
 """
 
 from __future__ import annotations
@@ -30,15 +30,25 @@ def exit_status(code: object) -> int:
     return 1
 
 
+def _shutdown_threads() -> None:
+    """What the interpreter's exit does first: the threading module's exit callbacks (they stop idle
+    thread pools, such as the ones TorchInductor's compile leaves), then a join of the non-daemon threads."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if callable(shutdown):
+        shutdown()
+        return
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+
+
 def leave(code: object) -> NoReturn:
     """Exit with `code` as `sys.exit(code)` would, skipping the module teardown once torch is loaded."""
     if HEAVY_MODULE not in sys.modules:
         raise SystemExit(code)
     status = exit_status(code)
-    current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon:
-            thread.join()
+    _shutdown_threads()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

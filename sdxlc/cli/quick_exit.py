@@ -50,9 +50,10 @@ def leave(code: object) -> NoReturn:
     status = exit_status(code)
     _shutdown_threads()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
             pass
     os._exit(status)

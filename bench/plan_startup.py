@@ -5,6 +5,11 @@ warm-up of each (it fills the file cache, the bytecode cache and the parser cach
 in alternation, N times each (default 15), each in a fresh process, so a change in the machine's load
 reaches both alike; the medians of the wall times are compared. Target: planning costs at most 0.12 of
 importing torch. Writes ``bench/results/plan_startup.md`` with the load average before and after.
+
+Two kinds of plan run, in alternation with `import torch`: the recipe as it is (read before: its statements
+come from the statement cache, sdxlc/lang/statement_cache.py) and, unless `--no-edited`, an edited copy
+of it (a new comment line per run, written before the timer starts, beside the recipe so its relative
+paths hold): what `sdxlc plan` costs after every edit, with the recipe parsed by lark again.
 """
 
 from __future__ import annotations
@@ -51,14 +56,33 @@ def _once(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _interleaved(a: list[str], b: list[str], runs: int) -> tuple[list[float], list[float]]:
+EDITED = ROOT / "recipes" / ".plan-startup-edited.sdx"
+
+
+def _edit(run: int) -> None:
+    """The recipe with one more comment line: text the statement cache has not seen."""
+    text = (ROOT / RECIPE).read_text(encoding="utf-8")
+    EDITED.write_text(f"{text}\n# edit {run} {time.time_ns()}\n", encoding="utf-8")
+
+
+def _interleaved(a: list[str], b: list[str], edited: list[str] | None,
+                 runs: int) -> tuple[list[float], list[float], list[float]]:
     _warm(a)
     _warm(b)
-    times_a, times_b = [], []
-    for _ in range(runs):
-        times_a.append(_once(a))
-        times_b.append(_once(b))
-    return times_a, times_b
+    times_a, times_b, times_e = [], [], []
+    try:
+        if edited is not None:
+            _edit(-1)
+            _warm(edited)
+        for run in range(runs):
+            times_a.append(_once(a))
+            times_b.append(_once(b))
+            if edited is not None:
+                _edit(run)
+                times_e.append(_once(edited))
+    finally:
+        EDITED.unlink(missing_ok=True)
+    return times_a, times_b, times_e
 
 
 def _versions() -> str:
@@ -88,11 +112,14 @@ def _cpu_model() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=RUNS, help="runs of each command (default %(default)s)")
-    runs = parser.parse_args().runs
+    parser.add_argument("--no-edited", action="store_true", help="leave out the edited recipe's plan runs")
+    args = parser.parse_args()
+    runs = args.runs
     plan_cmd = [*_sdxlc(), "plan", RECIPE]
     torch_cmd = [sys.executable, "-c", "import torch"]
+    edited_cmd = None if args.no_edited else [*_sdxlc(), "plan", str(EDITED.relative_to(ROOT))]
     load_before = _load()
-    plan_all, torch_all = _interleaved(plan_cmd, torch_cmd, runs)
+    plan_all, torch_all, edited_all = _interleaved(plan_cmd, torch_cmd, edited_cmd, runs)
     load_after = _load()
     plan_s, torch_s = statistics.median(plan_all), statistics.median(torch_all)
     ratio = plan_s / torch_s
@@ -105,13 +132,20 @@ def main() -> int:
               f"| target ≤ {TARGET_RATIO} |")
     rule = "|---|---|---|---|---|---|"
     row = f"| {date} | {machine} | {plan_s:.3f} | {torch_s:.3f} | {ratio:.3f} | {verdict} |"
+    if edited_all:
+        edited_s = statistics.median(edited_all)
+        edited_ratio = edited_s / torch_s
+        meets = "meets" if edited_ratio <= TARGET_RATIO else "misses"
+        row += (f"\n| {date}, the recipe edited before each run | {machine} | {edited_s:.3f} | "
+                f"{torch_s:.3f} | {edited_ratio:.3f} | {meets} |")
     detail = (
         f"\nCommands: `{' '.join(Path(c).name if i == 0 else c for i, c in enumerate(plan_cmd))}` and "
         f"`python -c \"import torch\"`, {runs} runs each in alternation after one warm-up of each, fresh "
         f"process per run (`.venv/bin/python bench/plan_startup.py --runs {runs}`).\n"
         f"Versions: {_versions()}. Load average (1, 5, 15 min) before {load_before}, after {load_after}.\n"
         f"All runs (s): plan {', '.join(f'{s:.3f}' for s in plan_all)}; "
-        f"torch {', '.join(f'{s:.3f}' for s in torch_all)}.\n"
+        f"torch {', '.join(f'{s:.3f}' for s in torch_all)}"
+        + (f"; edited recipe {', '.join(f'{s:.3f}' for s in edited_all)}" if edited_all else "") + ".\n"
     )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     previous = RESULT.read_text(encoding="utf-8") if RESULT.exists() else ""

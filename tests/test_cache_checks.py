@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
@@ -98,3 +99,64 @@ def test_prune_refuses_a_recipe_without_a_disk_cache(tmp_path: Path) -> None:
     result = runner.invoke(cache_command, [str(plain), "--prune"])
     assert result.exit_code == 1 and "keeps no cache on disk" in result.output
     assert len(_entries(tmp_path, "latents")) == 6
+
+
+def _aged(path: Path, seconds: float = 3600) -> Path:
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime - seconds), follow_symlinks=False)
+    return path
+
+
+def test_only_the_temporary_files_of_entry_writes_are_stale(tmp_path: Path) -> None:
+    """`.<key>.safetensors.<8 hex>.tmp` in its key's folder, as sdxlc/plan/files.py names them: never
+    another file that ends in `.tmp`, a link, a folder, or a file reached through a linked folder."""
+    from runtime.cache import store
+
+    root, key = tmp_path / "cache", "ab" + "0" * 62
+    shard = root / "latents" / "ab"
+    shard.mkdir(parents=True)
+    left = shard / f".{key}.safetensors.0badf00d.tmp"
+    left.write_bytes(b"half an entry")
+    _aged(left)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / ".notes.tmp"
+    victim.write_text("someone's file", encoding="utf-8")
+    _aged(victim)
+    (root / "latents" / "zz").symlink_to(outside)  # a folder linked into the cache
+    mine = shard / ".notes.tmp"
+    mine.write_text("not a cache write", encoding="utf-8")
+    _aged(mine)
+    folder = shard / f".{key}.safetensors.12345678.tmp"
+    folder.mkdir()
+    _aged(folder)
+    link = shard / f".{key}.safetensors.87654321.tmp"
+    link.symlink_to(victim)
+    _aged(link)
+    assert store.stale_temps(root) == [left]
+    assert store.remove_stale_temps(root) == (1, [])
+    assert victim.exists() and mine.exists() and folder.is_dir() and link.is_symlink() and not left.exists()
+
+
+def test_a_temporary_file_that_cannot_be_removed_is_reported_and_the_check_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder this user cannot write (a shared cache): `--verify` still checks the entries."""
+    recipe = dataset(tmp_path)
+    key = "cd" + "1" * 62
+    shard = tmp_path / ".sdxlc-cache" / "text" / "cd"
+    shard.mkdir(parents=True)
+    left = shard / f".{key}.safetensors.0badf00d.tmp"
+    left.write_bytes(b"half an entry")
+    _aged(left)
+    unlink = Path.unlink
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(self))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    result = CliRunner().invoke(cache_command, [str(recipe), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert f"{left} could not be removed: Permission denied" in result.output
+    assert "verified 0 entries: 0 damaged" in result.output and left.exists()

@@ -205,3 +205,29 @@ def test_join_outside_a_launched_run_holds_nothing(tmp_path: Path, monkeypatch: 
     shared = lock.join(tmp_path / "out")
     assert shared.shared is None and not shared.owned
     assert not (tmp_path / "out").exists()
+
+
+def test_a_ranks_file_that_cannot_be_opened_leaves_no_lock_held(tmp_path: Path) -> None:
+    """An error on `.sdxlc-run.ranks.lock` is reported, and the folder's lock is let go with it: the
+    process can take the folder once the file is fixed."""
+    out = tmp_path / "out"
+    (out / lock.RANKS_FILE).mkdir(parents=True)  # a folder in its place: cannot be opened
+    with pytest.raises(IsADirectoryError):
+        lock.acquire(out)
+    assert lock.INHERITED not in os.environ
+    (out / lock.RANKS_FILE).rmdir()
+    with lock.acquire(out) as held:
+        assert held.owned
+
+
+def test_a_process_whose_launcher_has_ended_stops_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    held = lock.acquire(out)
+    inherited = os.environ[lock.INHERITED]
+    held.release()  # the launcher is gone; its environment lives on in the process it launched
+    monkeypatch.setenv(lock.INHERITED, inherited)
+    with pytest.raises(lock.OutputLocked, match="no longer holds its output folder"):
+        lock.join(out)
+    lock.acquire(out).release()  # the refused join left nothing held

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,28 +203,41 @@ def prune(root: str | Path, used: set[str]) -> tuple[int, int]:
 
 
 STALE_TEMP_SECONDS = 600.0  # a write in progress renames its temporary file within seconds
+# the name sdxlc/plan/files.py gives an entry being written, in its key's folder:
+# `.<key>.safetensors.<random>.tmp`
+_TEMP_NAME = re.compile(r"\.([0-9a-f]{64})\.safetensors\.[0-9a-f]{8}\.tmp")
 
 
 def stale_temps(root: str | Path, now: float | None = None) -> list[Path]:
     """Temporary files that interrupted writes (a kill, a full disk) left beside the entries
     (`.<entry>.<random>.tmp`, sdxlc/plan/files.py), untouched for STALE_TEMP_SECONDS: a younger one may be
-    an entry another run is writing right now."""
+    an entry another run is writing right now. Only files named as an entry's write in its key's folder:
+    never another `.tmp` file, a link or a folder."""
     now = time.time() if now is None else now
     found = []
     for kind in EXPECTED:
         for path in (Path(root) / kind).glob("*/.*.tmp"):
+            named = _TEMP_NAME.fullmatch(path.name)
+            if named is None or named[1][:2] != path.parent.name:
+                continue
             try:
-                old = now - path.stat().st_mtime > STALE_TEMP_SECONDS
-                if old and path.is_file() and not path.is_symlink():
-                    found.append(path)
+                info = path.lstat()
             except OSError:  # gone meanwhile: another process finished or removed it
                 continue
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_TEMP_SECONDS:
+                found.append(path)
     return sorted(found)
 
 
-def remove_stale_temps(root: str | Path) -> int:
-    """Remove `stale_temps(root)`; how many were removed."""
-    stale = stale_temps(root)
-    for path in stale:
-        _remove(path)
-    return len(stale)
+def remove_stale_temps(root: str | Path) -> tuple[int, list[str]]:
+    """Remove `stale_temps(root)`: how many were removed, and a line for each one that could not be (a
+    cache folder this user cannot write, a shared one: the file stays, and the entries are still checked)."""
+    removed, failed = 0, []
+    for path in stale_temps(root):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append(f"{path} could not be removed: {exc.strerror or exc}")
+        else:
+            removed += 1
+    return removed, failed

@@ -306,6 +306,14 @@ def execute(
                     rebuild_schedule=rebuild_schedule)[0]
 
 
+def join_output(plan: dict[str, Any]) -> lock.OutputLock:
+    """A launched process that is not the main one: hold the folder shared with its launcher (lock.join)."""
+    try:
+        return lock.join(Path(plan["output"]["dir"]))
+    except layout.OutputInUse as exc:
+        raise RunError(str(exc)) from exc
+
+
 def run_plan(
     plan: dict[str, Any], *, plan_file: Path | None = None, progress: bool = True, resume: Path | None = None,
     rebuild_schedule: bool = False,
@@ -321,7 +329,7 @@ def run_plan(
     data = setup_data(plan, manifest)  # every input checked before anything is written
     # before the folder is read, claimed or written; a launched process that is not the main one holds the
     # folder shared (lock.join), so a new run is refused while it lives, even after its launcher is killed
-    held = lock_output(plan) if main else lock.join(Path(plan["output"]["dir"]))
+    held = lock_output(plan) if main else join_output(plan)
     log: TensorBoardLog | None = None
     trackers = None
     try:

@@ -80,8 +80,11 @@ def _maintain(plans: list[dict[str, Any]], verify: bool, prune: bool, store: Any
     folders = sorted({plan["data"]["cache"]["dir"] for plan in plans})
     for folder in folders:
         click.echo(f"cache {folder}")
-        if temps := store.remove_stale_temps(folder):
+        temps, kept = store.remove_stale_temps(folder)
+        if temps:
             click.echo(f"  removed {temps} temporary files that interrupted writes left")
+        for line in kept:
+            click.echo(f"  {line}")
         if verify:
             checked, damaged = store.verify(folder)
             click.echo(f"  verified {checked} entries: {len(damaged)} damaged")

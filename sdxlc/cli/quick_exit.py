@@ -48,7 +48,10 @@ def leave(code: object) -> NoReturn:
     if HEAVY_MODULE not in sys.modules:
         raise SystemExit(code)
     status = exit_status(code)
-    _shutdown_threads()
+    try:
+        _shutdown_threads()
+    except KeyboardInterrupt:  # Ctrl-C while a thread is waited for stops the wait, as in a normal exit
+        pass
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:

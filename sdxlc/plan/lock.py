@@ -117,7 +117,12 @@ def acquire(out: Path) -> OutputLock:
             f"output folder {out} is in use by a running run (pid {pid if pid is not None else 'unknown'}): "
             "wait for it to end or stop it, or give this run its own `output \"…\"`; nothing was changed"
         ) from None
-    if _ranks_busy(out):
+    try:
+        busy = _ranks_busy(out)
+    except BaseException:  # the ranks file cannot be opened or probed: the error is reported, the lock let go
+        os.close(fd)
+        raise
+    if busy:
         os.close(fd)
         raise OutputLocked(
             f"output folder {out} is in use by the training processes of a run whose launcher has ended: "
@@ -156,7 +161,9 @@ def _ranks_busy(out: Path) -> bool:
 def join(out: Path) -> OutputLock:
     """In a process launched by the holder of `out` (SDXLC_OUTPUT_LOCK names its lock file): hold
     RANKS_FILE shared until this process ends or releases it, so that the folder stays in use while this
-    process lives, whatever becomes of its launcher. Elsewhere (no lock to share, no flock): nothing held."""
+    process lives, whatever becomes of its launcher; raise OutputLocked when the launcher no longer holds
+    the folder (it was killed before this process started: another run may own the folder now). Elsewhere
+    (no lock to share, no flock): nothing held."""
     path = lock_file(out)
     if not LOCKS or os.environ.get(INHERITED, "").partition(" ")[2] != str(path) or str(path) in _held:
         return OutputLock(path, owned=False)
@@ -165,8 +172,31 @@ def join(out: Path) -> OutputLock:
     except OSError:  # the folder cannot take the file: share nothing (the launcher's lock still holds)
         return OutputLock(path, owned=False)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # a probe of a starting run holds it this instant, or no flock: share nothing
+        # blocking: the only exclusive holder of this file is a starting run's probe, for an instant
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:  # no flock on this file system: share nothing
         os.close(fd)
         return OutputLock(path, owned=False)
-    return OutputLock(path, owned=False, shared=fd)
+    shared = OutputLock(path, owned=False, shared=fd)
+    if not _held_elsewhere(path):
+        shared.release()
+        raise OutputLocked(
+            f"the run that launched this process no longer holds its output folder {out} (it has ended): "
+            "this process stops before writing anything")
+    return shared
+
+
+def _held_elsewhere(path: Path) -> bool:
+    """Whether another process holds the lock file `path` (its launcher, for a launched process)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # no lock file: nobody holds it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or exc.errno in (
+            errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # no flock: cannot tell, so trust the launcher
+    finally:
+        os.close(fd)  # closing drops a lock the check took
+    return False

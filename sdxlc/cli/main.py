@@ -231,6 +231,9 @@ def run(
     Every process of a run executes the written plan file: nothing is compiled again, and the images and
     model are checked against the hashes the plan recorded.
     """
+    from sdxlc.cli.streams import tolerate_closed_output
+
+    tolerate_closed_output()  # `sdxlc run … | head` must not stop the training halfway
     if resume_from is not None and not resume_from.strip():
         raise click.UsageError("--resume takes `latest` or a checkpoint folder, not an empty value")
     if resume_from is not None and overwrite:

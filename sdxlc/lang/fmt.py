@@ -21,7 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
+# isort: off
+import sdxlc.lang.lark_import  # noqa: F401  (first: lark without the `regex` module)
 from lark import Lark, Token
+# isort: on
 
 from sdxlc.lang import ast
 from sdxlc.lang.parser import GRAMMAR, RecipeSyntaxError, parse

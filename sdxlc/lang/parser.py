@@ -19,7 +19,10 @@ import re
 from functools import cache
 from pathlib import Path
 
+# isort: off
+import sdxlc.lang.lark_import  # noqa: F401  (first: lark without the `regex` module)
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+# isort: on
 
 from sdxlc.lang import ast
 from sdxlc.lang.cache_folder import cache_folder

@@ -19,8 +19,9 @@ Two terms, both measured on the CPU with `bench/compile_speed.py` (bench/results
   result on disk; the estimate's total counts a first run.
 - **A later run still traces.** On a filled cache no kernel is generated again, but dynamo traces the
   step's Python once per shape and the cached code is loaded: seconds per layer per shape too
-  (`compile_cached`, shown beside the first run's compile and not counted in the total), fitted to the warm
-  runs of bench/results/compile_speed.md (their wall time over eager's, less the steps they saved).
+  (`compile_cached`, shown beside the first run's compile and not counted in the total), fitted to
+  bench/results/compile_cached.md (a compiled run's wall time over an eager one's, plus the step time it
+  saved, in interleaved pairs).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ ATTENTION = frozenset({"to_q", "to_k", "to_v", "to_out.0"})
 # seconds of a cold compile (forward and backward) per layer of the graph per batch shape, 2 CPU cores
 COMPILE_SECONDS_PER_LAYER = 0.42
 # seconds a run on a filled cache spends per layer per batch shape (tracing, loading the cached code):
-# the two warm runs of compile_speed.json imply 0.034 (attention LoRA) and 0.046 (attention+ff+conv)
-CACHED_SECONDS_PER_LAYER = 0.040
+# bench/results/compile_cached.json (2 interleaved eager/compiled pairs per configuration) measured 0.0399
+# (attention LoRA) and 0.0333 (attention+ff+conv)
+CACHED_SECONDS_PER_LAYER = 0.037
 
 
 def kind_of_run(plan: dict[str, Any]) -> str:

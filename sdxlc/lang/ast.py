@@ -9,30 +9,30 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from sdxlc.lang import nodes
 from sdxlc.lang.diagnostics import Diagnostic, Span, make
 
 if TYPE_CHECKING:  # lark loads with the parser, when a text is parsed
     from lark import Token, Tree
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Number:
     value: int | float
     text: str
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Percent:
     value: float
     text: str
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Size:
     value: float
     unit: str
@@ -40,7 +40,7 @@ class Size:
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Range:
     low: int | float
     high: int | float
@@ -48,19 +48,19 @@ class Range:
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class String:
     value: str
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Word:
     value: str
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Bad:
     """A bare token of no known shape (`8x`, `1e-`), or a number too long to read: reported when used."""
 
@@ -72,7 +72,7 @@ class Bad:
         return f"malformed value `{self.text}`" + (f": {self.note}" if self.note else "")
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Repeat:
     """`1e-4 x9`: nine copies of a value."""
 
@@ -81,7 +81,7 @@ class Repeat:
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class List:
     """`0, 1e-4 x9, 5e-5`: values separated by commas."""
 
@@ -89,7 +89,7 @@ class List:
     span: Span
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Assign:
     """`name=value`, as in `args weight_decay=0.01`."""
 
@@ -102,7 +102,7 @@ Value = Number | Percent | Size | Range | String | Word | Bad | Repeat | List
 Item = Value | Assign
 
 
-@dataclass(frozen=True)
+@nodes.node
 class Statement:
     keyword: Item
     args: tuple[Item, ...]

@@ -26,12 +26,13 @@ from typing import Any
 from sdxlc.lang import ast
 from sdxlc.lang.cache_folder import cache_folder
 from sdxlc.lang.diagnostics import Diagnostic, Span
+from sdxlc.lang.nodes import fields
 
 FORMAT = "sdx-statements 1"
 MAX_ENTRIES = 256
 PREFIX = "sdx-statements-"
 _HERE = Path(__file__).resolve().parent
-_READERS = ("grammar/sdx.lark", "parser.py", "ast.py", "diagnostics.py", "statement_cache.py")
+_READERS = ("grammar/sdx.lark", "parser.py", "ast.py", "nodes.py", "diagnostics.py", "statement_cache.py")
 _NODES: dict[str, type[Any]] = {cls.__name__: cls for cls in (
     ast.Number, ast.Percent, ast.Size, ast.Range, ast.String, ast.Word, ast.Bad, ast.Repeat, ast.List,
     ast.Assign, ast.Statement)}
@@ -133,8 +134,7 @@ def _encode(node: object, file: str) -> Any:
     name = type(node).__name__
     if _NODES.get(name) is not type(node):
         raise TypeError(f"no encoding for {name}")
-    fields = node.__dataclass_fields__  # type: ignore[attr-defined]
-    return {"n": name, "f": [_encode(getattr(node, field), file) for field in fields]}
+    return {"n": name, "f": [_encode(getattr(node, field), file) for field in fields(type(node))]}
 
 
 def _decode(data: Any, file: str) -> Any:

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from runtime import saving
 from runtime.formats.safetensors_file import write as write_safetensors
 from sdxlc.plan import buckets as bk
-from sdxlc.plan.files import atomic_path
+from sdxlc.plan.files import atomic_path, temp_target
 
 KEY_VERSION = 2  # 2: configs hashed without diffusers' bookkeeping fields
 # the tensors of each kind, with their number of dimensions
@@ -203,9 +203,7 @@ def prune(root: str | Path, used: set[str]) -> tuple[int, int]:
 
 
 STALE_TEMP_SECONDS = 600.0  # a write in progress renames its temporary file within seconds
-# the name sdxlc/plan/files.py gives an entry being written, in its key's folder:
-# `.<key>.safetensors.<random>.tmp`
-_TEMP_NAME = re.compile(r"\.([0-9a-f]{64})\.safetensors\.[0-9a-f]{8}\.tmp")
+_ENTRY_NAME = re.compile(r"([0-9a-f]{64})\.safetensors")  # an entry's file, in its key's folder
 
 
 def stale_temps(root: str | Path, now: float | None = None) -> list[Path]:
@@ -217,7 +215,7 @@ def stale_temps(root: str | Path, now: float | None = None) -> list[Path]:
     found = []
     for kind in EXPECTED:
         for path in (Path(root) / kind).glob("*/.*.tmp"):
-            named = _TEMP_NAME.fullmatch(path.name)
+            named = _ENTRY_NAME.fullmatch(temp_target(path.name) or "")
             if named is None or named[1][:2] != path.parent.name:
                 continue
             try:

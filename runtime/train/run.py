@@ -108,11 +108,14 @@ def claim_output(plan: dict[str, Any], resuming: bool) -> None:
         raise RunError(str(exc)) from exc
 
 
-def lock_output(plan: dict[str, Any]) -> lock.OutputLock:
+def hold_output(plan: dict[str, Any], main: bool) -> lock.OutputLock:
     """One running run per output folder (sdxlc/plan/lock.py): held until the run returns or fails (the
-    `sdxlc run` that started it already holds it; a launched run's processes share their launcher's)."""
+    `sdxlc run` that started it already holds it). A launched process that is not the main one holds it
+    shared with its launcher (lock.join), so a new run is refused while it lives, even after its launcher
+    is killed."""
+    out = Path(plan["output"]["dir"])
     try:
-        return lock.acquire(Path(plan["output"]["dir"]))
+        return lock.acquire(out) if main else lock.join(out)
     except layout.OutputInUse as exc:
         raise RunError(str(exc)) from exc
     except OSError as exc:
@@ -306,14 +309,6 @@ def execute(
                     rebuild_schedule=rebuild_schedule)[0]
 
 
-def join_output(plan: dict[str, Any]) -> lock.OutputLock:
-    """A launched process that is not the main one: hold the folder shared with its launcher (lock.join)."""
-    try:
-        return lock.join(Path(plan["output"]["dir"]))
-    except layout.OutputInUse as exc:
-        raise RunError(str(exc)) from exc
-
-
 def run_plan(
     plan: dict[str, Any], *, plan_file: Path | None = None, progress: bool = True, resume: Path | None = None,
     rebuild_schedule: bool = False,
@@ -327,9 +322,7 @@ def run_plan(
     check_model(plan)
     main = PartialState(cpu=plan["hardware"]["device"] == "cpu").is_main_process
     data = setup_data(plan, manifest)  # every input checked before anything is written
-    # before the folder is read, claimed or written; a launched process that is not the main one holds the
-    # folder shared (lock.join), so a new run is refused while it lives, even after its launcher is killed
-    held = lock_output(plan) if main else join_output(plan)
+    held = hold_output(plan, main)  # before the folder is read, claimed or written
     log: TensorBoardLog | None = None
     trackers = None
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,16 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_TEMP = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")  # `.<name>.<random>.tmp`, as _new_temp names them
+
+
+def temp_target(name: str) -> str | None:
+    """The name of the file a temporary file named `name` was writing (`_new_temp`), or None when `name`
+    is not such a temporary file."""
+    named = _TEMP.fullmatch(name)
+    return named[1] if named else None
 
 
 def _new_temp(target: Path) -> Path:

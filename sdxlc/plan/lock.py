@@ -39,6 +39,9 @@ LOCK_FILE = ".sdxlc-run.lock"
 RANKS_FILE = ".sdxlc-run.ranks.lock"  # shared by the launched processes of the run that holds LOCK_FILE
 INHERITED = "SDXLC_OUTPUT_LOCK"  # "<pid> <lock file>": set by the holder for the processes it launches
 
+BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # another process holds the lock
+NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # a file system without flock
+
 _held: dict[str, list[int]] = {}  # lock file → [descriptor, times taken] in this process
 
 
@@ -103,13 +106,14 @@ def acquire(out: Path) -> OutputLock:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
+        taken = _exclusive(fd)
+    except OSError:
         os.close(fd)
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # a file system without flock
+        raise
+    if taken is not True:
+        os.close(fd)
+        if taken is None:  # a file system without flock
             return OutputLock(path, owned=False)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
         pid = holder(out)
         if pid is not None and os.environ.get(INHERITED) == f"{pid} {path}":
             return join(out)  # held by the process that launched this one
@@ -137,6 +141,20 @@ def acquire(out: Path) -> OutputLock:
     return OutputLock(path, owned=True)
 
 
+def _exclusive(fd: int) -> bool | None:
+    """Take `fd`'s file exclusively without waiting: True when taken, False when another process holds
+    it, None when the file system has no flock; any other OSError is raised."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in BUSY:
+            return False
+        if exc.errno in NO_FLOCK:
+            return None
+        raise
+    return True
+
+
 def _open_ranks(out: Path) -> int:
     return os.open(out.resolve() / RANKS_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
@@ -146,16 +164,9 @@ def _ranks_busy(out: Path) -> bool:
     processes this run launches take it shared)."""
     fd = _open_ranks(out)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            return False
-        raise
+        return _exclusive(fd) is False
     finally:
         os.close(fd)  # closing drops the probe's lock
-    return False
 
 
 def join(out: Path) -> OutputLock:
@@ -193,10 +204,8 @@ def _held_elsewhere(path: Path) -> bool:
     except OSError:  # no lock file: nobody holds it
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or exc.errno in (
-            errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # no flock: cannot tell, so trust the launcher
+        return _exclusive(fd) is not True  # no flock (None): cannot tell, so trust the launcher
+    except OSError:
+        return False
     finally:
         os.close(fd)  # closing drops a lock the check took
-    return False
